@@ -1,0 +1,64 @@
+package overlay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+)
+
+// Overlay is a node's view of the overlay network it has joined.
+type Overlay interface {
+	// Listen listens on the node's overlay addresses only. Nothing outside
+	// the overlay (loopback, the host's interfaces) can reach it.
+	Listen(network, addr string) (net.Listener, error)
+	// Dial connects to addr ("host:port"; host is a peer's name or overlay IP).
+	Dial(ctx context.Context, network, addr string) (net.Conn, error)
+	// WhoIs identifies the peer at remoteAddr ("ip:port"), as a listener's
+	// accepted connection reports it. It returns ErrUnknownPeer when the
+	// address belongs to no peer.
+	WhoIs(ctx context.Context, remoteAddr string) (Identity, error)
+	// Close leaves the overlay. A second Close returns net.ErrClosed.
+	Close() error
+}
+
+// ErrUnknownPeer is returned by WhoIs for an address no peer holds.
+var ErrUnknownPeer = errors.New("overlay: unknown peer")
+
+// Identity is who a peer is, as the overlay (not the peer) says.
+type Identity struct {
+	// Node is the peer's short node name ("laptop"), the name policies use.
+	Node string `json:"node"`
+	// FQDN is the full MagicDNS name ("laptop.tail-scale.ts.net"), if any.
+	FQDN string `json:"fqdn,omitempty"`
+	// StableID is the control plane's stable node ID, or the WireGuard
+	// peer's public key in the plain WireGuard mode.
+	StableID string `json:"stable_id"`
+	// User is the owner's login name ("alice@example.com"); empty for
+	// tagged nodes and WireGuard peers.
+	User string `json:"user,omitempty"`
+	// Tags are the node's ACL tags ("tag:ci").
+	Tags []string `json:"tags,omitempty"`
+	// Addrs are the peer's overlay addresses.
+	Addrs []netip.Addr `json:"addrs,omitempty"`
+	// Caps are the application capabilities the tailnet's policy grants
+	// the peer towards this node, by capability name; each value is one
+	// raw JSON object from a grant.
+	Caps map[string][]json.RawMessage `json:"caps,omitempty"`
+	// WireGuard is true when the identity comes from a static WireGuard
+	// peer list rather than a tailnet control plane.
+	WireGuard bool `json:"wireguard,omitempty"`
+}
+
+// HasTag reports whether id carries tag.
+func (id Identity) HasTag(tag string) bool { return slices.Contains(id.Tags, tag) }
+
+// String returns the name a log line should show for id.
+func (id Identity) String() string {
+	if id.Node != "" {
+		return id.Node
+	}
+	return id.StableID
+}
