@@ -1,0 +1,289 @@
+// Package tsnet is the tailnet overlay: a gpumesh node as a userspace
+// Tailscale node (tailscale.com/tsnet). Listeners live in the node's own
+// network stack, so a service listening here is reachable only inside the
+// tailnet.
+//
+// Tailscale code reaches for public hosts by default. This package keeps a
+// node quiet unless the user opts in: no log upload, no port mapper, and the
+// control URL is always explicit.
+package tsnet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"tailscale.com/client/local"
+	"tailscale.com/envknob"
+	"tailscale.com/ipn"
+	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/types/logger"
+	ts "tailscale.com/tsnet"
+
+	"github.com/gpumesh/gpumesh/overlay"
+)
+
+// Config says how a node joins a tailnet. The zero value is not enough:
+// ControlURL and Hostname are required.
+type Config struct {
+	// Hostname is the node's name on the tailnet ("gpu-host").
+	Hostname string
+	// ControlURL is the control server ("https://controlplane.tailscale.com",
+	// a Headscale URL). Required: gpumesh never falls back to a default.
+	ControlURL string
+	// AuthKey authorises the first join. Not needed when Dir already holds
+	// the node's state.
+	AuthKey string
+	// Dir is the state directory, created with mode 0700. Empty with a nil
+	// Store means a temporary directory removed on Close.
+	Dir string
+	// Store overrides where state is kept (tests use an in-memory store).
+	Store ipn.StateStore
+	// Ephemeral nodes are removed from the tailnet when they go offline.
+	Ephemeral bool
+	// Tags are the ACL tags the node asks to carry ("tag:gpu").
+	Tags []string
+	// Port is the UDP port for WireGuard traffic; 0 picks one. A fixed port
+	// lets QoS find the node's sockets to mark them.
+	Port uint16
+	// LogUpload opts in to Tailscale's log upload. Off by default.
+	LogUpload bool
+	// PortMapper opts in to UPnP/NAT-PMP/PCP port mapping. Off by default.
+	PortMapper bool
+	// Logf receives Tailscale's debug logs; nil discards them.
+	Logf logger.Logf
+}
+
+// Node is a gpumesh node on a tailnet.
+type Node struct {
+	cfg    Config
+	srv    *ts.Server
+	lc     *local.Client
+	tmpDir string // removed on Close; empty when Dir was given
+
+	mu     sync.Mutex
+	closed bool // guarded by mu
+}
+
+var _ overlay.Overlay = (*Node)(nil)
+
+// quiet applies the process-wide switches that keep Tailscale code off
+// public hosts. They must be set before the first node starts.
+var quiet sync.Once
+
+func setQuiet(cfg Config) {
+	quiet.Do(func() {
+		if !cfg.LogUpload {
+			envknob.SetNoLogsNoSupport()
+		}
+		if !cfg.PortMapper {
+			envknob.Setenv("TS_DISABLE_PORTMAPPER", "true")
+		}
+	})
+}
+
+// New validates cfg and prepares a node. Call Up to join.
+func New(cfg Config) (*Node, error) {
+	if cfg.Hostname == "" {
+		return nil, errors.New("tsnet: hostname is required")
+	}
+	if cfg.ControlURL == "" {
+		return nil, errors.New("tsnet: control URL is required (gpumesh never assumes a default control server)")
+	}
+	n := &Node{cfg: cfg}
+	dir := cfg.Dir
+	switch {
+	case dir == "" && cfg.Store == nil:
+		tmp, err := os.MkdirTemp("", "gpumesh-"+cfg.Hostname+"-")
+		if err != nil {
+			return nil, fmt.Errorf("tsnet: state dir: %w", err)
+		}
+		n.tmpDir, dir = tmp, tmp
+	case dir == "":
+		tmp, err := os.MkdirTemp("", "gpumesh-"+cfg.Hostname+"-")
+		if err != nil {
+			return nil, fmt.Errorf("tsnet: state dir: %w", err)
+		}
+		n.tmpDir, dir = tmp, tmp
+	default:
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("tsnet: state dir: %w", err)
+		}
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("tsnet: state dir: %w", err)
+		}
+		if err := checkWritable(dir); err != nil {
+			return nil, err
+		}
+	}
+	logf := cfg.Logf
+	if logf == nil {
+		logf = logger.Discard
+	}
+	n.srv = &ts.Server{
+		Dir:           dir,
+		Store:         cfg.Store,
+		Hostname:      cfg.Hostname,
+		ControlURL:    cfg.ControlURL,
+		AuthKey:       cfg.AuthKey,
+		Ephemeral:     cfg.Ephemeral,
+		AdvertiseTags: cfg.Tags,
+		Port:          cfg.Port,
+		Logf:          logf,
+		UserLogf:      logf,
+	}
+	return n, nil
+}
+
+func checkWritable(dir string) error {
+	f, err := os.CreateTemp(dir, ".gpumesh-probe-")
+	if err != nil {
+		return fmt.Errorf("tsnet: state dir %s is not writable: %w", dir, err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
+}
+
+// Up joins the tailnet and returns once the node can talk: it is running,
+// has its addresses, and holds a connection to its home DERP server.
+func (n *Node) Up(ctx context.Context) (*ipnstate.Status, error) {
+	setQuiet(n.cfg)
+	st, err := n.srv.Up(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("tsnet: join %s as %q: %w", n.cfg.ControlURL, n.cfg.Hostname, err)
+	}
+	lc, err := n.srv.LocalClient()
+	if err != nil {
+		return nil, fmt.Errorf("tsnet: local client: %w", err)
+	}
+	n.lc = lc
+	if err := n.waitHomeDERP(ctx); err != nil {
+		return nil, fmt.Errorf("tsnet: %q waiting for its home DERP: %w", n.cfg.Hostname, err)
+	}
+	return st, nil
+}
+
+// waitHomeDERP blocks until the node has chosen a home DERP region and heard
+// from it; before that, a peer's first packets to this node can be dropped.
+func (n *Node) waitHomeDERP(ctx context.Context) error {
+	sys := n.srv.Sys()
+	h, ms := sys.HealthTracker.Get(), sys.MagicSock.Get()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if r := ms.GetLastNetcheckReport(ctx); r != nil && r.PreferredDERP != 0 &&
+			!h.GetDERPRegionReceivedTime(r.PreferredDERP).IsZero() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// Listen listens on the node's tailnet addresses.
+func (n *Node) Listen(network, addr string) (net.Listener, error) {
+	return n.srv.Listen(network, addr)
+}
+
+// Dial connects to addr on the tailnet; the host may be a peer's name.
+func (n *Node) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	return n.srv.Dial(ctx, network, addr)
+}
+
+// WhoIs asks the node's own Tailscale backend who holds remoteAddr.
+func (n *Node) WhoIs(ctx context.Context, remoteAddr string) (overlay.Identity, error) {
+	if n.lc == nil {
+		return overlay.Identity{}, errors.New("tsnet: WhoIs before Up")
+	}
+	w, err := n.lc.WhoIs(ctx, remoteAddr)
+	if err != nil {
+		if errors.Is(err, local.ErrPeerNotFound) {
+			return overlay.Identity{}, fmt.Errorf("%w: %s", overlay.ErrUnknownPeer, remoteAddr)
+		}
+		return overlay.Identity{}, fmt.Errorf("tsnet: whois %s: %w", remoteAddr, err)
+	}
+	if w.Node == nil {
+		return overlay.Identity{}, fmt.Errorf("%w: %s", overlay.ErrUnknownPeer, remoteAddr)
+	}
+	id := overlay.Identity{
+		FQDN:     strings.TrimSuffix(w.Node.Name, "."),
+		StableID: string(w.Node.StableID),
+		Tags:     append([]string(nil), w.Node.Tags...),
+	}
+	id.Node, _, _ = strings.Cut(id.FQDN, ".")
+	if id.Node == "" {
+		id.Node = w.Node.ComputedName
+	}
+	if w.UserProfile != nil && len(w.Node.Tags) == 0 {
+		id.User = w.UserProfile.LoginName
+	}
+	for _, p := range w.Node.Addresses {
+		id.Addrs = append(id.Addrs, p.Addr())
+	}
+	if len(w.CapMap) > 0 {
+		id.Caps = make(map[string][]json.RawMessage, len(w.CapMap))
+		for name, vals := range w.CapMap {
+			for _, v := range vals {
+				id.Caps[string(name)] = append(id.Caps[string(name)], json.RawMessage(v))
+			}
+		}
+	}
+	return id, nil
+}
+
+// Addrs returns the node's own tailnet addresses.
+func (n *Node) Addrs() []netip.Addr {
+	v4, v6 := n.srv.TailscaleIPs()
+	var out []netip.Addr
+	for _, a := range []netip.Addr{v4, v6} {
+		if a.IsValid() {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Hostname returns the node's configured name.
+func (n *Node) Hostname() string { return n.cfg.Hostname }
+
+// LocalClient returns the client for the node's own Tailscale backend
+// (status, ping). Valid after Up.
+func (n *Node) LocalClient() *local.Client { return n.lc }
+
+// Logout removes the node from the tailnet (its key is expired) and closes it.
+func (n *Node) Logout(ctx context.Context) error {
+	if n.lc == nil {
+		return n.Close()
+	}
+	err := n.lc.Logout(ctx)
+	if cerr := n.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Close leaves the tailnet. A second Close returns net.ErrClosed.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return net.ErrClosed
+	}
+	n.closed = true
+	n.mu.Unlock()
+	err := n.srv.Close()
+	if n.tmpDir != "" {
+		os.RemoveAll(n.tmpDir)
+	}
+	return err
+}
