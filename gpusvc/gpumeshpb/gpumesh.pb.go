@@ -203,13 +203,13 @@ func (x *Arg) GetTensor() *Tensor {
 	return nil
 }
 
-func (x *Arg) GetBuffer() uint64 {
+func (x *Arg) GetBuffer() *BufferRef {
 	if x != nil {
 		if x, ok := x.Value.(*Arg_Buffer); ok {
 			return x.Buffer
 		}
 	}
-	return 0
+	return nil
 }
 
 func (x *Arg) GetScalar() float64 {
@@ -239,7 +239,7 @@ type Arg_Tensor struct {
 }
 
 type Arg_Buffer struct {
-	Buffer uint64 `protobuf:"varint,2,opt,name=buffer,proto3,oneof"` // a resident buffer of the call's session
+	Buffer *BufferRef `protobuf:"bytes,2,opt,name=buffer,proto3,oneof"` // a resident buffer of the call's session
 }
 
 type Arg_Scalar struct {
@@ -258,6 +258,67 @@ func (*Arg_Scalar) isArg_Value() {}
 
 func (*Arg_Int) isArg_Value() {}
 
+// BufferRef names a resident buffer and how to read it as a tensor.
+type BufferRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Dtype         DType                  `protobuf:"varint,2,opt,name=dtype,proto3,enum=gpumesh.v1.DType" json:"dtype,omitempty"`
+	Shape         []int64                `protobuf:"varint,3,rep,packed,name=shape,proto3" json:"shape,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BufferRef) Reset() {
+	*x = BufferRef{}
+	mi := &file_gpumesh_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BufferRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BufferRef) ProtoMessage() {}
+
+func (x *BufferRef) ProtoReflect() protoreflect.Message {
+	mi := &file_gpumesh_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BufferRef.ProtoReflect.Descriptor instead.
+func (*BufferRef) Descriptor() ([]byte, []int) {
+	return file_gpumesh_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BufferRef) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *BufferRef) GetDtype() DType {
+	if x != nil {
+		return x.Dtype
+	}
+	return DType_DTYPE_UNSPECIFIED
+}
+
+func (x *BufferRef) GetShape() []int64 {
+	if x != nil {
+		return x.Shape
+	}
+	return nil
+}
+
 type ComputeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Kernel        string                 `protobuf:"bytes,1,opt,name=kernel,proto3" json:"kernel,omitempty"` // "matrix_mul", "saxpy", ...
@@ -271,7 +332,7 @@ type ComputeRequest struct {
 
 func (x *ComputeRequest) Reset() {
 	*x = ComputeRequest{}
-	mi := &file_gpumesh_proto_msgTypes[2]
+	mi := &file_gpumesh_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -283,7 +344,7 @@ func (x *ComputeRequest) String() string {
 func (*ComputeRequest) ProtoMessage() {}
 
 func (x *ComputeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[2]
+	mi := &file_gpumesh_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -296,7 +357,7 @@ func (x *ComputeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ComputeRequest.ProtoReflect.Descriptor instead.
 func (*ComputeRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{2}
+	return file_gpumesh_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ComputeRequest) GetKernel() string {
@@ -344,7 +405,7 @@ type ComputeResponse struct {
 
 func (x *ComputeResponse) Reset() {
 	*x = ComputeResponse{}
-	mi := &file_gpumesh_proto_msgTypes[3]
+	mi := &file_gpumesh_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -356,7 +417,7 @@ func (x *ComputeResponse) String() string {
 func (*ComputeResponse) ProtoMessage() {}
 
 func (x *ComputeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[3]
+	mi := &file_gpumesh_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -369,7 +430,7 @@ func (x *ComputeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ComputeResponse.ProtoReflect.Descriptor instead.
 func (*ComputeResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{3}
+	return file_gpumesh_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ComputeResponse) GetOutputs() []*Tensor {
@@ -396,7 +457,7 @@ type StreamRequest struct {
 
 func (x *StreamRequest) Reset() {
 	*x = StreamRequest{}
-	mi := &file_gpumesh_proto_msgTypes[4]
+	mi := &file_gpumesh_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -408,7 +469,7 @@ func (x *StreamRequest) String() string {
 func (*StreamRequest) ProtoMessage() {}
 
 func (x *StreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[4]
+	mi := &file_gpumesh_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -421,7 +482,7 @@ func (x *StreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamRequest.ProtoReflect.Descriptor instead.
 func (*StreamRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{4}
+	return file_gpumesh_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *StreamRequest) GetId() uint64 {
@@ -449,7 +510,7 @@ type StreamResponse struct {
 
 func (x *StreamResponse) Reset() {
 	*x = StreamResponse{}
-	mi := &file_gpumesh_proto_msgTypes[5]
+	mi := &file_gpumesh_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +522,7 @@ func (x *StreamResponse) String() string {
 func (*StreamResponse) ProtoMessage() {}
 
 func (x *StreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[5]
+	mi := &file_gpumesh_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +535,7 @@ func (x *StreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamResponse.ProtoReflect.Descriptor instead.
 func (*StreamResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{5}
+	return file_gpumesh_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StreamResponse) GetId() uint64 {
@@ -509,7 +570,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_gpumesh_proto_msgTypes[6]
+	mi := &file_gpumesh_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -521,7 +582,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[6]
+	mi := &file_gpumesh_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -534,7 +595,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{6}
+	return file_gpumesh_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Error) GetCode() uint32 {
@@ -559,7 +620,7 @@ type DevicesRequest struct {
 
 func (x *DevicesRequest) Reset() {
 	*x = DevicesRequest{}
-	mi := &file_gpumesh_proto_msgTypes[7]
+	mi := &file_gpumesh_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -571,7 +632,7 @@ func (x *DevicesRequest) String() string {
 func (*DevicesRequest) ProtoMessage() {}
 
 func (x *DevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[7]
+	mi := &file_gpumesh_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -584,7 +645,7 @@ func (x *DevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DevicesRequest.ProtoReflect.Descriptor instead.
 func (*DevicesRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{7}
+	return file_gpumesh_proto_rawDescGZIP(), []int{8}
 }
 
 type DevicesResponse struct {
@@ -601,7 +662,7 @@ type DevicesResponse struct {
 
 func (x *DevicesResponse) Reset() {
 	*x = DevicesResponse{}
-	mi := &file_gpumesh_proto_msgTypes[8]
+	mi := &file_gpumesh_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -613,7 +674,7 @@ func (x *DevicesResponse) String() string {
 func (*DevicesResponse) ProtoMessage() {}
 
 func (x *DevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[8]
+	mi := &file_gpumesh_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -626,7 +687,7 @@ func (x *DevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DevicesResponse.ProtoReflect.Descriptor instead.
 func (*DevicesResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{8}
+	return file_gpumesh_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DevicesResponse) GetBackend() string {
@@ -689,7 +750,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_gpumesh_proto_msgTypes[9]
+	mi := &file_gpumesh_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +762,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[9]
+	mi := &file_gpumesh_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +775,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{9}
+	return file_gpumesh_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Device) GetIndex() uint32 {
@@ -797,7 +858,7 @@ type ExplainRequest struct {
 
 func (x *ExplainRequest) Reset() {
 	*x = ExplainRequest{}
-	mi := &file_gpumesh_proto_msgTypes[10]
+	mi := &file_gpumesh_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -809,7 +870,7 @@ func (x *ExplainRequest) String() string {
 func (*ExplainRequest) ProtoMessage() {}
 
 func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[10]
+	mi := &file_gpumesh_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -822,7 +883,7 @@ func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainRequest.ProtoReflect.Descriptor instead.
 func (*ExplainRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{10}
+	return file_gpumesh_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ExplainRequest) GetKernel() string {
@@ -853,7 +914,7 @@ type ExplainResponse struct {
 
 func (x *ExplainResponse) Reset() {
 	*x = ExplainResponse{}
-	mi := &file_gpumesh_proto_msgTypes[11]
+	mi := &file_gpumesh_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +926,7 @@ func (x *ExplainResponse) String() string {
 func (*ExplainResponse) ProtoMessage() {}
 
 func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[11]
+	mi := &file_gpumesh_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +939,7 @@ func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainResponse.ProtoReflect.Descriptor instead.
 func (*ExplainResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{11}
+	return file_gpumesh_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ExplainResponse) GetAllow() bool {
@@ -937,7 +998,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_gpumesh_proto_msgTypes[12]
+	mi := &file_gpumesh_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -949,7 +1010,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[12]
+	mi := &file_gpumesh_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -962,7 +1023,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{12}
+	return file_gpumesh_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Limits) GetMaxMemory() int64 {
@@ -1015,7 +1076,7 @@ type OpenSessionRequest struct {
 
 func (x *OpenSessionRequest) Reset() {
 	*x = OpenSessionRequest{}
-	mi := &file_gpumesh_proto_msgTypes[13]
+	mi := &file_gpumesh_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1088,7 @@ func (x *OpenSessionRequest) String() string {
 func (*OpenSessionRequest) ProtoMessage() {}
 
 func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[13]
+	mi := &file_gpumesh_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1101,7 @@ func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSessionRequest.ProtoReflect.Descriptor instead.
 func (*OpenSessionRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{13}
+	return file_gpumesh_proto_rawDescGZIP(), []int{14}
 }
 
 type OpenSessionResponse struct {
@@ -1053,7 +1114,7 @@ type OpenSessionResponse struct {
 
 func (x *OpenSessionResponse) Reset() {
 	*x = OpenSessionResponse{}
-	mi := &file_gpumesh_proto_msgTypes[14]
+	mi := &file_gpumesh_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +1126,7 @@ func (x *OpenSessionResponse) String() string {
 func (*OpenSessionResponse) ProtoMessage() {}
 
 func (x *OpenSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[14]
+	mi := &file_gpumesh_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +1139,7 @@ func (x *OpenSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSessionResponse.ProtoReflect.Descriptor instead.
 func (*OpenSessionResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{14}
+	return file_gpumesh_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *OpenSessionResponse) GetSession() uint64 {
@@ -1104,7 +1165,7 @@ type CloseSessionRequest struct {
 
 func (x *CloseSessionRequest) Reset() {
 	*x = CloseSessionRequest{}
-	mi := &file_gpumesh_proto_msgTypes[15]
+	mi := &file_gpumesh_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +1177,7 @@ func (x *CloseSessionRequest) String() string {
 func (*CloseSessionRequest) ProtoMessage() {}
 
 func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[15]
+	mi := &file_gpumesh_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,7 +1190,7 @@ func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionRequest.ProtoReflect.Descriptor instead.
 func (*CloseSessionRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{15}
+	return file_gpumesh_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CloseSessionRequest) GetSession() uint64 {
@@ -1147,7 +1208,7 @@ type CloseSessionResponse struct {
 
 func (x *CloseSessionResponse) Reset() {
 	*x = CloseSessionResponse{}
-	mi := &file_gpumesh_proto_msgTypes[16]
+	mi := &file_gpumesh_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1159,7 +1220,7 @@ func (x *CloseSessionResponse) String() string {
 func (*CloseSessionResponse) ProtoMessage() {}
 
 func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[16]
+	mi := &file_gpumesh_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1172,7 +1233,7 @@ func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionResponse.ProtoReflect.Descriptor instead.
 func (*CloseSessionResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{16}
+	return file_gpumesh_proto_rawDescGZIP(), []int{17}
 }
 
 type AllocRequest struct {
@@ -1186,7 +1247,7 @@ type AllocRequest struct {
 
 func (x *AllocRequest) Reset() {
 	*x = AllocRequest{}
-	mi := &file_gpumesh_proto_msgTypes[17]
+	mi := &file_gpumesh_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1198,7 +1259,7 @@ func (x *AllocRequest) String() string {
 func (*AllocRequest) ProtoMessage() {}
 
 func (x *AllocRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[17]
+	mi := &file_gpumesh_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1211,7 +1272,7 @@ func (x *AllocRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRequest.ProtoReflect.Descriptor instead.
 func (*AllocRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{17}
+	return file_gpumesh_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AllocRequest) GetSession() uint64 {
@@ -1244,7 +1305,7 @@ type AllocResponse struct {
 
 func (x *AllocResponse) Reset() {
 	*x = AllocResponse{}
-	mi := &file_gpumesh_proto_msgTypes[18]
+	mi := &file_gpumesh_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1256,7 +1317,7 @@ func (x *AllocResponse) String() string {
 func (*AllocResponse) ProtoMessage() {}
 
 func (x *AllocResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[18]
+	mi := &file_gpumesh_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1269,7 +1330,7 @@ func (x *AllocResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocResponse.ProtoReflect.Descriptor instead.
 func (*AllocResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{18}
+	return file_gpumesh_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AllocResponse) GetBuffer() uint64 {
@@ -1289,7 +1350,7 @@ type FreeRequest struct {
 
 func (x *FreeRequest) Reset() {
 	*x = FreeRequest{}
-	mi := &file_gpumesh_proto_msgTypes[19]
+	mi := &file_gpumesh_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1301,7 +1362,7 @@ func (x *FreeRequest) String() string {
 func (*FreeRequest) ProtoMessage() {}
 
 func (x *FreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[19]
+	mi := &file_gpumesh_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1314,7 +1375,7 @@ func (x *FreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeRequest.ProtoReflect.Descriptor instead.
 func (*FreeRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{19}
+	return file_gpumesh_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FreeRequest) GetSession() uint64 {
@@ -1339,7 +1400,7 @@ type FreeResponse struct {
 
 func (x *FreeResponse) Reset() {
 	*x = FreeResponse{}
-	mi := &file_gpumesh_proto_msgTypes[20]
+	mi := &file_gpumesh_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1412,7 @@ func (x *FreeResponse) String() string {
 func (*FreeResponse) ProtoMessage() {}
 
 func (x *FreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[20]
+	mi := &file_gpumesh_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1425,7 @@ func (x *FreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeResponse.ProtoReflect.Descriptor instead.
 func (*FreeResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{20}
+	return file_gpumesh_proto_rawDescGZIP(), []int{21}
 }
 
 type WriteRequest struct {
@@ -1381,7 +1442,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_gpumesh_proto_msgTypes[21]
+	mi := &file_gpumesh_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1454,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[21]
+	mi := &file_gpumesh_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1467,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{21}
+	return file_gpumesh_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WriteRequest) GetSession() uint64 {
@@ -1461,7 +1522,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_gpumesh_proto_msgTypes[22]
+	mi := &file_gpumesh_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1473,7 +1534,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[22]
+	mi := &file_gpumesh_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1486,7 +1547,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{22}
+	return file_gpumesh_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WriteResponse) GetBuffer() uint64 {
@@ -1516,7 +1577,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_gpumesh_proto_msgTypes[23]
+	mi := &file_gpumesh_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1589,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[23]
+	mi := &file_gpumesh_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1602,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{23}
+	return file_gpumesh_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ReadRequest) GetSession() uint64 {
@@ -1588,7 +1649,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_gpumesh_proto_msgTypes[24]
+	mi := &file_gpumesh_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +1661,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[24]
+	mi := &file_gpumesh_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +1674,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{24}
+	return file_gpumesh_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReadResponse) GetData() []byte {
@@ -1638,7 +1699,7 @@ type LoadModuleRequest struct {
 
 func (x *LoadModuleRequest) Reset() {
 	*x = LoadModuleRequest{}
-	mi := &file_gpumesh_proto_msgTypes[25]
+	mi := &file_gpumesh_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1650,7 +1711,7 @@ func (x *LoadModuleRequest) String() string {
 func (*LoadModuleRequest) ProtoMessage() {}
 
 func (x *LoadModuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[25]
+	mi := &file_gpumesh_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1663,7 +1724,7 @@ func (x *LoadModuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadModuleRequest.ProtoReflect.Descriptor instead.
 func (*LoadModuleRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{25}
+	return file_gpumesh_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *LoadModuleRequest) GetSession() uint64 {
@@ -1732,7 +1793,7 @@ type LoadModuleResponse struct {
 
 func (x *LoadModuleResponse) Reset() {
 	*x = LoadModuleResponse{}
-	mi := &file_gpumesh_proto_msgTypes[26]
+	mi := &file_gpumesh_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1744,7 +1805,7 @@ func (x *LoadModuleResponse) String() string {
 func (*LoadModuleResponse) ProtoMessage() {}
 
 func (x *LoadModuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[26]
+	mi := &file_gpumesh_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1757,7 +1818,7 @@ func (x *LoadModuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadModuleResponse.ProtoReflect.Descriptor instead.
 func (*LoadModuleResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{26}
+	return file_gpumesh_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *LoadModuleResponse) GetModule() string {
@@ -1792,7 +1853,7 @@ type Dim3 struct {
 
 func (x *Dim3) Reset() {
 	*x = Dim3{}
-	mi := &file_gpumesh_proto_msgTypes[27]
+	mi := &file_gpumesh_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1804,7 +1865,7 @@ func (x *Dim3) String() string {
 func (*Dim3) ProtoMessage() {}
 
 func (x *Dim3) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[27]
+	mi := &file_gpumesh_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1817,7 +1878,7 @@ func (x *Dim3) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Dim3.ProtoReflect.Descriptor instead.
 func (*Dim3) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{27}
+	return file_gpumesh_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Dim3) GetX() uint32 {
@@ -1857,7 +1918,7 @@ type LaunchRequest struct {
 
 func (x *LaunchRequest) Reset() {
 	*x = LaunchRequest{}
-	mi := &file_gpumesh_proto_msgTypes[28]
+	mi := &file_gpumesh_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1869,7 +1930,7 @@ func (x *LaunchRequest) String() string {
 func (*LaunchRequest) ProtoMessage() {}
 
 func (x *LaunchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[28]
+	mi := &file_gpumesh_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1882,7 +1943,7 @@ func (x *LaunchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchRequest.ProtoReflect.Descriptor instead.
 func (*LaunchRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{28}
+	return file_gpumesh_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *LaunchRequest) GetSession() uint64 {
@@ -1950,7 +2011,7 @@ type LaunchResponse struct {
 
 func (x *LaunchResponse) Reset() {
 	*x = LaunchResponse{}
-	mi := &file_gpumesh_proto_msgTypes[29]
+	mi := &file_gpumesh_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1962,7 +2023,7 @@ func (x *LaunchResponse) String() string {
 func (*LaunchResponse) ProtoMessage() {}
 
 func (x *LaunchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[29]
+	mi := &file_gpumesh_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1975,7 +2036,7 @@ func (x *LaunchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchResponse.ProtoReflect.Descriptor instead.
 func (*LaunchResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{29}
+	return file_gpumesh_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *LaunchResponse) GetComputeNanos() int64 {
@@ -1994,13 +2055,17 @@ const file_gpumesh_proto_rawDesc = "" +
 	"\x06Tensor\x12'\n" +
 	"\x05dtype\x18\x01 \x01(\x0e2\x11.gpumesh.v1.DTypeR\x05dtype\x12\x14\n" +
 	"\x05shape\x18\x02 \x03(\x03R\x05shape\x12\x12\n" +
-	"\x04data\x18\x03 \x01(\fR\x04data\"\x84\x01\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"\x9b\x01\n" +
 	"\x03Arg\x12,\n" +
-	"\x06tensor\x18\x01 \x01(\v2\x12.gpumesh.v1.TensorH\x00R\x06tensor\x12\x18\n" +
-	"\x06buffer\x18\x02 \x01(\x04H\x00R\x06buffer\x12\x18\n" +
+	"\x06tensor\x18\x01 \x01(\v2\x12.gpumesh.v1.TensorH\x00R\x06tensor\x12/\n" +
+	"\x06buffer\x18\x02 \x01(\v2\x15.gpumesh.v1.BufferRefH\x00R\x06buffer\x12\x18\n" +
 	"\x06scalar\x18\x03 \x01(\x01H\x00R\x06scalar\x12\x12\n" +
 	"\x03int\x18\x04 \x01(\x03H\x00R\x03intB\a\n" +
-	"\x05value\"\x98\x01\n" +
+	"\x05value\"Z\n" +
+	"\tBufferRef\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12'\n" +
+	"\x05dtype\x18\x02 \x01(\x0e2\x11.gpumesh.v1.DTypeR\x05dtype\x12\x14\n" +
+	"\x05shape\x18\x03 \x03(\x03R\x05shape\"\x98\x01\n" +
 	"\x0eComputeRequest\x12\x16\n" +
 	"\x06kernel\x18\x01 \x01(\tR\x06kernel\x12#\n" +
 	"\x04args\x18\x02 \x03(\v2\x0f.gpumesh.v1.ArgR\x04args\x12\x10\n" +
@@ -2157,82 +2222,85 @@ func file_gpumesh_proto_rawDescGZIP() []byte {
 }
 
 var file_gpumesh_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_gpumesh_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_gpumesh_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_gpumesh_proto_goTypes = []any{
 	(DType)(0),                   // 0: gpumesh.v1.DType
 	(*Tensor)(nil),               // 1: gpumesh.v1.Tensor
 	(*Arg)(nil),                  // 2: gpumesh.v1.Arg
-	(*ComputeRequest)(nil),       // 3: gpumesh.v1.ComputeRequest
-	(*ComputeResponse)(nil),      // 4: gpumesh.v1.ComputeResponse
-	(*StreamRequest)(nil),        // 5: gpumesh.v1.StreamRequest
-	(*StreamResponse)(nil),       // 6: gpumesh.v1.StreamResponse
-	(*Error)(nil),                // 7: gpumesh.v1.Error
-	(*DevicesRequest)(nil),       // 8: gpumesh.v1.DevicesRequest
-	(*DevicesResponse)(nil),      // 9: gpumesh.v1.DevicesResponse
-	(*Device)(nil),               // 10: gpumesh.v1.Device
-	(*ExplainRequest)(nil),       // 11: gpumesh.v1.ExplainRequest
-	(*ExplainResponse)(nil),      // 12: gpumesh.v1.ExplainResponse
-	(*Limits)(nil),               // 13: gpumesh.v1.Limits
-	(*OpenSessionRequest)(nil),   // 14: gpumesh.v1.OpenSessionRequest
-	(*OpenSessionResponse)(nil),  // 15: gpumesh.v1.OpenSessionResponse
-	(*CloseSessionRequest)(nil),  // 16: gpumesh.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil), // 17: gpumesh.v1.CloseSessionResponse
-	(*AllocRequest)(nil),         // 18: gpumesh.v1.AllocRequest
-	(*AllocResponse)(nil),        // 19: gpumesh.v1.AllocResponse
-	(*FreeRequest)(nil),          // 20: gpumesh.v1.FreeRequest
-	(*FreeResponse)(nil),         // 21: gpumesh.v1.FreeResponse
-	(*WriteRequest)(nil),         // 22: gpumesh.v1.WriteRequest
-	(*WriteResponse)(nil),        // 23: gpumesh.v1.WriteResponse
-	(*ReadRequest)(nil),          // 24: gpumesh.v1.ReadRequest
-	(*ReadResponse)(nil),         // 25: gpumesh.v1.ReadResponse
-	(*LoadModuleRequest)(nil),    // 26: gpumesh.v1.LoadModuleRequest
-	(*LoadModuleResponse)(nil),   // 27: gpumesh.v1.LoadModuleResponse
-	(*Dim3)(nil),                 // 28: gpumesh.v1.Dim3
-	(*LaunchRequest)(nil),        // 29: gpumesh.v1.LaunchRequest
-	(*LaunchResponse)(nil),       // 30: gpumesh.v1.LaunchResponse
+	(*BufferRef)(nil),            // 3: gpumesh.v1.BufferRef
+	(*ComputeRequest)(nil),       // 4: gpumesh.v1.ComputeRequest
+	(*ComputeResponse)(nil),      // 5: gpumesh.v1.ComputeResponse
+	(*StreamRequest)(nil),        // 6: gpumesh.v1.StreamRequest
+	(*StreamResponse)(nil),       // 7: gpumesh.v1.StreamResponse
+	(*Error)(nil),                // 8: gpumesh.v1.Error
+	(*DevicesRequest)(nil),       // 9: gpumesh.v1.DevicesRequest
+	(*DevicesResponse)(nil),      // 10: gpumesh.v1.DevicesResponse
+	(*Device)(nil),               // 11: gpumesh.v1.Device
+	(*ExplainRequest)(nil),       // 12: gpumesh.v1.ExplainRequest
+	(*ExplainResponse)(nil),      // 13: gpumesh.v1.ExplainResponse
+	(*Limits)(nil),               // 14: gpumesh.v1.Limits
+	(*OpenSessionRequest)(nil),   // 15: gpumesh.v1.OpenSessionRequest
+	(*OpenSessionResponse)(nil),  // 16: gpumesh.v1.OpenSessionResponse
+	(*CloseSessionRequest)(nil),  // 17: gpumesh.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil), // 18: gpumesh.v1.CloseSessionResponse
+	(*AllocRequest)(nil),         // 19: gpumesh.v1.AllocRequest
+	(*AllocResponse)(nil),        // 20: gpumesh.v1.AllocResponse
+	(*FreeRequest)(nil),          // 21: gpumesh.v1.FreeRequest
+	(*FreeResponse)(nil),         // 22: gpumesh.v1.FreeResponse
+	(*WriteRequest)(nil),         // 23: gpumesh.v1.WriteRequest
+	(*WriteResponse)(nil),        // 24: gpumesh.v1.WriteResponse
+	(*ReadRequest)(nil),          // 25: gpumesh.v1.ReadRequest
+	(*ReadResponse)(nil),         // 26: gpumesh.v1.ReadResponse
+	(*LoadModuleRequest)(nil),    // 27: gpumesh.v1.LoadModuleRequest
+	(*LoadModuleResponse)(nil),   // 28: gpumesh.v1.LoadModuleResponse
+	(*Dim3)(nil),                 // 29: gpumesh.v1.Dim3
+	(*LaunchRequest)(nil),        // 30: gpumesh.v1.LaunchRequest
+	(*LaunchResponse)(nil),       // 31: gpumesh.v1.LaunchResponse
 }
 var file_gpumesh_proto_depIdxs = []int32{
 	0,  // 0: gpumesh.v1.Tensor.dtype:type_name -> gpumesh.v1.DType
 	1,  // 1: gpumesh.v1.Arg.tensor:type_name -> gpumesh.v1.Tensor
-	2,  // 2: gpumesh.v1.ComputeRequest.args:type_name -> gpumesh.v1.Arg
-	1,  // 3: gpumesh.v1.ComputeResponse.outputs:type_name -> gpumesh.v1.Tensor
-	3,  // 4: gpumesh.v1.StreamRequest.compute:type_name -> gpumesh.v1.ComputeRequest
-	4,  // 5: gpumesh.v1.StreamResponse.compute:type_name -> gpumesh.v1.ComputeResponse
-	7,  // 6: gpumesh.v1.StreamResponse.error:type_name -> gpumesh.v1.Error
-	10, // 7: gpumesh.v1.DevicesResponse.devices:type_name -> gpumesh.v1.Device
-	13, // 8: gpumesh.v1.ExplainResponse.limits:type_name -> gpumesh.v1.Limits
-	28, // 9: gpumesh.v1.LaunchRequest.grid:type_name -> gpumesh.v1.Dim3
-	28, // 10: gpumesh.v1.LaunchRequest.block:type_name -> gpumesh.v1.Dim3
-	2,  // 11: gpumesh.v1.LaunchRequest.args:type_name -> gpumesh.v1.Arg
-	8,  // 12: gpumesh.v1.GPU.Devices:input_type -> gpumesh.v1.DevicesRequest
-	3,  // 13: gpumesh.v1.GPU.Compute:input_type -> gpumesh.v1.ComputeRequest
-	5,  // 14: gpumesh.v1.GPU.Stream:input_type -> gpumesh.v1.StreamRequest
-	11, // 15: gpumesh.v1.GPU.Explain:input_type -> gpumesh.v1.ExplainRequest
-	14, // 16: gpumesh.v1.GPU.OpenSession:input_type -> gpumesh.v1.OpenSessionRequest
-	16, // 17: gpumesh.v1.GPU.CloseSession:input_type -> gpumesh.v1.CloseSessionRequest
-	18, // 18: gpumesh.v1.GPU.Alloc:input_type -> gpumesh.v1.AllocRequest
-	20, // 19: gpumesh.v1.GPU.Free:input_type -> gpumesh.v1.FreeRequest
-	22, // 20: gpumesh.v1.GPU.Write:input_type -> gpumesh.v1.WriteRequest
-	24, // 21: gpumesh.v1.GPU.Read:input_type -> gpumesh.v1.ReadRequest
-	26, // 22: gpumesh.v1.GPU.LoadModule:input_type -> gpumesh.v1.LoadModuleRequest
-	29, // 23: gpumesh.v1.GPU.Launch:input_type -> gpumesh.v1.LaunchRequest
-	9,  // 24: gpumesh.v1.GPU.Devices:output_type -> gpumesh.v1.DevicesResponse
-	4,  // 25: gpumesh.v1.GPU.Compute:output_type -> gpumesh.v1.ComputeResponse
-	6,  // 26: gpumesh.v1.GPU.Stream:output_type -> gpumesh.v1.StreamResponse
-	12, // 27: gpumesh.v1.GPU.Explain:output_type -> gpumesh.v1.ExplainResponse
-	15, // 28: gpumesh.v1.GPU.OpenSession:output_type -> gpumesh.v1.OpenSessionResponse
-	17, // 29: gpumesh.v1.GPU.CloseSession:output_type -> gpumesh.v1.CloseSessionResponse
-	19, // 30: gpumesh.v1.GPU.Alloc:output_type -> gpumesh.v1.AllocResponse
-	21, // 31: gpumesh.v1.GPU.Free:output_type -> gpumesh.v1.FreeResponse
-	23, // 32: gpumesh.v1.GPU.Write:output_type -> gpumesh.v1.WriteResponse
-	25, // 33: gpumesh.v1.GPU.Read:output_type -> gpumesh.v1.ReadResponse
-	27, // 34: gpumesh.v1.GPU.LoadModule:output_type -> gpumesh.v1.LoadModuleResponse
-	30, // 35: gpumesh.v1.GPU.Launch:output_type -> gpumesh.v1.LaunchResponse
-	24, // [24:36] is the sub-list for method output_type
-	12, // [12:24] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	3,  // 2: gpumesh.v1.Arg.buffer:type_name -> gpumesh.v1.BufferRef
+	0,  // 3: gpumesh.v1.BufferRef.dtype:type_name -> gpumesh.v1.DType
+	2,  // 4: gpumesh.v1.ComputeRequest.args:type_name -> gpumesh.v1.Arg
+	1,  // 5: gpumesh.v1.ComputeResponse.outputs:type_name -> gpumesh.v1.Tensor
+	4,  // 6: gpumesh.v1.StreamRequest.compute:type_name -> gpumesh.v1.ComputeRequest
+	5,  // 7: gpumesh.v1.StreamResponse.compute:type_name -> gpumesh.v1.ComputeResponse
+	8,  // 8: gpumesh.v1.StreamResponse.error:type_name -> gpumesh.v1.Error
+	11, // 9: gpumesh.v1.DevicesResponse.devices:type_name -> gpumesh.v1.Device
+	14, // 10: gpumesh.v1.ExplainResponse.limits:type_name -> gpumesh.v1.Limits
+	29, // 11: gpumesh.v1.LaunchRequest.grid:type_name -> gpumesh.v1.Dim3
+	29, // 12: gpumesh.v1.LaunchRequest.block:type_name -> gpumesh.v1.Dim3
+	2,  // 13: gpumesh.v1.LaunchRequest.args:type_name -> gpumesh.v1.Arg
+	9,  // 14: gpumesh.v1.GPU.Devices:input_type -> gpumesh.v1.DevicesRequest
+	4,  // 15: gpumesh.v1.GPU.Compute:input_type -> gpumesh.v1.ComputeRequest
+	6,  // 16: gpumesh.v1.GPU.Stream:input_type -> gpumesh.v1.StreamRequest
+	12, // 17: gpumesh.v1.GPU.Explain:input_type -> gpumesh.v1.ExplainRequest
+	15, // 18: gpumesh.v1.GPU.OpenSession:input_type -> gpumesh.v1.OpenSessionRequest
+	17, // 19: gpumesh.v1.GPU.CloseSession:input_type -> gpumesh.v1.CloseSessionRequest
+	19, // 20: gpumesh.v1.GPU.Alloc:input_type -> gpumesh.v1.AllocRequest
+	21, // 21: gpumesh.v1.GPU.Free:input_type -> gpumesh.v1.FreeRequest
+	23, // 22: gpumesh.v1.GPU.Write:input_type -> gpumesh.v1.WriteRequest
+	25, // 23: gpumesh.v1.GPU.Read:input_type -> gpumesh.v1.ReadRequest
+	27, // 24: gpumesh.v1.GPU.LoadModule:input_type -> gpumesh.v1.LoadModuleRequest
+	30, // 25: gpumesh.v1.GPU.Launch:input_type -> gpumesh.v1.LaunchRequest
+	10, // 26: gpumesh.v1.GPU.Devices:output_type -> gpumesh.v1.DevicesResponse
+	5,  // 27: gpumesh.v1.GPU.Compute:output_type -> gpumesh.v1.ComputeResponse
+	7,  // 28: gpumesh.v1.GPU.Stream:output_type -> gpumesh.v1.StreamResponse
+	13, // 29: gpumesh.v1.GPU.Explain:output_type -> gpumesh.v1.ExplainResponse
+	16, // 30: gpumesh.v1.GPU.OpenSession:output_type -> gpumesh.v1.OpenSessionResponse
+	18, // 31: gpumesh.v1.GPU.CloseSession:output_type -> gpumesh.v1.CloseSessionResponse
+	20, // 32: gpumesh.v1.GPU.Alloc:output_type -> gpumesh.v1.AllocResponse
+	22, // 33: gpumesh.v1.GPU.Free:output_type -> gpumesh.v1.FreeResponse
+	24, // 34: gpumesh.v1.GPU.Write:output_type -> gpumesh.v1.WriteResponse
+	26, // 35: gpumesh.v1.GPU.Read:output_type -> gpumesh.v1.ReadResponse
+	28, // 36: gpumesh.v1.GPU.LoadModule:output_type -> gpumesh.v1.LoadModuleResponse
+	31, // 37: gpumesh.v1.GPU.Launch:output_type -> gpumesh.v1.LaunchResponse
+	26, // [26:38] is the sub-list for method output_type
+	14, // [14:26] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_gpumesh_proto_init() }
@@ -2246,7 +2314,7 @@ func file_gpumesh_proto_init() {
 		(*Arg_Scalar)(nil),
 		(*Arg_Int)(nil),
 	}
-	file_gpumesh_proto_msgTypes[25].OneofWrappers = []any{
+	file_gpumesh_proto_msgTypes[26].OneofWrappers = []any{
 		(*LoadModuleRequest_Ptx)(nil),
 		(*LoadModuleRequest_Cuda)(nil),
 	}
@@ -2256,7 +2324,7 @@ func file_gpumesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gpumesh_proto_rawDesc), len(file_gpumesh_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

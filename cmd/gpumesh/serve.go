@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gpumesh/gpumesh/gpusvc"
+	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/overlay/tsnet"
+	"github.com/gpumesh/gpumesh/policy"
+)
+
+func init() { register(newServeCmd) }
+
+func newServeCmd() *cobra.Command {
+	var (
+		tf          tailnetFlags
+		policyPath  string
+		port        int
+		maxRequest  string
+		joinTimeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "serve --policy FILE",
+		Short: "Join the tailnet and serve this host's GPUs inside it",
+		Long: `serve joins the tailnet as a GPU host and serves the compute endpoint on
+its tailnet addresses only. Every call is attributed to the caller's tailnet
+identity and allowed or refused by the policy file. SIGHUP (or saving the
+file) reloads the policy; an invalid one is rejected and the old one stays.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			out := cmd.OutOrStdout()
+			log := logger(tf.verbose)
+			if policyPath == "" {
+				return fmt.Errorf("--policy is required: gpumesh serves nobody without a policy (see examples/policy.hcl)")
+			}
+			store, err := policy.NewStore(policyPath, func(format string, args ...any) {
+				fmt.Fprintf(os.Stderr, "policy: "+format+"\n", args...)
+			})
+			if err != nil {
+				return err
+			}
+			maxReq, err := policy.ParseSize(maxRequest)
+			if err != nil {
+				return fmt.Errorf("--max-request: %w", err)
+			}
+			cfg, err := tf.config()
+			if err != nil {
+				return err
+			}
+			ov, err := tsnet.New(cfg)
+			if err != nil {
+				return err
+			}
+			defer ov.Close()
+			jctx, cancel := context.WithTimeout(ctx, joinTimeout)
+			st, err := ov.Up(jctx)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("join tailnet at %s: %w", cfg.ControlURL, err)
+			}
+			host, err := node.StartHost(ctx, node.HostConfig{
+				Overlay: ov, Name: cfg.Hostname, Policy: store, Port: port,
+				MaxRequestBytes: maxReq, Logger: log,
+			})
+			if err != nil {
+				return err
+			}
+			defer host.Close()
+			fmt.Fprintf(out, "gpumesh: serving %s on %v port %d (tailnet only), policy %s\n",
+				cfg.Hostname, st.TailscaleIPs, port, policyPath)
+
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			for {
+				select {
+				case <-ctx.Done():
+					fmt.Fprintln(out, "gpumesh: shutting down")
+					return nil
+				case <-hup:
+					if err := host.ReloadPolicy(); err != nil {
+						fmt.Fprintf(os.Stderr, "gpumesh: policy reload rejected, old policy stays: %v\n", err)
+					} else {
+						fmt.Fprintln(out, "gpumesh: policy reloaded")
+					}
+				}
+			}
+		},
+	}
+	tf.register(cmd, "gpu-host")
+	cmd.Flags().StringVar(&policyPath, "policy", "", "policy file (.hcl or .json)")
+	cmd.Flags().IntVar(&port, "port", gpusvc.DefaultPort, "TCP port of the endpoint on the tailnet")
+	cmd.Flags().StringVar(&maxRequest, "max-request", "64MiB", "largest request accepted")
+	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")
+	return cmd
+}

@@ -1,0 +1,76 @@
+package gpusvc
+
+import (
+	"context"
+	"errors"
+
+	"github.com/gpumesh/gpumesh/gpusvc/kernel"
+)
+
+// Backend runs kernels. The CPU backend (gpusvc/cpu) is the default
+// everywhere; a CUDA host runs its GPUs through supervised worker processes.
+type Backend interface {
+	// Info describes the backend and its devices, with live telemetry.
+	Info(ctx context.Context) Info
+	// Compute runs a built-in kernel. The call has been validated with
+	// kernel.Check; buffer arguments carry handles this backend issued.
+	Compute(ctx context.Context, c Call) (kernel.Tensor, error)
+	// Close releases the backend's resources.
+	Close() error
+}
+
+// Memory is implemented by backends that keep buffers resident between
+// calls. Handles are the backend's own and never 0.
+type Memory interface {
+	Alloc(ctx context.Context, gpu int, n int64) (handle uint64, err error)
+	Free(handle uint64) error
+	// WriteAt and ReadAt copy bytes into and out of a buffer.
+	WriteAt(handle uint64, off int64, p []byte) error
+	ReadAt(handle uint64, off int64, p []byte) error
+}
+
+// Call is one validated kernel call.
+type Call struct {
+	Kernel string
+	GPU    int
+	Args   []kernel.Arg
+	// Out, when not 0, is a buffer handle the result is written into
+	// instead of being returned.
+	Out uint64
+	// OutShape is the result's shape, from kernel.Check.
+	OutShape []int64
+}
+
+// Info describes a backend.
+type Info struct {
+	Backend string // "cpu" or "cuda"
+	Devices []Device
+	Status  string // one line: why this backend, what is missing
+	NVRTC   string // the NVRTC library found, if any
+}
+
+// Device is one compute device and its telemetry.
+type Device struct {
+	Index              int
+	UUID               string
+	Name               string
+	MemoryTotal        uint64
+	MemoryUsed         uint64
+	UtilizationPercent uint32
+	TemperatureC       int32
+	PowerMW            uint32
+	DriverVersion      string
+	CUDAVersion        string
+}
+
+// Sentinel errors backends return; the server maps them to gRPC codes.
+var (
+	// ErrNoDevice: the GPU asked for does not exist on this host.
+	ErrNoDevice = errors.New("no such device")
+	// ErrUnsupported: the backend cannot do this (custom kernels on CPU).
+	ErrUnsupported = errors.New("not supported by this backend")
+	// ErrNoBuffer: the buffer handle is unknown or not the caller's.
+	ErrNoBuffer = errors.New("no such buffer")
+	// ErrOutOfMemory: the device cannot hold the allocation.
+	ErrOutOfMemory = errors.New("out of device memory")
+)
