@@ -1,0 +1,132 @@
+// Package policy is gpumesh's access policy: which caller may run which
+// kernels on which GPU, with what quotas, and which QoS class their traffic
+// gets. A policy file is parsed, validated and compiled once into an
+// immutable *Policy; Evaluate is then a pure function of (subject, request)
+// to a Decision that names the deciding rule and says why.
+//
+// policy imports no overlay, GPU or QoS code. It computes limits; the
+// server (gpusvc) enforces them. It fails closed: a nil, empty, invalid or
+// untested-and-failing policy denies, and allow-all exists only as
+// AllowAllForTest.
+//
+// # Files
+//
+// One schema, two syntaxes chosen by extension: HCL (.hcl) and JSON (.json,
+// HCL's JSON form, where each block is an object keyed by block type, then by
+// label). Unknown keys are errors, every error names file:line:col, and the
+// file must start with its language version:
+//
+//	version = 1
+//
+// # Subjects
+//
+// A subject entry names callers, as the overlay identified them:
+//
+//	"laptop", "node:laptop"      a tailnet node, by short name
+//	"alice@example.com",
+//	"user:alice@example.com"     a login (a bare entry containing "@" is a user)
+//	"tag:ci"                     nodes carrying a tailnet tag
+//	"group:ml"                   the members of a group defined in this file
+//	"cap:gpumesh.dev/cap/gpu"    callers the tailnet grants this app capability
+//	"wg:workstation"             a static WireGuard peer (plain WireGuard mode)
+//	"*"                          any identified caller
+//
+// Names, logins and tags compare case-insensitively; capability names
+// exactly. WireGuard peers are their own namespace: "laptop" never matches a
+// WireGuard peer called laptop, only "wg:laptop" does.
+//
+//	group "ml" {
+//	  members = ["alice@example.com", "laptop", "tag:ml-runner"]
+//	}
+//
+// Groups hold any subject entry but another group or "*".
+//
+// # QoS classes
+//
+//	class "interactive" { dscp = "EF"   priority = 0 }
+//	class "bulk"        { dscp = "AF11" priority = 2  rate = "200MB/s"  burst = "4MiB" }
+//
+// dscp (required) is a name (CS0–CS7, AF11–AF43, EF, VA, LE) or a number
+// 0–63; priority is 0 (most urgent) to 7, default 0; rate is bytes per second
+// ("200MB/s", "1GiB/s", "800Mbit/s" or a number) and burst a size, both
+// optional. A caller's class comes from the rule that allowed it; callers
+// whose rule names none use the default class.
+//
+// # Rules
+//
+//	rule "team" {
+//	  subjects       = ["group:ml", "tag:ci"]
+//	  gpus           = ["0"]                     # index, UUID ("GPU-…"), or "*"
+//	  kernels        = ["matrix_mul", "saxpy"]   # built-ins, "*", "custom:ptx", "custom:cuda"
+//	  max_memory     = "2GiB"   # device memory the caller may hold
+//	  max_concurrent = 4        # calls in flight
+//	  rate           = 50       # calls per second …
+//	  burst          = 10       # … with this bucket (default: ceil(rate))
+//	  max_request    = "64MiB"  # request size (default: the server's)
+//	  idle_timeout   = "10m"    # session idle timeout (default: the server's)
+//	  class          = "interactive"
+//	}
+//
+// subjects, gpus and kernels are required; the limits are optional and mean
+// "unlimited" (or the server's default) when left out. kernels = ["*"] is
+// every built-in kernel but NOT custom code: running caller-supplied PTX or
+// CUDA is a separate right, granted only by naming "custom:ptx" or
+// "custom:cuda". A request for GPU "" means GPU "0".
+//
+//	deny "stranger" {
+//	  subjects = ["stranger", "tag:quarantine"]
+//	  # gpus and kernels are optional here; left out they mean everything,
+//	  # custom code included.
+//	}
+//
+// # How rules combine
+//
+// A rule matches a request when its subjects name the caller and its gpus
+// and kernels include the request. Then:
+//
+//  1. If any deny block matches, the call is denied, whatever allows it.
+//     A deny can be reviewed on its own: nothing elsewhere can undo it.
+//  2. Otherwise the most specific matching rule allows the call, and its
+//     limits and class apply (limits are never merged across rules).
+//     Specificity is that of the subject entry that named the caller:
+//     node or wg:  >  user  >  cap:  >  tag:  >  group:  >  "*".
+//     A group entry counts as group whatever member matched. Between
+//     equally specific rules, the one written first wins.
+//  3. If no rule matches, the call is denied (default deny).
+//
+// Rules only grant: a specific rule that does not cover a kernel does not
+// take away what a broader rule grants for that kernel; use deny for that.
+//
+// # App capabilities
+//
+// A "cap:NAME" entry names callers whose WhoIs carries the app capability
+// NAME (granted in the tailnet's own policy). The capability's values may
+// narrow the rule further; each value is a JSON object
+//
+//	{"kernels": ["matrix_mul", "*", "custom:ptx"], "gpus": ["0", "*"]}
+//
+// where both fields are optional and use the rule syntax. A rule that
+// matched through a cap: entry allows a request only if the rule covers it
+// AND at least one value permits it (no values at all: no narrowing). A
+// value that is not an object, has other fields or wrong types permits
+// nothing, so an unknown restriction can never widen access. In deny blocks
+// the capability's presence is enough; its values are ignored.
+//
+// # Tests
+//
+// Test blocks state what the policy must decide; `gpumesh policy test` runs
+// them, and a server refuses (LoadChecked, Store) a policy whose tests fail.
+//
+//	test "laptop can matmul" {
+//	  subject = { node = "laptop", user = "alice@example.com", tags = [] }
+//	  kernel  = "matrix_mul"
+//	  gpu     = "0"            # optional, default "0"
+//	  expect  = "allow"        # or "deny"
+//	  rule    = "team"         # optional: the rule that must decide
+//	  class   = "interactive"  # optional: the class that must apply
+//	}
+//
+// subject fields: node ("wg:NAME" for a WireGuard peer), user, tags,
+// caps ({ "NAME" = [ {kernels = […]} ] }) and wireguard (bool). Other test
+// fields: gpu_uuid and bytes.
+package policy

@@ -1,0 +1,217 @@
+package policy
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+)
+
+// entry says that a rule applies to a subject key, through which subject
+// entry and at what specificity.
+type entry struct {
+	rule *rule
+	spec int    // specificity of the subject entry that matched
+	via  string // the entry as written: "group:ml", "laptop", "cap:…"
+	cap  string // for entries that match through an app capability: its name
+}
+
+// index maps subject keys to the rules that name them, groups expanded, so
+// that evaluating a request touches only the rules about its subject.
+type index struct {
+	nodes, users, tags, wg, caps map[string][]entry
+	any                          []entry
+}
+
+func buildIndex(p *Policy) index {
+	idx := index{
+		nodes: map[string][]entry{}, users: map[string][]entry{}, tags: map[string][]entry{},
+		wg: map[string][]entry{}, caps: map[string][]entry{},
+	}
+	groups := map[string]*group{}
+	for i := range p.groups {
+		groups[p.groups[i].name] = &p.groups[i]
+	}
+	var add func(r *rule, ref subjectRef, spec int, via string)
+	add = func(r *rule, ref subjectRef, spec int, via string) {
+		e := entry{rule: r, spec: spec, via: via}
+		switch ref.kind {
+		case kindAny:
+			idx.any = append(idx.any, e)
+		case kindNode:
+			idx.nodes[ref.name] = append(idx.nodes[ref.name], e)
+		case kindWG:
+			idx.wg[ref.name] = append(idx.wg[ref.name], e)
+		case kindUser:
+			idx.users[ref.name] = append(idx.users[ref.name], e)
+		case kindTag:
+			idx.tags[ref.name] = append(idx.tags[ref.name], e)
+		case kindCap:
+			e.cap = ref.name
+			idx.caps[ref.name] = append(idx.caps[ref.name], e)
+		case kindGroup:
+			if g := groups[ref.name]; g != nil {
+				for _, m := range g.members {
+					add(r, m, spec, via)
+				}
+			}
+		}
+	}
+	for _, r := range p.rules {
+		for _, ref := range r.subjects {
+			add(r, ref, ref.kind.specificity(), ref.text)
+		}
+	}
+	return idx
+}
+
+// Evaluate decides whether s may make request r. It is a pure function of
+// the policy, the subject and the request. The combining rule:
+//
+//  1. Only rules whose subjects include the caller and whose gpus and kernels
+//     include the request are considered ("matching" rules). A rule that
+//     matched through a cap: subject must also be permitted by the
+//     capability's values.
+//  2. If any deny block matches, the call is denied, whatever allows it.
+//  3. Otherwise the most specific matching rule allows the call and sets its
+//     limits and class. Specificity is that of the subject entry that
+//     matched: node or wg > user > cap > tag > group > "*". Between equally
+//     specific rules the one written first wins.
+//  4. If no rule matches, the call is denied (default deny).
+func (p *Policy) Evaluate(s Subject, r Request) Decision {
+	if p == nil {
+		return Decision{Reason: "no policy is in force (deny all)"}
+	}
+	if s.empty() {
+		return Decision{Reason: "the caller has no identity (default deny)"}
+	}
+	gpu := r.gpu()
+	var allow, deny entry
+	consider := func(es []entry) {
+		for _, e := range es {
+			if !e.rule.covers(r.Kernel, gpu, r.GPUUUID) {
+				continue
+			}
+			if e.rule.deny {
+				if deny.rule == nil || better(e, deny) {
+					deny = e
+				}
+				continue
+			}
+			if allow.rule != nil && !better(e, allow) {
+				continue
+			}
+			if e.cap != "" && !capPermits(s.Caps[e.cap], r.Kernel, gpu, r.GPUUUID) {
+				continue
+			}
+			allow = e
+		}
+	}
+	if s.Node != "" {
+		if s.WireGuard {
+			consider(p.idx.wg[lower(s.Node)])
+		} else {
+			consider(p.idx.nodes[lower(s.Node)])
+		}
+	}
+	if s.User != "" {
+		consider(p.idx.users[lower(s.User)])
+	}
+	for _, t := range s.Tags {
+		consider(p.idx.tags[lower(t)])
+	}
+	if len(p.idx.caps) > 0 {
+		for c := range s.Caps {
+			consider(p.idx.caps[c])
+		}
+	}
+	consider(p.idx.any)
+
+	on := r.Kernel + " on gpu " + gpu
+	switch {
+	case deny.rule != nil:
+		return Decision{
+			Rule:   deny.rule.name,
+			Reason: "deny " + quote(deny.rule.name) + " forbids " + deny.via + " to call " + on,
+		}
+	case allow.rule != nil:
+		return Decision{
+			Allow:  true,
+			Rule:   allow.rule.name,
+			Reason: "rule " + quote(allow.rule.name) + " allows " + allow.via + " to call " + on,
+			Limits: allow.rule.limits,
+			Class:  allow.rule.class,
+		}
+	}
+	return Decision{Reason: "no rule allows " + s.String() + " to call " + on + " (default deny)"}
+}
+
+// better reports whether a should decide rather than b.
+func better(a, b entry) bool {
+	return a.spec > b.spec || a.spec == b.spec && a.rule.order < b.rule.order
+}
+
+func quote(s string) string { return `"` + s + `"` }
+
+// capValue is one value of the gpumesh app capability. Every field is
+// optional; a field that is present narrows what the capability permits.
+type capValue struct {
+	Kernels *[]string `json:"kernels"`
+	GPUs    *[]string `json:"gpus"`
+}
+
+// capPermits reports whether an app capability's values permit the request.
+// No values: the capability is granted without restriction. Otherwise at
+// least one value must permit it. A value that is not a JSON object, has
+// fields gpumesh does not know or lists a wrong type permits nothing: an
+// unknown restriction must not widen access.
+func capPermits(values []json.RawMessage, kernel, gpu, uuid string) bool {
+	if len(values) == 0 {
+		return true
+	}
+	for _, raw := range values {
+		v, ok := decodeCapValue(raw)
+		if !ok {
+			continue
+		}
+		if v.Kernels != nil && !listCoversKernel(*v.Kernels, kernel) {
+			continue
+		}
+		if v.GPUs != nil && !listCoversGPU(*v.GPUs, gpu, uuid) {
+			continue
+		}
+		return true
+	}
+	return false
+}
+
+func decodeCapValue(raw json.RawMessage) (capValue, bool) {
+	var v capValue
+	t := bytes.TrimSpace(raw)
+	if len(t) == 0 || t[0] != '{' {
+		return v, false
+	}
+	dec := json.NewDecoder(bytes.NewReader(t))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil || dec.More() {
+		return v, false
+	}
+	return v, true
+}
+
+func listCoversKernel(list []string, kernel string) bool {
+	for _, k := range list {
+		if k == kernel || k == "*" && kernel != "" && !isCustom(kernel) {
+			return true
+		}
+	}
+	return false
+}
+
+func listCoversGPU(list []string, gpu, uuid string) bool {
+	for _, g := range list {
+		if g == "*" || strings.EqualFold(g, gpu) || uuid != "" && strings.EqualFold(g, uuid) {
+			return true
+		}
+	}
+	return false
+}

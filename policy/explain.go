@@ -1,0 +1,122 @@
+package policy
+
+import "fmt"
+
+// Explanation is a decision with the reasoning behind it: how each rule in
+// the file related to the request.
+type Explanation struct {
+	Decision Decision `json:"decision"`
+	Steps    []Step   `json:"steps"`
+}
+
+// Step says how one rule related to the request.
+type Step struct {
+	Rule    string `json:"rule"`
+	Deny    bool   `json:"deny,omitempty"`
+	Pos     string `json:"pos,omitempty"`
+	Via     string `json:"via,omitempty"`  // the subject entry through which the rule names the caller
+	Kind    string `json:"kind,omitempty"` // that entry's kind, which sets its specificity
+	Outcome string `json:"outcome"`
+}
+
+// Explain evaluates like Evaluate and also says, rule by rule, why each
+// one did or did not decide. It walks every rule, so it is for people
+// (`gpumesh policy explain`), not for the call path.
+func (p *Policy) Explain(s Subject, r Request) Explanation {
+	ex := Explanation{Decision: p.Evaluate(s, r), Steps: []Step{}}
+	if p == nil || s.empty() {
+		return ex
+	}
+	gpu := r.gpu()
+	groups := map[string]*group{}
+	for i := range p.groups {
+		groups[p.groups[i].name] = &p.groups[i]
+	}
+	for _, rl := range p.rules {
+		st := Step{Rule: rl.name, Deny: rl.deny, Pos: Pos(rl.rng)}
+		via, k, capName, ok := bestRef(rl, s, groups)
+		switch {
+		case !ok:
+			st.Outcome = "does not name " + s.String()
+		case ex.Decision.Rule == rl.name:
+			st.Via, st.Kind = via, k.String()
+			st.Outcome = "decides: " + ex.Decision.Reason
+		case !coversKernel(rl.allKernels, rl.allBuiltins, rl.kernels, r.Kernel):
+			st.Via, st.Kind = via, k.String()
+			st.Outcome = fmt.Sprintf("names %s but not kernel %s", s.String(), r.Kernel)
+			if isCustom(r.Kernel) && rl.allBuiltins {
+				st.Outcome += ` ("*" covers built-ins only; custom code is granted by name)`
+			}
+		case !coversGPU(rl.allGPUs, rl.gpus, gpu, r.GPUUUID):
+			st.Via, st.Kind = via, k.String()
+			st.Outcome = fmt.Sprintf("names %s but not gpu %s", s.String(), gpu)
+		case !rl.deny && capName != "" && !capPermits(s.Caps[capName], r.Kernel, gpu, r.GPUUUID):
+			st.Via, st.Kind = via, k.String()
+			st.Outcome = fmt.Sprintf("matches through capability %q, whose values do not permit %s on gpu %s", capName, r.Kernel, gpu)
+		case rl.deny:
+			st.Via, st.Kind = via, k.String()
+			st.Outcome = "matches; another deny decided"
+		case !ex.Decision.Allow:
+			st.Via, st.Kind = via, k.String()
+			st.Outcome = fmt.Sprintf("matches, but deny %q overrides every allow", ex.Decision.Rule)
+		default:
+			st.Via, st.Kind = via, k.String()
+			st.Outcome = fmt.Sprintf("matches, but rule %q is more specific or written earlier", ex.Decision.Rule)
+		}
+		ex.Steps = append(ex.Steps, st)
+	}
+	return ex
+}
+
+// bestRef finds the most specific subject entry of rl that names s,
+// preferring entries whose capability (if any) permits nothing less.
+func bestRef(rl *rule, s Subject, groups map[string]*group) (via string, k kind, capName string, ok bool) {
+	best := -1
+	for _, ref := range rl.subjects {
+		refs := []subjectRef{ref}
+		if ref.kind == kindGroup {
+			if g := groups[ref.name]; g != nil {
+				refs = g.members
+			} else {
+				refs = nil
+			}
+		}
+		for _, m := range refs {
+			if !refNames(m, s) {
+				continue
+			}
+			if spec := ref.kind.specificity(); spec > best {
+				best, via, k, ok = spec, ref.text, ref.kind, true
+				capName = ""
+				if m.kind == kindCap {
+					capName = m.name
+				}
+			}
+		}
+	}
+	return via, k, capName, ok
+}
+
+// refNames reports whether a non-group subject entry names s.
+func refNames(ref subjectRef, s Subject) bool {
+	switch ref.kind {
+	case kindAny:
+		return true
+	case kindNode:
+		return !s.WireGuard && s.Node != "" && lower(s.Node) == ref.name
+	case kindWG:
+		return s.WireGuard && s.Node != "" && lower(s.Node) == ref.name
+	case kindUser:
+		return s.User != "" && lower(s.User) == ref.name
+	case kindTag:
+		for _, t := range s.Tags {
+			if lower(t) == ref.name {
+				return true
+			}
+		}
+	case kindCap:
+		_, has := s.Caps[ref.name]
+		return has
+	}
+	return false
+}

@@ -1,0 +1,161 @@
+package policy
+
+import (
+	"encoding/json"
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// Summary is the compiled meaning of a policy, without source positions or
+// file name: two files that mean the same thing (an HCL file and its JSON
+// twin) have equal summaries. It is also what `gpumesh policy check --json`
+// prints.
+type Summary struct {
+	Version int            `json:"version"`
+	Groups  []GroupSummary `json:"groups"`
+	Classes []Class        `json:"classes"`
+	Rules   []RuleSummary  `json:"rules"`
+	Denies  []RuleSummary  `json:"denies"`
+	Tests   []TestSummary  `json:"tests"`
+}
+
+// GroupSummary is a group and its members, canonically written.
+type GroupSummary struct {
+	Name    string   `json:"name"`
+	Members []string `json:"members"`
+}
+
+// RuleSummary is a compiled rule or deny block.
+type RuleSummary struct {
+	Name     string        `json:"name"`
+	Subjects []string      `json:"subjects"`
+	GPUs     []string      `json:"gpus"`
+	Kernels  []string      `json:"kernels"`
+	Limits   LimitsSummary `json:"limits"`
+	Class    string        `json:"class,omitempty"`
+}
+
+// LimitsSummary is Limits with JSON names; zero means unlimited or the
+// server's default.
+type LimitsSummary struct {
+	MaxMemory       int64   `json:"max_memory,omitempty"`
+	MaxConcurrent   int     `json:"max_concurrent,omitempty"`
+	Rate            float64 `json:"rate,omitempty"`
+	Burst           int     `json:"burst,omitempty"`
+	MaxRequestBytes int64   `json:"max_request,omitempty"`
+	IdleTimeout     string  `json:"idle_timeout,omitempty"`
+}
+
+// TestSummary is one test block.
+type TestSummary struct {
+	Name    string                       `json:"name"`
+	Node    string                       `json:"node,omitempty"`
+	User    string                       `json:"user,omitempty"`
+	Tags    []string                     `json:"tags,omitempty"`
+	Caps    map[string][]json.RawMessage `json:"caps,omitempty"`
+	WG      bool                         `json:"wireguard,omitempty"`
+	Kernel  string                       `json:"kernel"`
+	GPU     string                       `json:"gpu,omitempty"`
+	GPUUUID string                       `json:"gpu_uuid,omitempty"`
+	Bytes   int64                        `json:"bytes,omitempty"`
+	Expect  string                       `json:"expect"`
+	Rule    *string                      `json:"rule,omitempty"`
+	Class   *string                      `json:"class,omitempty"`
+}
+
+// Summary describes the compiled policy.
+func (p *Policy) Summary() Summary {
+	s := Summary{Groups: []GroupSummary{}, Classes: []Class{}, Rules: []RuleSummary{}, Denies: []RuleSummary{}, Tests: []TestSummary{}}
+	if p == nil {
+		return s
+	}
+	s.Version = p.version
+	for _, g := range p.groups {
+		gs := GroupSummary{Name: g.name, Members: []string{}}
+		for _, m := range g.members {
+			gs.Members = append(gs.Members, m.canonical())
+		}
+		s.Groups = append(s.Groups, gs)
+	}
+	s.Classes = append(s.Classes, p.classes...)
+	for _, r := range p.rules {
+		rs := RuleSummary{Name: r.name, Subjects: []string{}, Class: r.class}
+		for _, ref := range r.subjects {
+			rs.Subjects = append(rs.Subjects, ref.canonical())
+		}
+		rs.GPUs = r.gpuList()
+		rs.Kernels = r.kernelList()
+		l := r.limits
+		rs.Limits = LimitsSummary{
+			MaxMemory: l.MaxMemory, MaxConcurrent: l.MaxConcurrent, Rate: l.Rate, Burst: l.Burst,
+			MaxRequestBytes: l.MaxRequestBytes,
+		}
+		if l.IdleTimeout > 0 {
+			rs.Limits.IdleTimeout = l.IdleTimeout.String()
+		}
+		if r.deny {
+			s.Denies = append(s.Denies, rs)
+		} else {
+			s.Rules = append(s.Rules, rs)
+		}
+	}
+	for _, t := range p.tests {
+		ts := TestSummary{
+			Name: t.name, Node: t.subject.Node, User: t.subject.User, Tags: t.subject.Tags,
+			Caps: t.subject.Caps, WG: t.subject.WireGuard,
+			Kernel: t.req.Kernel, GPU: t.req.GPU, GPUUUID: t.req.GPUUUID, Bytes: t.req.Bytes,
+			Expect: verdict(t.expect),
+		}
+		if t.hasRule {
+			ts.Rule = &t.rule
+		}
+		if t.hasClass {
+			ts.Class = &t.class
+		}
+		s.Tests = append(s.Tests, ts)
+	}
+	return s
+}
+
+// canonical writes a subject with its kind made explicit where it was
+// implied: "laptop" → "node:laptop", "alice@example.com" → "user:…".
+func (r subjectRef) canonical() string {
+	switch r.kind {
+	case kindAny:
+		return "*"
+	case kindCap:
+		return "cap:" + r.name
+	case kindTag:
+		return r.name
+	}
+	return r.kind.String() + ":" + r.name
+}
+
+func (r *rule) gpuList() []string {
+	if r.allGPUs {
+		return []string{"*"}
+	}
+	return slices.Sorted(maps.Keys(r.gpus))
+}
+
+func (r *rule) kernelList() []string {
+	if r.allKernels {
+		return []string{"*", KernelCustomCUDA, KernelCustomPTX}
+	}
+	var out []string
+	if r.allBuiltins {
+		out = append(out, "*")
+	}
+	names := slices.Collect(maps.Keys(r.kernels))
+	sort.Slice(names, func(i, j int) bool {
+		// built-ins first, then custom rights
+		ci, cj := strings.HasPrefix(names[i], "custom:"), strings.HasPrefix(names[j], "custom:")
+		if ci != cj {
+			return cj
+		}
+		return names[i] < names[j]
+	})
+	return append(out, names...)
+}
