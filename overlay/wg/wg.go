@@ -1,0 +1,585 @@
+package wg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun"
+	"golang.zx2c4.com/wireguard/tun/netstack"
+
+	"github.com/gpumesh/gpumesh/overlay"
+	"github.com/gpumesh/gpumesh/overlay/wg/wgconfig"
+)
+
+var _ overlay.Overlay = (*Node)(nil)
+
+// Mode selects a Node's data path.
+type Mode int
+
+const (
+	// ModeNetstack carries overlay traffic in a userspace TCP/IP stack
+	// inside the process. It needs no privileges.
+	ModeNetstack Mode = iota
+	// ModeTUN creates a kernel TUN interface (needs CAP_NET_ADMIN), so
+	// that every program on the host can use the overlay.
+	ModeTUN
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModeNetstack:
+		return "netstack"
+	case ModeTUN:
+		return "tun"
+	}
+	return "Mode(" + strconv.Itoa(int(m)) + ")"
+}
+
+// ParseMode parses "netstack" or "tun", as a command-line flag gives it.
+func ParseMode(s string) (Mode, error) {
+	switch strings.ToLower(s) {
+	case "", "netstack":
+		return ModeNetstack, nil
+	case "tun":
+		return ModeTUN, nil
+	}
+	return 0, fmt.Errorf("wg: unknown mode %q (want netstack or tun)", s)
+}
+
+// DefaultTUNName is the interface name ModeTUN uses when Config.TUNName is empty.
+const DefaultTUNName = "gpumesh0"
+
+// Config configures a Node. The zero value is not enough only in that a
+// configuration file (File or Path) is required.
+type Config struct {
+	// File is the parsed configuration. If nil, the file at Path is loaded.
+	File *wgconfig.File
+	// Path is the configuration file to load when File is nil.
+	Path string
+	// Mode is the data path; the zero value is ModeNetstack.
+	Mode Mode
+	// TUNName names the kernel interface in ModeTUN; empty means
+	// DefaultTUNName. At most 15 bytes.
+	TUNName string
+	// DSCP, if non-zero, is written into the outer IP header of every
+	// WireGuard UDP packet the node sends (0-63; 34 is AF41).
+	DSCP uint8
+	// Logf receives the node's and wireguard-go's error logs; nil
+	// discards them.
+	Logf func(format string, args ...any)
+	// Verbose also sends wireguard-go's verbose logs (handshakes,
+	// keepalives) to Logf.
+	Verbose bool
+}
+
+// ErrNotUp is returned by Listen, Dial and WhoIs before Up succeeds.
+var ErrNotUp = errors.New("wg: node is not up")
+
+// ErrNoPeer is returned by Dial for an address no peer's AllowedIPs
+// contain, or a name no peer has.
+var ErrNoPeer = errors.New("wg: no such peer")
+
+// Node is a member of a static WireGuard mesh. Create it with New, start it
+// with Up, and Close it when done.
+type Node struct {
+	cfg   Config // defaults applied; immutable after New
+	file  *wgconfig.File
+	peers *peerTable
+	self  []netip.Prefix // own overlay addresses
+	mtu   int
+	logf  func(string, ...any)
+
+	mu        sync.Mutex
+	up        bool                      // Up succeeded; guarded by mu
+	closed    bool                      // guarded by mu
+	dev       *device.Device            // guarded by mu
+	tnet      *netstack.Net             // ModeNetstack; guarded by mu
+	kernel    *kernelTUN                // ModeTUN; guarded by mu
+	listeners map[net.Listener]struct{} // ModeTUN listeners, closed by Close; guarded by mu
+}
+
+// New validates cfg and returns a Node that is not yet up.
+func New(cfg Config) (*Node, error) {
+	if cfg.File == nil {
+		if cfg.Path == "" {
+			return nil, errors.New("wg: config: neither File nor Path set")
+		}
+		f, err := wgconfig.Load(cfg.Path)
+		if err != nil {
+			return nil, fmt.Errorf("wg: config: %w", err)
+		}
+		cfg.File = f
+	}
+	switch cfg.Mode {
+	case ModeNetstack, ModeTUN:
+	default:
+		return nil, fmt.Errorf("wg: config: unknown mode %v", cfg.Mode)
+	}
+	if cfg.TUNName == "" {
+		cfg.TUNName = DefaultTUNName
+	}
+	if len(cfg.TUNName) > 15 {
+		return nil, fmt.Errorf("wg: config: TUN name %q longer than 15 bytes", cfg.TUNName)
+	}
+	if cfg.DSCP > 63 {
+		return nil, fmt.Errorf("wg: config: DSCP %d out of range [0, 63]", cfg.DSCP)
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	n := &Node{
+		cfg:   cfg,
+		file:  cfg.File,
+		peers: newPeerTable(cfg.File),
+		self:  slices.Clone(cfg.File.Interface.Addresses),
+		mtu:   cfg.File.Interface.MTU,
+		logf:  cfg.Logf,
+	}
+	if n.mtu == 0 {
+		n.mtu = wgconfig.DefaultMTU
+	}
+	return n, nil
+}
+
+// Addrs returns the node's own overlay addresses.
+func (n *Node) Addrs() []netip.Addr {
+	out := make([]netip.Addr, len(n.self))
+	for i, p := range n.self {
+		out[i] = p.Addr()
+	}
+	return out
+}
+
+// PublicKey returns the node's public key.
+func (n *Node) PublicKey() wgconfig.Key { return n.file.Interface.PrivateKey.PublicKey() }
+
+// ListenPort returns the UDP port the node receives WireGuard packets on,
+// or 0 when it is not up.
+func (n *Node) ListenPort() uint16 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.dev == nil {
+		return 0
+	}
+	s, err := n.dev.IpcGet()
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(s, "\n") {
+		if v, ok := strings.CutPrefix(line, "listen_port="); ok {
+			p, _ := strconv.ParseUint(v, 10, 16)
+			return uint16(p)
+		}
+	}
+	return 0
+}
+
+// Mode returns the node's data path.
+func (n *Node) Mode() Mode { return n.cfg.Mode }
+
+// Up brings the node onto the overlay: it opens the UDP socket, configures
+// wireguard-go with the peers and, in ModeTUN, creates and configures the
+// interface. It returns when the node can listen and dial; it does not wait
+// for handshakes, which happen on first traffic (or keepalive). A failed Up
+// leaves nothing behind.
+func (n *Node) Up(ctx context.Context) (err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case n.closed:
+		return net.ErrClosed
+	case n.up:
+		return errors.New("wg: up: already up")
+	}
+	uapi, err := n.uapiConfig(ctx)
+	if err != nil {
+		return err
+	}
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for _, f := range slices.Backward(undo) {
+				f()
+			}
+		}
+	}()
+
+	var tdev tun.Device
+	switch n.cfg.Mode {
+	case ModeNetstack:
+		tdev, n.tnet, err = netstack.CreateNetTUN(n.Addrs(), nil, n.mtu)
+		if err != nil {
+			return fmt.Errorf("wg: up: netstack: %w", err)
+		}
+		// The netstack device announces EventUp at once; drop it, so that
+		// the device comes up below, on this goroutine (whose thread's
+		// network namespace the UDP sockets must be created in), and not
+		// on wireguard-go's event goroutine.
+		select {
+		case <-tdev.Events():
+		default:
+		}
+		undo = append(undo, func() { n.tnet = nil })
+	case ModeTUN:
+		n.kernel, err = createKernelTUN(n.cfg.TUNName, n.mtu)
+		if err != nil {
+			return fmt.Errorf("wg: up: %w", err)
+		}
+		tdev = n.kernel.dev
+		k := n.kernel
+		undo = append(undo, func() { k.remove(); n.kernel = nil })
+	}
+
+	var bind conn.Bind = conn.NewDefaultBind()
+	if n.cfg.DSCP != 0 {
+		bind = newDSCPBind(bind, n.cfg.DSCP, n.logf)
+	}
+	verbosef := device.DiscardLogf
+	if n.cfg.Verbose {
+		verbosef = func(format string, args ...any) { n.logf("wg: "+format, args...) }
+	}
+	dev := device.NewDevice(tdev, bind, &device.Logger{
+		Verbosef: verbosef,
+		Errorf:   func(format string, args ...any) { n.logf("wg: "+format, args...) },
+	})
+	undo = append(undo, dev.Close) // closes tdev and bind too
+	if err := dev.IpcSet(uapi); err != nil {
+		return fmt.Errorf("wg: up: configure wireguard-go: %w", err)
+	}
+	if err := dev.Up(); err != nil {
+		return fmt.Errorf("wg: up: %w", err)
+	}
+	if n.kernel != nil {
+		if err := n.kernel.configure(n.self, n.routes()); err != nil {
+			return fmt.Errorf("wg: up: %w", err)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("wg: up: %w", err)
+	}
+	n.dev = dev
+	n.up = true
+	n.logf("wg: up in %v mode, %d peer(s), addresses %v, public key %s", n.cfg.Mode, len(n.peers.peers), n.self, n.PublicKey())
+	return nil
+}
+
+// routes returns the prefixes the kernel should route into the TUN
+// interface: every peer's AllowedIPs except default routes, which would
+// need wg-quick's policy-routing tricks to avoid looping the tunnel's own
+// packets. Table = off means none.
+func (n *Node) routes() []netip.Prefix {
+	if n.file.Interface.Table == "off" {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, p := range n.peers.peers {
+		for _, pfx := range p.prefixes {
+			if pfx.Bits() == 0 {
+				n.logf("wg: not routing default route %v of peer %s into the TUN interface", pfx, p.key)
+				continue
+			}
+			out = append(out, pfx)
+		}
+	}
+	return out
+}
+
+// uapiConfig renders the configuration in wireguard-go's UAPI format,
+// resolving endpoint host names.
+func (n *Node) uapiConfig(ctx context.Context) (string, error) {
+	ifc := n.file.Interface
+	var b strings.Builder
+	fmt.Fprintf(&b, "private_key=%s\nlisten_port=%d\n", ifc.PrivateKey.Hex(), ifc.ListenPort)
+	if ifc.FwMark != 0 {
+		fmt.Fprintf(&b, "fwmark=%d\n", ifc.FwMark)
+	}
+	b.WriteString("replace_peers=true\n")
+	for _, p := range n.file.Peers {
+		fmt.Fprintf(&b, "public_key=%s\n", p.PublicKey.Hex())
+		if !p.PresharedKey.IsZero() {
+			fmt.Fprintf(&b, "preshared_key=%s\n", p.PresharedKey.Hex())
+		}
+		if p.Endpoint != "" {
+			ep, err := resolveEndpoint(ctx, p.Endpoint)
+			if err != nil {
+				return "", fmt.Errorf("wg: up: peer %s: %w", peerLabel(p), err)
+			}
+			fmt.Fprintf(&b, "endpoint=%s\n", ep)
+		}
+		fmt.Fprintf(&b, "persistent_keepalive_interval=%d\nreplace_allowed_ips=true\n", p.PersistentKeepalive)
+		for _, pfx := range p.AllowedIPs {
+			fmt.Fprintf(&b, "allowed_ip=%s\n", pfx)
+		}
+	}
+	return b.String(), nil
+}
+
+func peerLabel(p wgconfig.Peer) string {
+	if p.Name != "" {
+		return p.Name
+	}
+	return p.PublicKey.String()
+}
+
+func resolveEndpoint(ctx context.Context, hostport string) (netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %q: %w", hostport, err)
+	}
+	pn, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %q: bad port", hostport)
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		return netip.AddrPortFrom(a.Unmap(), uint16(pn)), nil
+	}
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %q: %w", hostport, err)
+	}
+	if len(addrs) == 0 {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %q: no addresses", hostport)
+	}
+	// Prefer IPv4, as wg(8) does when a name has both.
+	best := addrs[0]
+	for _, a := range addrs {
+		if a.Unmap().Is4() {
+			best = a
+			break
+		}
+	}
+	return netip.AddrPortFrom(best.Unmap(), uint16(pn)), nil
+}
+
+// Close leaves the overlay: it stops wireguard-go, closes the UDP socket
+// and, in ModeTUN, removes the interface (and with it its addresses and
+// routes) and closes listeners made by Listen. A second Close returns
+// net.ErrClosed. It is what a SIGTERM handler should call.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return net.ErrClosed
+	}
+	n.closed = true
+	if !n.up {
+		return nil
+	}
+	for ln := range n.listeners {
+		ln.Close()
+	}
+	n.listeners = nil
+	n.dev.Close() // closes the TUN device and the bind
+	var err error
+	if n.kernel != nil {
+		err = n.kernel.remove()
+	}
+	n.dev, n.tnet, n.kernel = nil, nil, nil
+	if err != nil {
+		return fmt.Errorf("wg: close: %w", err)
+	}
+	return nil
+}
+
+// state returns what Listen, Dial and WhoIs need, or ErrNotUp / net.ErrClosed.
+func (n *Node) state() (*netstack.Net, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case n.closed:
+		return nil, net.ErrClosed
+	case !n.up:
+		return nil, ErrNotUp
+	}
+	return n.tnet, nil
+}
+
+// WhoIs returns the peer whose AllowedIPs contain remoteAddr's address.
+// remoteAddr is "ip:port" (as net.Conn.RemoteAddr().String() gives it) or
+// a bare IP.
+func (n *Node) WhoIs(ctx context.Context, remoteAddr string) (overlay.Identity, error) {
+	if _, err := n.state(); err != nil {
+		return overlay.Identity{}, err
+	}
+	ip, err := parseRemote(remoteAddr)
+	if err != nil {
+		return overlay.Identity{}, fmt.Errorf("wg: whois %q: %w", remoteAddr, err)
+	}
+	p, ok := n.peers.lookup(ip)
+	if !ok {
+		return overlay.Identity{}, fmt.Errorf("wg: whois %s: %w", ip, overlay.ErrUnknownPeer)
+	}
+	return p.identity(), nil
+}
+
+func parseRemote(s string) (netip.Addr, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr().Unmap(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, errors.New("not an ip:port or ip")
+	}
+	return a.Unmap(), nil
+}
+
+// Listen listens for TCP connections ("tcp", "tcp4", "tcp6") on the node's
+// overlay addresses only. addr is ":port" or "overlay-ip:port".
+func (n *Node) Listen(network, addr string) (net.Listener, error) {
+	tnet, err := n.state()
+	if err != nil {
+		return nil, err
+	}
+	addrs, port, err := n.listenAddrs(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("wg: listen %s %s: %w", network, addr, err)
+	}
+	if n.cfg.Mode == ModeNetstack {
+		// The userspace stack holds only overlay addresses, so its
+		// wildcard is the overlay.
+		var ap netip.AddrPort
+		if len(addrs) == 1 {
+			ap = netip.AddrPortFrom(addrs[0], port)
+		} else {
+			ap = netip.AddrPortFrom(netip.IPv6Unspecified(), port)
+		}
+		ln, err := tnet.ListenTCPAddrPort(ap)
+		if err != nil {
+			return nil, fmt.Errorf("wg: listen %s %s: %w", network, addr, err)
+		}
+		return ln, nil
+	}
+	ln, err := n.listenKernel(addrs, port)
+	if err != nil {
+		return nil, fmt.Errorf("wg: listen %s %s: %w", network, addr, err)
+	}
+	return ln, nil
+}
+
+// listenAddrs returns the overlay addresses a listener on network and addr
+// binds to, and its port.
+func (n *Node) listenAddrs(network, addr string) ([]netip.Addr, uint16, error) {
+	want4, want6, err := families(network, "tcp")
+	if err != nil {
+		return nil, 0, err
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, 0, err
+	}
+	pn, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return nil, 0, fmt.Errorf("bad port %q", port)
+	}
+	var out []netip.Addr
+	if host == "" {
+		for _, a := range n.Addrs() {
+			if (a.Is4() && want4) || (a.Is6() && want6) {
+				out = append(out, a)
+			}
+		}
+	} else {
+		a, err := netip.ParseAddr(host)
+		if err != nil {
+			return nil, 0, fmt.Errorf("host %q is not an IP address", host)
+		}
+		if !slices.Contains(n.Addrs(), a.Unmap()) {
+			return nil, 0, fmt.Errorf("%s is not this node's overlay address", a)
+		}
+		out = append(out, a.Unmap())
+	}
+	if len(out) == 0 {
+		return nil, 0, fmt.Errorf("no overlay address for %s", network)
+	}
+	return out, uint16(pn), nil
+}
+
+// families reports which IP versions network ("tcp", "tcp4", ...) allows;
+// base is "tcp" or "" for tcp and udp.
+func families(network, base string) (v4, v6 bool, err error) {
+	switch network {
+	case "tcp", "udp":
+		v4, v6 = true, true
+	case "tcp4", "udp4":
+		v4 = true
+	case "tcp6", "udp6":
+		v6 = true
+	default:
+		return false, false, fmt.Errorf("unsupported network %q", network)
+	}
+	if base != "" && !strings.HasPrefix(network, base) {
+		return false, false, fmt.Errorf("unsupported network %q", network)
+	}
+	return v4, v6, nil
+}
+
+// Dial connects to addr over the overlay. addr's host is a peer's name or
+// an overlay IP inside some peer's AllowedIPs; network is tcp or udp
+// (optionally with 4 or 6).
+func (n *Node) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	tnet, err := n.state()
+	if err != nil {
+		return nil, err
+	}
+	dst, err := n.resolve(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("wg: dial %s %s: %w", network, addr, err)
+	}
+	var c net.Conn
+	if n.cfg.Mode == ModeNetstack {
+		c, err = tnet.DialContext(ctx, network, dst.String())
+	} else {
+		var d net.Dialer
+		c, err = d.DialContext(ctx, network, dst.String())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("wg: dial %s %s: %w", network, addr, err)
+	}
+	return c, nil
+}
+
+// resolve turns addr ("name:port" or "ip:port") into an overlay address
+// some peer holds.
+func (n *Node) resolve(network, addr string) (netip.AddrPort, error) {
+	want4, want6, err := families(network, "")
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	pn, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("bad port %q", port)
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		ip = ip.Unmap()
+		if (ip.Is4() && !want4) || (ip.Is6() && !want6) {
+			return netip.AddrPort{}, fmt.Errorf("%s is not a %s address", ip, network)
+		}
+		if _, ok := n.peers.lookup(ip); !ok {
+			return netip.AddrPort{}, fmt.Errorf("%w: no peer's AllowedIPs contain %s", ErrNoPeer, ip)
+		}
+		return netip.AddrPortFrom(ip, uint16(pn)), nil
+	}
+	p, ok := n.peers.byName(host)
+	if !ok {
+		return netip.AddrPort{}, fmt.Errorf("%w: no peer named %q", ErrNoPeer, host)
+	}
+	for _, a := range p.addrs {
+		if (a.Is4() && want4) || (a.Is6() && want6) {
+			return netip.AddrPortFrom(a, uint16(pn)), nil
+		}
+	}
+	return netip.AddrPort{}, fmt.Errorf("%w: peer %q has no single-address AllowedIPs for %s", ErrNoPeer, host, network)
+}
