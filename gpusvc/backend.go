@@ -29,6 +29,34 @@ type Memory interface {
 	ReadAt(handle uint64, off int64, p []byte) error
 }
 
+// Modules is implemented by backends that run callers' own kernels (CUDA).
+// The CPU backend does not implement it; the server then answers
+// LoadModule and Launch with Unimplemented.
+type Modules interface {
+	// LoadModule loads PTX, or CUDA C source compiled with NVRTC, and
+	// returns the module's ID (a content hash) and the compiler's log.
+	LoadModule(ctx context.Context, gpu int, src ModuleSource) (id string, log string, cached bool, err error)
+	// Launch runs a function of a loaded module.
+	Launch(ctx context.Context, l Launch) error
+}
+
+// ModuleSource is a module's code: exactly one of PTX and CUDA is set.
+type ModuleSource struct {
+	PTX  []byte
+	CUDA string
+}
+
+// Launch is one kernel launch on a loaded module.
+type Launch struct {
+	GPU            int
+	Module         string
+	Function       string
+	Grid, Block    [3]uint32
+	SharedMemBytes uint32
+	// Args are buffers (by backend handle) and scalars.
+	Args []kernel.Arg
+}
+
 // Call is one validated kernel call.
 type Call struct {
 	Kernel string

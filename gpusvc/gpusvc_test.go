@@ -268,7 +268,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatalf("stranger: %v; want PermissionDenied", err)
 		}
 		msg := status.Convert(err).Message()
-		if !strings.Contains(msg, "stranger may not call matrix_mul") || !strings.Contains(msg, "default deny") {
+		if !strings.Contains(msg, "denied by gpu-host's policy") || !strings.Contains(msg, "stranger") || !strings.Contains(msg, "default deny") {
 			t.Errorf("denial message %q does not name the caller and the decision", msg)
 		}
 		if !strings.Contains(w.logged(), "caller=stranger") {

@@ -175,8 +175,7 @@ func (s *Server) authorize(ctx context.Context, req policy.Request) (*caller, er
 	d := s.cfg.Policy().Evaluate(subject(id), req)
 	c.decision = d
 	if !d.Allow {
-		return c, status.Errorf(codes.PermissionDenied, "gpumesh: %s may not call %s on gpu %s: %s",
-			id, req.Kernel, gpuName(req.GPU), d.Reason)
+		return c, status.Errorf(codes.PermissionDenied, "gpumesh: denied by %s's policy: %s", s.cfg.Host, d.Reason)
 	}
 	if max := d.Limits.MaxRequestBytes; max > 0 && req.Bytes > max {
 		return c, status.Errorf(codes.ResourceExhausted, "gpumesh: request of %d bytes is over %s's max_request of %d bytes (rule %q)",

@@ -37,7 +37,21 @@ type HostConfig struct {
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 	// OnCall observes every finished call (audit, metrics, the demo).
+	// Use AddOnCall to add an observer to those already set.
 	OnCall func(gpusvc.CallRecord)
+}
+
+// AddOnCall adds an observer of finished calls, keeping those already set.
+func (c *HostConfig) AddOnCall(f func(gpusvc.CallRecord)) {
+	prev := c.OnCall
+	if prev == nil {
+		c.OnCall = f
+		return
+	}
+	c.OnCall = func(r gpusvc.CallRecord) {
+		prev(r)
+		f(r)
+	}
 }
 
 // Host is a running GPU host: the compute endpoint inside the overlay.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/node"
@@ -17,6 +18,44 @@ import (
 )
 
 func init() { register(newServeCmd) }
+
+// A serveHook adds one feature to `gpumesh serve` (audit log, metrics, a
+// GPU worker, ...) from its own file: it registers its flags, then adjusts
+// the host's configuration before the host starts. The returned stop func,
+// if any, runs after the host has stopped.
+type serveHook struct {
+	flags func(fs *pflag.FlagSet)
+	apply func(ctx context.Context, cfg *node.HostConfig) (stop func(), err error)
+}
+
+var serveHooks []serveHook
+
+func addServeHook(h serveHook) { serveHooks = append(serveHooks, h) }
+
+// applyServeHooks runs every hook's apply in order; on failure the stops
+// of the hooks already applied run before it returns.
+func applyServeHooks(ctx context.Context, cfg *node.HostConfig) (stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	for _, h := range serveHooks {
+		if h.apply == nil {
+			continue
+		}
+		s, err := h.apply(ctx, cfg)
+		if err != nil {
+			stop()
+			return func() {}, err
+		}
+		if s != nil {
+			stops = append(stops, s)
+		}
+	}
+	return stop, nil
+}
 
 func newServeCmd() *cobra.Command {
 	var (
@@ -66,10 +105,16 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 			if err != nil {
 				return fmt.Errorf("join tailnet at %s: %w", cfg.ControlURL, err)
 			}
-			host, err := node.StartHost(ctx, node.HostConfig{
+			hcfg := node.HostConfig{
 				Overlay: ov, Name: cfg.Hostname, Policy: store, Port: port,
 				MaxRequestBytes: maxReq, Logger: log,
-			})
+			}
+			stopHooks, err := applyServeHooks(ctx, &hcfg)
+			if err != nil {
+				return err
+			}
+			defer stopHooks()
+			host, err := node.StartHost(ctx, hcfg)
 			if err != nil {
 				return err
 			}
@@ -100,5 +145,10 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 	cmd.Flags().IntVar(&port, "port", gpusvc.DefaultPort, "TCP port of the endpoint on the tailnet")
 	cmd.Flags().StringVar(&maxRequest, "max-request", "64MiB", "largest request accepted")
 	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")
+	for _, h := range serveHooks {
+		if h.flags != nil {
+			h.flags(cmd.Flags())
+		}
+	}
 	return cmd
 }
