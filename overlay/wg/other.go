@@ -17,7 +17,7 @@ func createKernelTUN(string, int) (*kernelTUN, error) {
 }
 
 func (k *kernelTUN) configure(_, _ []netip.Prefix) error { return errors.ErrUnsupported }
-func (k *kernelTUN) remove() error                      { return nil }
+func (k *kernelTUN) remove() error                       { return nil }
 
 func newDSCPBind(inner conn.Bind, _ uint8, _ func(string, ...any)) conn.Bind {
 	return errBind{inner}
