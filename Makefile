@@ -1,9 +1,8 @@
 # gpumesh. `make help` lists the targets.
 GO        ?= go
 BIN       ?= bin
-GOFLAGS   ?=
-TESTFLAGS ?= -timeout 20m
-export GOFLAGS
+TESTFLAGS ?= -timeout 30m
+BENCHTIME ?= 2s
 
 .DEFAULT_GOAL := help
 
@@ -12,16 +11,31 @@ help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## Build bin/gpumesh
+build: ## Build bin/gpumesh (the one binary)
 	$(GO) build -o $(BIN)/gpumesh ./cmd/gpumesh
 
+.PHONY: demo
+demo: build ## Run gpumesh end to end on an embedded tailnet (no account needed)
+	$(BIN)/gpumesh demo
+
 .PHONY: test
-test: ## Run all tests (vet, gofmt, Go tests)
+test: ## Run all tests: go vet, gofmt, then every Go test (root-only ones skip when not root)
 	$(GO) vet ./...
-	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))" || { gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'); echo "gofmt: files above need formatting"; exit 1; }
+	@files=$$(git ls-files --cached --others --exclude-standard '*.go' | grep -v '\.pb\.go$$'); \
+	  bad=$$(gofmt -l $$files); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) test $(TESTFLAGS) ./...
+
+.PHONY: bench
+bench: ## Benchmarks, each printed with its ratio to the raw path measured in the same run
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./gpusvc/ ./gpusvc/cpu/ ./policy/
 
 .PHONY: proto
 proto: ## Regenerate gRPC code from gpusvc/gpumeshpb/gpumesh.proto (needs protoc, protoc-gen-go, protoc-gen-go-grpc)
 	protoc -I gpusvc/gpumeshpb --go_out=gpusvc/gpumeshpb --go_opt=paths=source_relative \
 		--go-grpc_out=gpusvc/gpumeshpb --go-grpc_opt=paths=source_relative gpumesh.proto
+
+.PHONY: clean
+clean: ## Remove built binaries
+	rm -rf $(BIN)
+
+-include Makefile.gpu Makefile.headscale

@@ -55,8 +55,10 @@ type world struct {
 	tn      *overlaytest.Tailnet
 	host    *tsnet.Node
 	clients map[string]*gpusvc.Client
-	srv     *gpusvc.Server
-	backend *gate
+	// clientNodes are the clients' tailnet nodes, for raw connections.
+	clientNodes map[string]*tsnet.Node
+	srv         *gpusvc.Server
+	backend     *gate
 
 	logMu sync.Mutex
 	log   bytes.Buffer // the server's log; guarded by logMu
@@ -119,9 +121,9 @@ func (g *gate) close() (entered <-chan struct{}, open func()) {
 	}
 }
 
-const maxRequest = 1 << 20
+const maxRequest = 4 << 20
 
-func startWorld(t *testing.T, clients ...string) *world {
+func startWorld(t testing.TB, clients ...string) *world {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -130,7 +132,7 @@ func startWorld(t *testing.T, clients ...string) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tn.Close() })
-	w := &world{tn: tn, clients: map[string]*gpusvc.Client{}, backend: &gate{Backend: cpu.New()}}
+	w := &world{tn: tn, clients: map[string]*gpusvc.Client{}, clientNodes: map[string]*tsnet.Node{}, backend: &gate{Backend: cpu.New()}}
 
 	pol, err := policy.Parse("test.hcl", []byte(testPolicy))
 	if err != nil {
@@ -192,6 +194,7 @@ func startWorld(t *testing.T, clients ...string) *world {
 		}
 		t.Cleanup(func() { c.Close() })
 		w.clients[name] = c
+		w.clientNodes[name] = nodes[i+1]
 	}
 	return w
 }
