@@ -1,0 +1,26 @@
+//go:build !linux
+
+package tc
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Install is implemented on Linux only.
+func Install(cfg Config) (*Shaper, error) {
+	return nil, fmt.Errorf("tc: install: %w", errors.ErrUnsupported)
+}
+
+// Probe is implemented on Linux only.
+func Probe(cfg ProbeConfig) (Support, error) {
+	return nil, fmt.Errorf("tc: probe: %w", errors.ErrUnsupported)
+}
+
+// Stats is implemented on Linux only.
+func (s *Shaper) Stats() ([]ClassStats, error) {
+	return nil, fmt.Errorf("tc: stats: %w", errors.ErrUnsupported)
+}
+
+// Close is implemented on Linux only.
+func (s *Shaper) Close() error { return nil }
