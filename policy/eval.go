@@ -131,18 +131,26 @@ func (p *Policy) Evaluate(s Subject, r Request) Decision {
 	case deny.rule != nil:
 		return Decision{
 			Rule:   deny.rule.name,
-			Reason: "deny " + quote(deny.rule.name) + " forbids " + deny.via + " to call " + on,
+			Reason: "deny " + quote(deny.rule.name) + " forbids " + deny.who() + " to call " + on,
 		}
 	case allow.rule != nil:
 		return Decision{
 			Allow:  true,
 			Rule:   allow.rule.name,
-			Reason: "rule " + quote(allow.rule.name) + " allows " + allow.via + " to call " + on,
+			Reason: "rule " + quote(allow.rule.name) + " allows " + allow.who() + " to call " + on,
 			Limits: allow.rule.limits,
 			Class:  allow.rule.class,
 		}
 	}
 	return Decision{Reason: "no rule allows " + s.String() + " to call " + on + " (default deny)"}
+}
+
+// who names the subject entry that matched, for reasons.
+func (e entry) who() string {
+	if e.via == "*" {
+		return "any caller"
+	}
+	return e.via
 }
 
 // better reports whether a should decide rather than b.

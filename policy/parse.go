@@ -107,7 +107,7 @@ func Parse(filename string, src []byte) (*Policy, error) {
 		files[filename] = file
 	}
 	if diags.HasErrors() {
-		return nil, &ParseError{Diags: errorsOnly(diags), Files: files}
+		return nil, &ParseError{Diags: syntaxErrors(diags), Files: files}
 	}
 	c := &compiler{p: &Policy{source: filename}}
 	c.compile(file.Body)
@@ -118,6 +118,25 @@ func Parse(filename string, src []byte) (*Policy, error) {
 	c.p.digest = "sha256:" + hex.EncodeToString(sum[:8])
 	c.p.idx = buildIndex(c.p)
 	return c.p, nil
+}
+
+// syntaxErrors drops the JSON parser's "Root value must be object", which
+// only follows from an earlier syntax error when there is one.
+func syntaxErrors(ds hcl.Diagnostics) hcl.Diagnostics {
+	ds = errorsOnly(ds)
+	if len(ds) < 2 {
+		return ds
+	}
+	var out hcl.Diagnostics
+	for _, d := range ds {
+		if d.Summary != "Root value must be object" {
+			out = append(out, d)
+		}
+	}
+	if len(out) == 0 {
+		return ds
+	}
+	return out
 }
 
 func errorsOnly(ds hcl.Diagnostics) hcl.Diagnostics {
@@ -190,7 +209,8 @@ func (c *compiler) compile(body hcl.Body) {
 	a := content.Attributes["version"]
 	if a == nil {
 		if !d.HasErrors() {
-			c.errorf(body.MissingItemRange(), "Missing version",
+			start := hcl.Range{Filename: c.p.source, Start: hcl.InitialPos, End: hcl.InitialPos}
+			c.errorf(start, "Missing version",
 				"A policy file must say which language version it is written in: add version = %d at the top.", LanguageVersion)
 		}
 		return
@@ -366,7 +386,7 @@ func (c *compiler) rule(b *hcl.Block, deny bool) {
 		}
 	}
 	if a := attrs["subjects"]; a != nil {
-		elems, _ := c.strList(a)
+		elems, listOK := c.strList(a)
 		for _, e := range elems {
 			ref, err := parseSubject(e.s)
 			if err != nil {
@@ -387,13 +407,13 @@ func (c *compiler) rule(b *hcl.Block, deny bool) {
 			}
 			r.subjects = append(r.subjects, ref)
 		}
-		if len(elems) == 0 && a.Expr != nil {
+		if len(elems) == 0 && listOK {
 			c.errorf(a.Expr.Range(), "Empty subjects", "A rule must name at least one subject.")
 		}
 	}
 	if a := attrs["gpus"]; a != nil {
 		r.gpus = map[string]bool{}
-		elems, _ := c.strList(a)
+		elems, listOK := c.strList(a)
 		for _, e := range elems {
 			switch id, ok := parseGPU(e.s); {
 			case !ok:
@@ -404,7 +424,7 @@ func (c *compiler) rule(b *hcl.Block, deny bool) {
 				r.gpus[id] = true
 			}
 		}
-		if len(elems) == 0 {
+		if len(elems) == 0 && listOK {
 			c.errorf(a.Expr.Range(), "Empty gpus", `List at least one GPU, or "*" for all of them.`)
 		}
 	} else if deny {
@@ -412,7 +432,7 @@ func (c *compiler) rule(b *hcl.Block, deny bool) {
 	}
 	if a := attrs["kernels"]; a != nil {
 		r.kernels = map[string]bool{}
-		elems, _ := c.strList(a)
+		elems, listOK := c.strList(a)
 		for _, e := range elems {
 			switch k := e.s; {
 			case k == "*":
@@ -433,7 +453,7 @@ func (c *compiler) rule(b *hcl.Block, deny bool) {
 				c.errorf(e.rng, "Unknown kernel", "%s", msg)
 			}
 		}
-		if len(elems) == 0 {
+		if len(elems) == 0 && listOK {
 			c.errorf(a.Expr.Range(), "Empty kernels", `List at least one kernel, or "*" for every built-in.`)
 		}
 	} else if deny {
