@@ -40,8 +40,8 @@ var probeQdiscs = []func(attrs netlink.QdiscAttrs) netlink.Qdisc{
 // probeFilters are tried on an HTB root of the throwaway veth.
 var probeFilters = []func(attrs netlink.FilterAttrs) netlink.Filter{
 	func(a netlink.FilterAttrs) netlink.Filter { return &netlink.U32{FilterAttrs: a} },
-	// No program: a kernel with cls_bpf rejects the bad fd (EBADF), one
-	// without it answers ENOENT; the probe reports the former as working.
+	// No program (loading one needs CAP_BPF): a kernel with cls_bpf
+	// rejects the request (EINVAL, EBADF), one without it answers ENOENT.
 	func(a netlink.FilterAttrs) netlink.Filter {
 		return &netlink.BpfFilter{FilterAttrs: a, Fd: -1, Name: "gmq-probe", DirectAction: true}
 	},
@@ -101,7 +101,7 @@ func probe(h *netlink.Handle) (Support, error) {
 		if err == nil {
 			err = h.FilterDel(f)
 		}
-		if f.Type() == "bpf" && errors.Is(err, syscall.EBADF) {
+		if f.Type() == "bpf" && (errors.Is(err, syscall.EBADF) || errors.Is(err, syscall.EINVAL)) {
 			err = nil
 		}
 		s = append(s, Kind{Name: f.Type(), Filter: true, Err: err})
