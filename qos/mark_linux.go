@@ -3,9 +3,11 @@ package qos
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -154,4 +156,55 @@ func markFD(fd int, dscp uint8) error {
 		}
 	}
 	return nil
+}
+
+// CheckMarking proves on loopback that this process can mark its packets:
+// it marks a UDP socket with dscp, sends one datagram to a second socket
+// that reports the received TOS byte (IP_RECVTOS), and returns that byte.
+// It needs no privilege and sends nothing beyond 127.0.0.1.
+func CheckMarking(dscp uint8) (byte, error) {
+	tap, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return 0, fmt.Errorf("qos: check marking: %w", err)
+	}
+	defer tap.Close()
+	rc, err := tap.SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("qos: check marking: %w", err)
+	}
+	var serr error
+	rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_RECVTOS, 1) })
+	if serr != nil {
+		return 0, fmt.Errorf("qos: check marking: ip_recvtos: %w", serr)
+	}
+	snd, err := net.DialUDP("udp4", nil, tap.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		return 0, fmt.Errorf("qos: check marking: %w", err)
+	}
+	defer snd.Close()
+	if err := MarkConn(snd, dscp); err != nil {
+		return 0, err
+	}
+	if _, err := snd.Write([]byte("gpumesh-qos-check")); err != nil {
+		return 0, fmt.Errorf("qos: check marking: send: %w", err)
+	}
+	tap.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf, oob := make([]byte, 64), make([]byte, 64)
+	_, oobn, _, _, err := tap.ReadMsgUDP(buf, oob)
+	if err != nil {
+		return 0, fmt.Errorf("qos: check marking: receive: %w", err)
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil {
+		return 0, fmt.Errorf("qos: check marking: %w", err)
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_TOS && len(m.Data) > 0 {
+			if m.Data[0]>>2 != dscp {
+				return m.Data[0], fmt.Errorf("qos: check marking: received tos %#02x, want dscp %d", m.Data[0], dscp)
+			}
+			return m.Data[0], nil
+		}
+	}
+	return 0, errors.New("qos: check marking: no tos control message")
 }

@@ -206,3 +206,10 @@ func TestMarkerRemarksAfterRebind(t *testing.T) {
 		t.Error("nothing logged")
 	}
 }
+
+func TestCheckMarking(t *testing.T) {
+	tos, err := CheckMarking(DSCPEF)
+	if err != nil || tos != DSCPEF<<2 {
+		t.Fatalf("CheckMarking = %#x, %v", tos, err)
+	}
+}

@@ -22,3 +22,8 @@ func MarkConn(c syscall.Conn, dscp uint8) error {
 func ConnTOS(c syscall.Conn) (byte, error) {
 	return 0, fmt.Errorf("qos: conn tos: %w", errors.ErrUnsupported)
 }
+
+// CheckMarking is implemented on Linux only.
+func CheckMarking(dscp uint8) (byte, error) {
+	return 0, fmt.Errorf("qos: check marking: %w", errors.ErrUnsupported)
+}

@@ -258,3 +258,14 @@ func plan(cfg Config) []InstalledClass {
 	}
 	return out
 }
+
+// Plan returns the report Install would produce for cfg without touching
+// the kernel (no Support, no Replaced). Config.Rate must be set or
+// readable from sysfs.
+func Plan(cfg Config) (Report, error) {
+	cfg, err := populate(cfg)
+	if err != nil {
+		return Report{}, err
+	}
+	return Report{Link: cfg.Link, Rate: cfg.Rate, Root: fmt.Sprintf("%x:", cfg.Major), Leaf: "pfifo", Classes: plan(cfg)}, nil
+}
