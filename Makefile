@@ -29,6 +29,15 @@ test: ## Run all tests: go vet, gofmt, then every Go test (root-only ones skip w
 bench: ## Benchmarks, each printed with its ratio to the raw path measured in the same run
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./gpusvc/ ./gpusvc/cpu/ ./policy/
 
+FUZZTIME ?= 10s
+.PHONY: fuzz
+fuzz: ## Run every fuzz target briefly (FUZZTIME each)
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
 .PHONY: proto
 proto: ## Regenerate gRPC code from gpusvc/gpumeshpb/gpumesh.proto (needs protoc, protoc-gen-go, protoc-gen-go-grpc)
 	protoc -I gpusvc/gpumeshpb --go_out=gpusvc/gpumeshpb --go_opt=paths=source_relative \
