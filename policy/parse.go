@@ -336,7 +336,10 @@ func (c *compiler) class(b *hcl.Block) {
 			case cty.String:
 				s = v.AsString()
 			case cty.Number:
-				s = v.AsBigFloat().Text('f', -1)
+				var ok bool
+				if s, ok = intText(v); !ok {
+					c.errorf(a.Expr.Range(), "Invalid DSCP", "A DSCP number is a whole number 0-63.")
+				}
 			default:
 				c.typeError(a, `a DSCP name such as "EF" or "AF41", or a number 0-63`)
 			}
@@ -676,6 +679,10 @@ func (c *compiler) testCaps(a *hcl.Attribute) map[string][]json.RawMessage {
 		}
 		for vit := vals.ElementIterator(); vit.Next(); {
 			_, ev := vit.Element()
+			if hasHugeNumber(ev) {
+				c.errorf(a.Expr.Range(), "Invalid capability value", "capability %q: numbers must fit in 64 bits.", name)
+				continue
+			}
 			raw, err := ctyjson.Marshal(ev, ev.Type())
 			if err != nil {
 				c.errorf(a.Expr.Range(), "Invalid capability value", "capability %q: %v.", name, err)
@@ -716,16 +723,48 @@ func (c *compiler) str(a *hcl.Attribute) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	if !v.Type().IsPrimitiveType() || v.Type() == cty.Bool {
-		c.typeError(a, "a string")
+	switch v.Type() {
+	case cty.String:
+		return v.AsString(), true
+	case cty.Number:
+		// A whole number where text is wanted (gpu = 0) is its digits.
+		if s, ok := intText(v); ok {
+			return s, true
+		}
+	}
+	c.typeError(a, "a string")
+	return "", false
+}
+
+// intText renders a whole number that fits in an int64 as decimal digits.
+// Other numbers are refused rather than rendered: 1e9999999 would take
+// minutes to write out.
+func intText(v cty.Value) (string, bool) {
+	f := v.AsBigFloat()
+	if !f.IsInt() {
 		return "", false
 	}
-	s, err := convert.Convert(v, cty.String)
-	if err != nil {
-		c.typeError(a, "a string")
+	n, acc := f.Int64()
+	if acc != big.Exact {
 		return "", false
 	}
-	return s.AsString(), true
+	return strconv.FormatInt(n, 10), true
+}
+
+// hasHugeNumber reports whether v holds a number outside ±2⁶³, which
+// encoding would be slow to write out.
+func hasHugeNumber(v cty.Value) bool {
+	huge := false
+	_ = cty.Walk(v, func(_ cty.Path, x cty.Value) (bool, error) {
+		if x.IsKnown() && !x.IsNull() && x.Type() == cty.Number {
+			f := x.AsBigFloat()
+			if f.IsInf() || f.MantExp(nil) > 63 {
+				huge = true
+			}
+		}
+		return !huge, nil
+	})
+	return huge
 }
 
 type elem struct {
@@ -749,13 +788,22 @@ func (c *compiler) strList(a *hcl.Attribute) ([]elem, bool) {
 			ok = false
 			continue
 		}
-		if v.Type() != cty.String && v.Type() != cty.Number {
+		var s string
+		switch v.Type() {
+		case cty.String:
+			s = v.AsString()
+		case cty.Number:
+			var isInt bool
+			if s, isInt = intText(v); isInt {
+				break
+			}
+			fallthrough
+		default:
 			c.errorf(e.Range(), "Incorrect attribute value type", "Inappropriate element of %q: a string is required.", a.Name)
 			ok = false
 			continue
 		}
-		s, _ := convert.Convert(v, cty.String)
-		out = append(out, elem{s: s.AsString(), rng: e.Range()})
+		out = append(out, elem{s: s, rng: e.Range()})
 	}
 	return out, ok
 }

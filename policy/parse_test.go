@@ -372,3 +372,22 @@ rule "laptop" {
 	// no rule allows laptop to call custom:ptx on gpu 0 (default deny)
 	// no rule allows stranger to call matrix_mul on gpu 0 (default deny)
 }
+
+// TestHugeNumbers: numbers far beyond any limit are refused with a
+// diagnostic, not rendered (1e9999999 written out in full took 40 s before
+// this was fixed; the fuzzer found it).
+func TestHugeNumbers(t *testing.T) {
+	for _, src := range []string{
+		"version = 1\nclass \"c\" { dscp = 1e9999999 }\n",
+		"version = 1\nrule \"r\" {\n subjects = [1e9999999]\n gpus = [\"0\"]\n kernels = [\"relu\"]\n}\n",
+		"version = 1e9999999\n",
+		"version = 1\ntest \"t\" {\n subject = { node = \"n\", caps = { \"x\" = [{ a = 1e9999999 }] } }\n kernel = \"relu\"\n expect = \"deny\"\n}\n",
+		"version = 1\ntest \"t\" {\n subject = { node = 1e9999999 }\n kernel = \"relu\"\n expect = \"deny\"\n}\n",
+		"version = 1\nrule \"r\" {\n subjects = [\"a\"]\n gpus = [1e999999]\n kernels = [\"relu\"]\n}\n",
+		"version = 1\nrule \"r\" {\n subjects = [\"a\"]\n gpus = [\"0\"]\n kernels = [\"relu\"]\n max_memory = 1e9999999\n}\n",
+	} {
+		if _, err := Parse("huge.hcl", []byte(src)); err == nil {
+			t.Errorf("parsed:\n%s", src)
+		}
+	}
+}

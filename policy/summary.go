@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/json"
+	"fmt"
 	"maps"
 	"slices"
 	"sort"
@@ -48,6 +49,43 @@ type LimitsSummary struct {
 	IdleTimeout     string  `json:"idle_timeout,omitempty"`
 }
 
+// Summary returns the limits with JSON names.
+func (l Limits) Summary() LimitsSummary {
+	s := LimitsSummary{
+		MaxMemory: l.MaxMemory, MaxConcurrent: l.MaxConcurrent, Rate: l.Rate, Burst: l.Burst,
+		MaxRequestBytes: l.MaxRequestBytes,
+	}
+	if l.IdleTimeout > 0 {
+		s.IdleTimeout = l.IdleTimeout.String()
+	}
+	return s
+}
+
+// String renders the limits for people: "max_memory 2GiB, rate 50/s
+// (burst 10)", or "unlimited".
+func (l Limits) String() string {
+	var parts []string
+	if l.MaxMemory > 0 {
+		parts = append(parts, "max_memory "+FormatSize(l.MaxMemory))
+	}
+	if l.MaxConcurrent > 0 {
+		parts = append(parts, fmt.Sprintf("max_concurrent %d", l.MaxConcurrent))
+	}
+	if l.Rate > 0 {
+		parts = append(parts, fmt.Sprintf("rate %g/s (burst %d)", l.Rate, l.Burst))
+	}
+	if l.MaxRequestBytes > 0 {
+		parts = append(parts, "max_request "+FormatSize(l.MaxRequestBytes))
+	}
+	if l.IdleTimeout > 0 {
+		parts = append(parts, "idle_timeout "+l.IdleTimeout.String())
+	}
+	if len(parts) == 0 {
+		return "unlimited"
+	}
+	return strings.Join(parts, ", ")
+}
+
 // TestSummary is one test block.
 type TestSummary struct {
 	Name    string                       `json:"name"`
@@ -87,14 +125,7 @@ func (p *Policy) Summary() Summary {
 		}
 		rs.GPUs = r.gpuList()
 		rs.Kernels = r.kernelList()
-		l := r.limits
-		rs.Limits = LimitsSummary{
-			MaxMemory: l.MaxMemory, MaxConcurrent: l.MaxConcurrent, Rate: l.Rate, Burst: l.Burst,
-			MaxRequestBytes: l.MaxRequestBytes,
-		}
-		if l.IdleTimeout > 0 {
-			rs.Limits.IdleTimeout = l.IdleTimeout.String()
-		}
+		rs.Limits = r.limits.Summary()
 		if r.deny {
 			s.Denies = append(s.Denies, rs)
 		} else {

@@ -1,0 +1,143 @@
+package policy
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// manyRules returns a policy with n rules spread over every subject kind,
+// and 20 groups of 5 members each.
+func manyRules(n int) string {
+	var b strings.Builder
+	b.WriteString("version = 1\nclass \"c\" { dscp = \"AF21\" }\n")
+	for g := range 20 {
+		fmt.Fprintf(&b, "group \"g%d\" { members = [\"node-%d\", \"user-%d@example.com\", \"tag:t-%d\", \"node-x%d\", \"wg:peer-%d\"] }\n", g, g, g+1, g+2, g, g)
+	}
+	for i := range n {
+		var subj string
+		switch i % 5 {
+		case 0:
+			subj = fmt.Sprintf("node-%d", i)
+		case 1:
+			subj = fmt.Sprintf("user-%d@example.com", i)
+		case 2:
+			subj = fmt.Sprintf("tag:t-%d", i)
+		case 3:
+			subj = fmt.Sprintf("group:g%d", i%20)
+		case 4:
+			subj = fmt.Sprintf("cap:example.com/cap/c%d", i)
+		}
+		gpus := `["0"]`
+		if i%3 == 0 {
+			gpus = `["*"]`
+		}
+		kernels := `["matrix_mul", "saxpy"]`
+		if i%4 == 0 {
+			kernels = `["*"]`
+		}
+		fmt.Fprintf(&b, "rule \"r%d\" {\n subjects = [%q]\n gpus = %s\n kernels = %s\n max_concurrent = %d\n class = \"c\"\n}\n", i, subj, gpus, kernels, i+1)
+	}
+	b.WriteString("deny \"d\" {\n subjects = [\"tag:quarantine\"]\n}\n")
+	return b.String()
+}
+
+// benchSubject is named by several of manyRules' rules: as a node, a user,
+// two tags and (through those) groups.
+var benchSubject = Subject{Node: "node-5", User: "user-6@example.com", Tags: []string{"tag:t-7", "tag:t-12"}}
+
+var onePolicy = `version = 1
+rule "only" {
+  subjects = ["node-5"]
+  gpus     = ["0"]
+  kernels  = ["matrix_mul"]
+}
+`
+
+var (
+	baselineOnce sync.Once
+	baselineNs   float64
+)
+
+// baseline is the cost of evaluating a one-rule policy, measured once per
+// run, so that the 200-rule numbers print as a ratio against it.
+func baseline() float64 {
+	baselineOnce.Do(func() {
+		p, err := Parse("one.hcl", []byte(onePolicy))
+		if err != nil {
+			panic(err)
+		}
+		r := testing.Benchmark(func(b *testing.B) {
+			for b.Loop() {
+				p.Evaluate(benchSubject, Request{Kernel: "matrix_mul", GPU: "0"})
+			}
+		})
+		baselineNs = float64(r.T.Nanoseconds()) / float64(r.N)
+	})
+	return baselineNs
+}
+
+func benchEvaluate(b *testing.B, p *Policy, s Subject, r Request, wantAllow bool) {
+	if d := p.Evaluate(s, r); d.Allow != wantAllow {
+		b.Fatalf("decision %+v", d)
+	}
+	base := baseline()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		p.Evaluate(s, r)
+	}
+	b.StopTimer()
+	ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+	b.ReportMetric(ns/base, "x1rule")
+}
+
+func BenchmarkEvaluate1Rule(b *testing.B) {
+	p := mustParse(b, "one.hcl", onePolicy)
+	benchEvaluate(b, p, benchSubject, Request{Kernel: "matrix_mul", GPU: "0"}, true)
+}
+
+// BenchmarkEvaluate200Rules is the per-call cost on the server's hot path.
+func BenchmarkEvaluate200Rules(b *testing.B) {
+	p := mustParse(b, "many.hcl", manyRules(200))
+	benchEvaluate(b, p, benchSubject, Request{Kernel: "matrix_mul", GPU: "0"}, true)
+}
+
+func BenchmarkEvaluate200RulesDefaultDeny(b *testing.B) {
+	p := mustParse(b, "many.hcl", manyRules(200))
+	benchEvaluate(b, p, Subject{Node: "stranger"}, Request{Kernel: "matrix_mul", GPU: "0"}, false)
+}
+
+// BenchmarkEvaluate200RulesCap includes decoding the capability's value.
+func BenchmarkEvaluate200RulesCap(b *testing.B) {
+	p := mustParse(b, "many.hcl", manyRules(200))
+	s := Subject{Node: "contractor", Caps: map[string][]json.RawMessage{
+		"example.com/cap/c4": {json.RawMessage(`{"kernels":["matrix_mul"],"gpus":["0"]}`)},
+	}}
+	benchEvaluate(b, p, s, Request{Kernel: "matrix_mul", GPU: "0"}, true)
+}
+
+func BenchmarkParse200Rules(b *testing.B) {
+	src := []byte(manyRules(200))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Parse("many.hcl", src); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func TestManyRulesDecide(t *testing.T) {
+	p := mustParse(t, "many.hcl", manyRules(200))
+	d := p.Evaluate(benchSubject, Request{Kernel: "matrix_mul", GPU: "0"})
+	// node-5 is named by rule r5 (node kind, the most specific).
+	if !d.Allow || d.Rule != "r5" || d.Limits.MaxConcurrent != 6 {
+		t.Errorf("got %+v", d)
+	}
+	d = p.Evaluate(Subject{Node: "node-5", Tags: []string{"tag:quarantine"}}, Request{Kernel: "matrix_mul"})
+	if d.Allow || d.Rule != "d" {
+		t.Errorf("quarantine: %+v", d)
+	}
+}
