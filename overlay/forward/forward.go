@@ -1,0 +1,392 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// DialFunc opens a connection inside the overlay; overlay.Overlay's Dial
+// is one.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// ErrNotLoopback is returned for a listen address that is not on loopback
+// when Config.AllowNonLoopback is not set.
+var ErrNotLoopback = errors.New("forward: listen address is not loopback")
+
+// Rule is one forward: connections accepted on Listen go to Target.
+type Rule struct {
+	// Listen is the local address: "localhost:50051" (127.0.0.1 and ::1),
+	// a loopback IP and port, or with AllowNonLoopback any address. Port 0
+	// picks a free port.
+	Listen string
+	// Target is the overlay address, "host:port"; host is a peer's name or
+	// overlay IP.
+	Target string
+}
+
+// String returns the rule as ParseRule reads it.
+func (r Rule) String() string { return r.Listen + "=" + r.Target }
+
+// ParseRule reads "LISTEN=HOST[:PORT]", as the --forward flag takes it.
+// LISTEN is "host:port" or a bare port (on localhost); a target without a
+// port gets defaultPort.
+func ParseRule(s string, defaultPort int) (Rule, error) {
+	listen, target, ok := strings.Cut(s, "=")
+	if !ok || listen == "" || target == "" {
+		return Rule{}, fmt.Errorf("forward: rule %q: want LISTEN=HOST[:PORT], e.g. localhost:50051=gpu-host", s)
+	}
+	if _, err := strconv.ParseUint(listen, 10, 16); err == nil {
+		listen = net.JoinHostPort("localhost", listen)
+	}
+	if _, port, err := net.SplitHostPort(listen); err != nil {
+		return Rule{}, fmt.Errorf("forward: rule %q: listen address: %w", s, err)
+	} else if err := checkPort(port); err != nil {
+		return Rule{}, fmt.Errorf("forward: rule %q: listen address: %w", s, err)
+	}
+	host, port, err := net.SplitHostPort(target)
+	if err != nil {
+		host, port = target, strconv.Itoa(defaultPort)
+		if strings.Contains(host, ":") && !strings.HasPrefix(host, "[") {
+			// A bare IPv6 address.
+			if _, perr := netip.ParseAddr(host); perr != nil {
+				return Rule{}, fmt.Errorf("forward: rule %q: target: %w", s, err)
+			}
+		}
+		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	}
+	if host == "" || strings.ContainsAny(host, " /=[]") {
+		return Rule{}, fmt.Errorf("forward: rule %q: target needs a host name or overlay IP", s)
+	}
+	if err := checkPort(port); err != nil {
+		return Rule{}, fmt.Errorf("forward: rule %q: target: %w", s, err)
+	}
+	if port == "0" {
+		return Rule{}, fmt.Errorf("forward: rule %q: target port 0", s)
+	}
+	return Rule{Listen: listen, Target: net.JoinHostPort(host, port)}, nil
+}
+
+func checkPort(p string) error {
+	if _, err := strconv.ParseUint(p, 10, 16); err != nil {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", p)
+	}
+	return nil
+}
+
+// Config configures a Forwarder.
+type Config struct {
+	// Dial connects into the overlay. Required.
+	Dial DialFunc
+	// Rules are the forwards to run; at least one.
+	Rules []Rule
+	// AllowNonLoopback lets a rule listen on an address other than
+	// loopback. Anyone who can reach such a listener uses the GPU host with
+	// this node's identity.
+	AllowNonLoopback bool
+	// DialTimeout bounds one dial into the overlay; when it fails the local
+	// connection is reset, so a gRPC client sees Unavailable rather than a
+	// hang. 0 means 5s.
+	DialTimeout time.Duration
+	// Logger receives debug logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultDialTimeout is the dial timeout when Config sets none.
+const DefaultDialTimeout = 5 * time.Second
+
+// Forward describes one running rule.
+type Forward struct {
+	Rule Rule
+	// Addrs are the local addresses it listens on.
+	Addrs []net.Addr
+}
+
+// Forwarder runs forwards. Its accept loops and connection goroutines are
+// owned by it; Close stops and waits for all of them.
+type Forwarder struct {
+	cfg      Config
+	log      *slog.Logger
+	forwards []Forward
+	lns      []net.Listener
+	ctx      context.Context // cancelled by Close: aborts dials in progress
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{} // open connections, both sides; guarded by mu
+	closed bool                  // guarded by mu
+}
+
+// Start validates cfg, listens for every rule and starts forwarding. A
+// half-built start is undone: either every rule listens or none does.
+func Start(cfg Config) (_ *Forwarder, err error) {
+	if cfg.Dial == nil {
+		return nil, errors.New("forward: a dial function is required")
+	}
+	if len(cfg.Rules) == 0 {
+		return nil, errors.New("forward: no rules")
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	type plan struct {
+		rule  Rule
+		binds []bind
+	}
+	plans := make([]plan, len(cfg.Rules))
+	for i, r := range cfg.Rules {
+		binds, err := listenAddrs(r.Listen, cfg.AllowNonLoopback)
+		if err != nil {
+			return nil, fmt.Errorf("forward: rule %s: %w", r, err)
+		}
+		if _, _, err := net.SplitHostPort(r.Target); err != nil {
+			return nil, fmt.Errorf("forward: rule %s: target: %w", r, err)
+		}
+		plans[i] = plan{r, binds}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &Forwarder{cfg: cfg, log: log, ctx: ctx, cancel: cancel, conns: make(map[net.Conn]struct{})}
+	defer func() {
+		if err != nil {
+			cancel()
+			for _, ln := range f.lns {
+				ln.Close()
+			}
+		}
+	}()
+	for _, p := range plans {
+		fw := Forward{Rule: p.rule}
+		port := p.binds[0].port
+		var lns []net.Listener
+		for _, b := range p.binds {
+			ln, err := net.Listen("tcp", net.JoinHostPort(b.host, port))
+			if err != nil {
+				if b.optional {
+					log.Debug("forward: optional listener not started", "addr", b.host, "err", err)
+					continue
+				}
+				return nil, fmt.Errorf("forward: rule %s: listen: %w", p.rule, err)
+			}
+			f.lns = append(f.lns, ln)
+			lns = append(lns, ln)
+			fw.Addrs = append(fw.Addrs, ln.Addr())
+			// Every address of one rule shares its port, also when port 0
+			// picked one.
+			port = strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+		}
+		f.forwards = append(f.forwards, fw)
+		for _, ln := range lns {
+			f.wg.Add(1)
+			go func() {
+				defer f.wg.Done()
+				f.accept(ln, p.rule)
+			}()
+		}
+	}
+	return f, nil
+}
+
+// bind is one local address a rule listens on.
+type bind struct {
+	host     string
+	port     string
+	optional bool // may fail (::1 on a host without IPv6)
+}
+
+// listenAddrs says where a rule with listen address addr listens, refusing
+// anything but loopback unless allowed.
+func listenAddrs(addr string, allowNonLoopback bool) ([]bind, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen address: %w", err)
+	}
+	if err := checkPort(port); err != nil {
+		return nil, fmt.Errorf("listen address: %w", err)
+	}
+	if strings.EqualFold(host, "localhost") {
+		return []bind{{"127.0.0.1", port, false}, {"::1", port, true}}, nil
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.Unmap().IsLoopback() {
+		return []bind{{host, port, false}}, nil
+	}
+	if !allowNonLoopback {
+		where := host
+		if where == "" {
+			where = "every interface"
+		}
+		return nil, fmt.Errorf("%w: %s (use localhost or a loopback IP; forcing another address lets anyone who reaches it use the GPU host as this node)", ErrNotLoopback, where)
+	}
+	return []bind{{host, port, false}}, nil
+}
+
+// Forwards returns the running forwards, in the order of Config.Rules.
+func (f *Forwarder) Forwards() []Forward { return f.forwards }
+
+// Addr returns the first local address of the i'th rule.
+func (f *Forwarder) Addr(i int) net.Addr { return f.forwards[i].Addrs[0] }
+
+func (f *Forwarder) accept(ln net.Listener, r Rule) {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if f.isClosed() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: wait a little, as
+			// net/http does, instead of spinning.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			f.log.Warn("forward: accept", "listen", ln.Addr(), "err", err, "retry_in", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-f.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
+		}
+		backoff = 0
+		if !f.track(c) {
+			c.Close()
+			return
+		}
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			defer f.untrack(c)
+			f.handle(c, r)
+		}()
+	}
+}
+
+// handle carries one local connection into the overlay.
+func (f *Forwarder) handle(c net.Conn, r Rule) {
+	ctx, cancel := context.WithTimeout(f.ctx, f.cfg.DialTimeout)
+	oc, err := f.cfg.Dial(ctx, "tcp", r.Target)
+	cancel()
+	if err != nil {
+		f.log.Warn("forward: dial into the overlay failed; resetting the local connection", "target", r.Target, "from", c.RemoteAddr(), "err", err)
+		reset(c)
+		return
+	}
+	if !f.track(oc) {
+		oc.Close()
+		c.Close()
+		return
+	}
+	defer f.untrack(oc)
+	f.log.Debug("forward: connected", "from", c.RemoteAddr(), "target", r.Target)
+	splice(c, oc)
+}
+
+// reset closes c with a TCP RST, so the peer's client fails at once.
+func reset(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+// splice copies both ways until both directions end, passing a half-close
+// on where the connection supports it, then closes both.
+func splice(a, b net.Conn) {
+	done := make(chan error, 2)
+	go func() { done <- pipe(b, a) }()
+	go func() { done <- pipe(a, b) }()
+	if err := <-done; err != nil {
+		// One side failed: end the other direction too.
+		a.Close()
+		b.Close()
+	}
+	<-done
+	a.Close()
+	b.Close()
+}
+
+type closeWriter interface{ CloseWrite() error }
+
+// copyBufferSize is the splice buffer: larger than io.Copy's 32 KiB so a
+// bulk upload crosses into the overlay in fewer writes.
+const copyBufferSize = 256 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+
+// pipe copies src to dst, then half-closes dst (or closes it). It returns
+// nil when src ended cleanly.
+func pipe(dst, src net.Conn) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	// Hide ReaderFrom/WriterTo so the pooled buffer is used.
+	_, err := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
+	if err != nil {
+		return err
+	}
+	if cw, ok := dst.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return dst.Close()
+}
+
+func (f *Forwarder) track(c net.Conn) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return false
+	}
+	f.conns[c] = struct{}{}
+	return true
+}
+
+func (f *Forwarder) untrack(c net.Conn) {
+	f.mu.Lock()
+	delete(f.conns, c)
+	f.mu.Unlock()
+}
+
+func (f *Forwarder) isClosed() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.closed
+}
+
+// Close stops listening, ends every forwarded connection and waits for all
+// of the forwarder's goroutines. A second Close returns net.ErrClosed.
+func (f *Forwarder) Close() error {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return net.ErrClosed
+	}
+	f.closed = true
+	conns := make([]net.Conn, 0, len(f.conns))
+	for c := range f.conns {
+		conns = append(conns, c)
+	}
+	f.mu.Unlock()
+	f.cancel()
+	var errs []error
+	for _, ln := range f.lns {
+		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	f.wg.Wait()
+	return errors.Join(errs...)
+}
