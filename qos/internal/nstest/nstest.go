@@ -234,8 +234,12 @@ func ParsePcap(b []byte) ([]Packet, error) {
 		var l4 []byte
 		switch {
 		case eth == 0x0800 && len(ip) >= 20:
+			ihl := int(ip[0]&0x0f) * 4
+			if ihl < 20 || ihl > len(ip) {
+				continue
+			}
 			p.TOS, p.Protocol = ip[1], ip[9]
-			l4 = ip[int(ip[0]&0x0f)*4:]
+			l4 = ip[ihl:]
 		case eth == 0x86dd && len(ip) >= 40:
 			p.IPv6 = true
 			p.TOS = byte(binary.BigEndian.Uint16(ip) >> 4)
@@ -265,4 +269,17 @@ func Every(ctx context.Context, interval time.Duration, fn func() bool) error {
 		}
 	}
 	return nil
+}
+
+// NewNS creates one namespace with lo up and deletes it at cleanup.
+func NewNS(t testing.TB) *NS {
+	t.Helper()
+	Require(t)
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	ns := &NS{Name: "gmq" + hex.EncodeToString(rnd[:])}
+	run(t, "ip", "netns", "add", ns.Name)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns.Name).Run() })
+	run(t, "ip", "-n", ns.Name, "link", "set", "lo", "up")
+	return ns
 }
