@@ -112,7 +112,9 @@ func Parse(filename string, src []byte) (*Policy, error) {
 	c := &compiler{p: &Policy{source: filename}}
 	c.compile(file.Body)
 	if c.diags.HasErrors() {
-		return nil, &ParseError{Diags: errorsOnly(c.diags), Files: files}
+		ds := errorsOnly(c.diags)
+		sort.SliceStable(ds, func(i, j int) bool { return before(ds[i].Subject, ds[j].Subject) })
+		return nil, &ParseError{Diags: ds, Files: files}
 	}
 	sum := sha256.Sum256(src)
 	c.p.digest = "sha256:" + hex.EncodeToString(sum[:8])
@@ -137,6 +139,25 @@ func syntaxErrors(ds hcl.Diagnostics) hcl.Diagnostics {
 		return ds
 	}
 	return out
+}
+
+// before orders diagnostics by position in the file.
+func before(a, b *hcl.Range) bool {
+	if a == nil || b == nil {
+		return a != nil
+	}
+	if a.Start.Line != b.Start.Line {
+		return a.Start.Line < b.Start.Line
+	}
+	return a.Start.Column < b.Start.Column
+}
+
+// sentence ends s with a full stop unless it already ends a sentence.
+func sentence(s string) string {
+	if strings.HasSuffix(s, ".") || strings.HasSuffix(s, "?") {
+		return s
+	}
+	return s + "."
 }
 
 func errorsOnly(ds hcl.Diagnostics) hcl.Diagnostics {
@@ -302,7 +323,7 @@ func (c *compiler) group(b *hcl.Block) {
 			ref, err := parseSubject(e.s)
 			switch {
 			case err != nil:
-				c.errorf(e.rng, "Invalid group member", "%v.", err)
+				c.errorf(e.rng, "Invalid group member", "%s", sentence(err.Error()))
 				continue
 			case ref.kind == kindGroup:
 				c.errorf(e.rng, "Invalid group member", "Groups cannot contain groups (%q); list its members instead.", e.s)
@@ -346,7 +367,7 @@ func (c *compiler) class(b *hcl.Block) {
 			if s != "" {
 				d, err := ParseDSCP(s)
 				if err != nil {
-					c.errorf(a.Expr.Range(), "Invalid DSCP", "%s.", strings.TrimPrefix(err.Error(), "policy: "))
+					c.errorf(a.Expr.Range(), "Invalid DSCP", "%s", sentence(strings.TrimPrefix(err.Error(), "policy: ")))
 				}
 				cl.DSCP = d
 			}
@@ -393,7 +414,7 @@ func (c *compiler) rule(b *hcl.Block, deny bool) {
 		for _, e := range elems {
 			ref, err := parseSubject(e.s)
 			if err != nil {
-				c.errorf(e.rng, "Invalid subject", "%v.", err)
+				c.errorf(e.rng, "Invalid subject", "%s", sentence(err.Error()))
 				continue
 			}
 			if ref.kind == kindGroup {
@@ -601,6 +622,9 @@ var subjectFields = []string{"node", "user", "tags", "caps", "wireguard"}
 // caps = { "NAME" = [ {…} ] }, wireguard = bool }.
 func (c *compiler) testSubject(a *hcl.Attribute) Subject {
 	var s Subject
+	if !c.literal(a.Expr) {
+		return s
+	}
 	pairs, d := hcl.ExprMap(a.Expr)
 	if d.HasErrors() {
 		c.typeError(a, "an object such as { node = \"laptop\" }")
@@ -698,6 +722,9 @@ func (c *compiler) testCaps(a *hcl.Attribute) map[string][]json.RawMessage {
 // value is usable.
 
 func (c *compiler) value(a *hcl.Attribute) (cty.Value, bool) {
+	if !c.literal(a.Expr) {
+		return cty.NilVal, false
+	}
 	v, d := a.Expr.Value(nil)
 	if d.HasErrors() {
 		c.diags = append(c.diags, d...)
@@ -712,6 +739,69 @@ func (c *compiler) value(a *hcl.Attribute) (cty.Value, bool) {
 		return cty.NilVal, false
 	}
 	return v, true
+}
+
+// literal reports whether expr is a constant: literals, strings without
+// ${…} or %{…}, lists and objects of constants, and negated numbers. A
+// policy file holds data, and evaluating anything more is both needless and
+// unsafe ("a${1e9999999}" takes HCL minutes to render). JSON-syntax
+// expressions are always literal when evaluated without a context.
+func (c *compiler) literal(expr hcl.Expression) bool {
+	e, ok := expr.(hclsyntax.Expression)
+	if !ok {
+		return true
+	}
+	bad := nonLiteral(e)
+	if bad == nil {
+		return true
+	}
+	c.errorf(bad.Range(), "Only constants are allowed",
+		"A policy file holds literal values: no variables, functions, operators or ${…} templates.")
+	return false
+}
+
+func nonLiteral(e hclsyntax.Expression) hclsyntax.Expression {
+	switch e := e.(type) {
+	case *hclsyntax.LiteralValueExpr:
+		return nil
+	case *hclsyntax.TemplateExpr:
+		// Plain text parts are string literals; an interpolation, even of
+		// a literal ("a${1e9999999}"), is not.
+		for _, p := range e.Parts {
+			if l, ok := p.(*hclsyntax.LiteralValueExpr); !ok || l.Val.Type() != cty.String {
+				return p
+			}
+		}
+		return nil
+	case *hclsyntax.TupleConsExpr:
+		for _, x := range e.Exprs {
+			if bad := nonLiteral(x); bad != nil {
+				return bad
+			}
+		}
+		return nil
+	case *hclsyntax.ObjectConsExpr:
+		for _, it := range e.Items {
+			if bad := nonLiteral(it.KeyExpr); bad != nil {
+				return bad
+			}
+			if bad := nonLiteral(it.ValueExpr); bad != nil {
+				return bad
+			}
+		}
+		return nil
+	case *hclsyntax.ObjectConsKeyExpr:
+		// A bare word key (node = …) is a traversal that names itself.
+		if hcl.ExprAsKeyword(e.Wrapped) != "" && !e.ForceNonLiteral {
+			return nil
+		}
+		return nonLiteral(e.Wrapped)
+	case *hclsyntax.UnaryOpExpr:
+		if _, ok := e.Val.(*hclsyntax.LiteralValueExpr); ok && e.Op == hclsyntax.OpNegate {
+			return nil
+		}
+	}
+	return e
 }
 
 func (c *compiler) typeError(a *hcl.Attribute, want string) {
@@ -874,7 +964,7 @@ func (c *compiler) quantity(a *hcl.Attribute, what string, parse func(string) (i
 	case cty.String:
 		n, err := parse(v.AsString())
 		if err != nil {
-			c.errorf(a.Expr.Range(), "Invalid "+what, "%s.", strings.TrimPrefix(err.Error(), "policy: "))
+			c.errorf(a.Expr.Range(), "Invalid "+what, "%s", sentence(strings.TrimPrefix(err.Error(), "policy: ")))
 			return 0, false
 		}
 		return n, true

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 )
@@ -182,7 +183,19 @@ rule "r" {
   subjects = [var.who]
   gpus     = ["0"]
   kernels  = ["relu"]
-}`, "p.hcl:3:15", "Variables not allowed", ""},
+}`, "p.hcl:3:15", "Only constants are allowed", "no variables"},
+		{"templates are not allowed", "p.hcl", `version = 1
+group "g" { members = ["a${1e9999999}"] }`, "p.hcl:2:28", "Only constants are allowed", "templates"},
+		{"functions are not allowed", "p.hcl", `version = 1
+group "g" { members = [upper("a")] }`, "p.hcl:2:24", "Only constants are allowed", "functions"},
+		{"operators are not allowed", "p.hcl", `version = 1
+class "c" { dscp = 40 + 6 }`, "p.hcl:2:20", "Only constants are allowed", "operators"},
+		{"templates in test subjects", "p.hcl", `version = 1
+test "t" {
+  subject = { node = "a${1}" }
+  kernel  = "relu"
+  expect  = "deny"
+}`, "p.hcl:3:26", "Only constants are allowed", ""},
 		{"test subject typo", "p.hcl", `version = 1
 test "t" {
   subject = { nod = "laptop" }
@@ -390,4 +403,65 @@ func TestHugeNumbers(t *testing.T) {
 			t.Errorf("parsed:\n%s", src)
 		}
 	}
+}
+
+func TestDiagnosticsSortedByPosition(t *testing.T) {
+	_, err := Parse("p.hcl", []byte(`version = 1
+rule "r" {
+  subjects = ["group:mll"]
+  gpus     = ["0"]
+  kernel   = ["relu"]
+}
+class "c" { dscp = "EF2" }
+`))
+	var pe *ParseError
+	if !errors.As(err, &pe) || len(pe.Diags) != 3 {
+		t.Fatalf("got %v", err)
+	}
+	for i, want := range []int{3, 5, 7} {
+		if got := pe.Diags[i].Subject.Start.Line; got != want {
+			t.Errorf("diagnostic %d on line %d, want %d:\n%v", i, got, want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "?.") {
+		t.Errorf("doubled punctuation: %v", err)
+	}
+}
+
+func TestFormatDuration(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		10 * time.Minute: "10m", 90 * time.Minute: "1h30m", time.Hour: "1h", 90 * time.Second: "1m30s", 30 * time.Second: "30s",
+	} {
+		if got := FormatDuration(d); got != want {
+			t.Errorf("FormatDuration(%v) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+// TestLiteralsAccepted: the constant forms a policy may use all parse.
+func TestLiteralsAccepted(t *testing.T) {
+	mustParse(t, "lit.hcl", `version = 1
+group "g" {
+  members = [
+    "laptop",   # trailing commas and comments
+    "alice\u0040example.com",
+  ]
+}
+class "c" {
+  dscp     = 46
+  priority = "3"
+}
+rule "r" {
+  subjects       = ["group:g", "tag:a-b"]
+  gpus           = [0, "1"]
+  kernels        = ["relu"]
+  max_concurrent = 2
+}
+test "t" {
+  subject = { "node" = "laptop", tags = ["tag:x"], caps = { "a/b" = [{ n = -1.5, s = "x", l = [true] }] } }
+  kernel  = "relu"
+  gpu     = 1
+  expect  = "allow"
+}
+`)
 }

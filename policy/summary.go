@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Summary is the compiled meaning of a policy, without source positions or
@@ -56,7 +57,7 @@ func (l Limits) Summary() LimitsSummary {
 		MaxRequestBytes: l.MaxRequestBytes,
 	}
 	if l.IdleTimeout > 0 {
-		s.IdleTimeout = l.IdleTimeout.String()
+		s.IdleTimeout = FormatDuration(l.IdleTimeout)
 	}
 	return s
 }
@@ -78,12 +79,25 @@ func (l Limits) String() string {
 		parts = append(parts, "max_request "+FormatSize(l.MaxRequestBytes))
 	}
 	if l.IdleTimeout > 0 {
-		parts = append(parts, "idle_timeout "+l.IdleTimeout.String())
+		parts = append(parts, "idle_timeout "+FormatDuration(l.IdleTimeout))
 	}
 	if len(parts) == 0 {
 		return "unlimited"
 	}
 	return strings.Join(parts, ", ")
+}
+
+// FormatDuration is time.Duration.String without zero trailing units:
+// "10m", "1h30m", "90s".
+func FormatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // TestSummary is one test block.
