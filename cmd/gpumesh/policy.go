@@ -60,8 +60,8 @@ func loadPolicy(cmd *cobra.Command, file string, asJSON bool) (*policy.Policy, e
 	}
 	if asJSON {
 		out := struct {
-			File        string     `json:"file"`
-			OK          bool       `json:"ok"`
+			File        string           `json:"file"`
+			OK          bool             `json:"ok"`
 			Diagnostics []policyDiagJSON `json:"diagnostics"`
 		}{File: file, Diagnostics: policyDiagsJSON(pe.Diags)}
 		if err := policyWriteJSON(cmd.OutOrStdout(), out); err != nil {
@@ -225,12 +225,12 @@ Exits 1 if any fails; 'gpumesh serve' refuses such a policy.`,
 			out := cmd.OutOrStdout()
 			if asJSON {
 				type resultJSON struct {
-					Name    string       `json:"name"`
-					Pos     string       `json:"pos"`
-					Pass    bool         `json:"pass"`
-					Want    string       `json:"want"`
+					Name    string             `json:"name"`
+					Pos     string             `json:"pos"`
+					Pass    bool               `json:"pass"`
+					Want    string             `json:"want"`
 					Got     policyDecisionJSON `json:"got"`
-					Message string       `json:"message,omitempty"`
+					Message string             `json:"message,omitempty"`
 				}
 				rs := []resultJSON{}
 				for _, r := range results {
@@ -297,12 +297,12 @@ or capabilities); --cap NAME alone gives it without values.`,
 			out := cmd.OutOrStdout()
 			if asJSON {
 				return policyWriteJSON(out, struct {
-					File     string        `json:"file"`
-					Subject  string        `json:"subject"`
-					Kernel   string        `json:"kernel"`
-					GPU      string        `json:"gpu"`
-					Decision policyDecisionJSON  `json:"decision"`
-					Steps    []policy.Step `json:"steps"`
+					File     string             `json:"file"`
+					Subject  string             `json:"subject"`
+					Kernel   string             `json:"kernel"`
+					GPU      string             `json:"gpu"`
+					Decision policyDecisionJSON `json:"decision"`
+					Steps    []policy.Step      `json:"steps"`
 				}{args[0], s.String(), kernel, policyGPU(gpu), toPolicyDecisionJSON(ex.Decision), ex.Steps})
 			}
 			d := ex.Decision
