@@ -253,6 +253,10 @@ func (n *Node) Addrs() []netip.Addr {
 	return out
 }
 
+// UDPPort is the local port of the node's WireGuard UDP sockets (magicsock),
+// for marking their packets with a DSCP. Valid after Up.
+func (n *Node) UDPPort() uint16 { return n.srv.Sys().MagicSock.Get().LocalPort() }
+
 // Hostname returns the node's configured name.
 func (n *Node) Hostname() string { return n.cfg.Hostname }
 
