@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gpumesh/gpumesh/gpusvc"
+	"github.com/gpumesh/gpumesh/overlay/forward"
+	"github.com/gpumesh/gpumesh/overlay/tsnet"
+)
+
+func init() { register(newUpCmd) }
+
+func newUpCmd() *cobra.Command {
+	var (
+		tf          tailnetFlags
+		forwards    []string
+		anyAddress  bool
+		dialTimeout time.Duration
+		joinTimeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "up [--forward LOCAL=HOST[:PORT]]...",
+		Short: "Join the tailnet and forward local ports to GPU hosts",
+		Long: `up joins the tailnet as a cloud node and stays up until interrupted.
+Each --forward listens on loopback and carries every connection into the
+tailnet to HOST (port 50051 unless given), so a program on this machine uses
+a GPU host with a plain, unencrypted gRPC channel to localhost:
+
+    channel = grpc.insecure_channel('localhost:50051')
+
+The GPU host sees the connection come from this node: its policy decides on
+this node's tailnet identity. For that reason a forward listens on loopback
+only; --forward-any-address allows another listen address, which lets anyone
+who reaches it act as this node.
+
+When a host is unreachable a new connection is reset after --dial-timeout,
+so gRPC clients see UNAVAILABLE; they recover once the host is back.`,
+		Example: `  gpumesh up --forward localhost:50051=gpu-host
+  gpumesh up --forward 50051=gpu-a --forward 50052=gpu-b:50051`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			out := cmd.OutOrStdout()
+			rules := make([]forward.Rule, 0, len(forwards))
+			for _, s := range forwards {
+				r, err := forward.ParseRule(s, gpusvc.DefaultPort)
+				if err != nil {
+					return fmt.Errorf("--forward: %w", err)
+				}
+				rules = append(rules, r)
+			}
+			cfg, err := tf.config()
+			if err != nil {
+				return err
+			}
+			// Listen before joining, so that a refused or busy address fails
+			// at once; connections wait for the join, up to the dial timeout.
+			var ov *tsnet.Node // set before joined is closed
+			joined := make(chan struct{})
+			dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+				select {
+				case <-joined:
+				case <-ctx.Done():
+					return nil, fmt.Errorf("not on the tailnet yet: %w", ctx.Err())
+				}
+				return ov.Dial(ctx, network, addr)
+			}
+			var fwd *forward.Forwarder
+			if len(rules) > 0 {
+				fwd, err = forward.Start(forward.Config{
+					Dial:             dial,
+					Rules:            rules,
+					AllowNonLoopback: anyAddress,
+					DialTimeout:      dialTimeout,
+					Logger:           logger(tf.verbose),
+				})
+				if err != nil {
+					if errors.Is(err, forward.ErrNotLoopback) {
+						return fmt.Errorf("%w (--forward-any-address overrides this)", err)
+					}
+					return err
+				}
+			}
+			ov, err = tsnet.New(cfg)
+			if err != nil {
+				if fwd != nil {
+					fwd.Close()
+				}
+				return err
+			}
+			defer func() {
+				// The forwards end before the node leaves the tailnet.
+				if fwd != nil {
+					fwd.Close()
+				}
+				ov.Close()
+			}()
+			jctx, cancel := context.WithTimeout(ctx, joinTimeout)
+			st, err := ov.Up(jctx)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("join tailnet at %s: %w", cfg.ControlURL, err)
+			}
+			close(joined)
+			fmt.Fprintf(out, "gpumesh: up as %s %v\n", cfg.Hostname, st.TailscaleIPs)
+			if fwd != nil {
+				for _, f := range fwd.Forwards() {
+					addrs := make([]string, len(f.Addrs))
+					for i, a := range f.Addrs {
+						addrs[i] = a.String()
+					}
+					fmt.Fprintf(out, "gpumesh: forwarding %s -> %s\n", strings.Join(addrs, ", "), f.Rule.Target)
+				}
+			}
+			fmt.Fprintln(out, "gpumesh: ready; interrupt to leave")
+			<-ctx.Done()
+			fmt.Fprintln(out, "gpumesh: shutting down")
+			return nil
+		},
+	}
+	tf.register(cmd, "gpumesh-client")
+	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "LOCAL=HOST[:PORT]: listen on LOCAL (localhost:50051, or a port) and forward to HOST on the tailnet; repeatable")
+	cmd.Flags().BoolVar(&anyAddress, "forward-any-address", false, "allow --forward to listen on addresses other than loopback (anyone reaching them acts as this node)")
+	cmd.Flags().DurationVar(&dialTimeout, "dial-timeout", forward.DefaultDialTimeout, "reset a forwarded connection when the host does not answer within this long")
+	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")
+	return cmd
+}
