@@ -23,6 +23,7 @@ type WhoIsFunc func(ctx context.Context, remoteAddr string) (overlay.Identity, e
 type overlayCreds struct {
 	whois WhoIsFunc // nil on the client side
 	ttl   time.Duration
+	wrap  func(net.Conn, overlay.Identity) net.Conn // optional, server side
 }
 
 var _ credentials.TransportCredentials = overlayCreds{}
@@ -43,6 +44,9 @@ func (c overlayCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.Auth
 		return nil, nil, fmt.Errorf("gpusvc: identify %s: %w", remote, err)
 	}
 	p := &peerIdentity{whois: c.whois, ttl: c.ttl, remote: remote, id: id, at: time.Now()}
+	if c.wrap != nil {
+		conn = c.wrap(conn, id)
+	}
 	return conn, overlayAuth{CommonAuthInfo: overlaySecurity, peer: p}, nil
 }
 

@@ -57,6 +57,9 @@ type Config struct {
 	// OnCall, if set, is called once for every finished call (audit,
 	// metrics). It must not block.
 	OnCall func(CallRecord)
+	// WrapConn, if set, wraps each accepted connection once its peer is
+	// identified: QoS schedules the host's replies by the caller's class.
+	WrapConn func(c net.Conn, caller overlay.Identity) net.Conn
 }
 
 // DefaultMaxRequestBytes is the request size cap when Config sets none.
@@ -115,7 +118,7 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, quotas: newQuotas()}
 	s.grpc = grpc.NewServer(
-		grpc.Creds(overlayCreds{whois: cfg.WhoIs, ttl: cfg.IdentityTTL}),
+		grpc.Creds(overlayCreds{whois: cfg.WhoIs, ttl: cfg.IdentityTTL, wrap: cfg.WrapConn}),
 		grpc.MaxRecvMsgSize(int(cfg.MaxRequestBytes)),
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.InitialWindowSize(windowSize),

@@ -39,6 +39,9 @@ type HostConfig struct {
 	// OnCall observes every finished call (audit, metrics, the demo).
 	// Use AddOnCall to add an observer to those already set.
 	OnCall func(gpusvc.CallRecord)
+	// QoS, if set, marks the overlay's packets and schedules replies by
+	// the callers' classes.
+	QoS *QoSConfig
 }
 
 // AddOnCall adds an observer of finished calls, keeping those already set.
@@ -60,6 +63,7 @@ type Host struct {
 	ln      net.Listener
 	backend gpusvc.Backend
 	policy  *policy.Store
+	qos     *qosParts
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 
@@ -70,6 +74,7 @@ type Host struct {
 // StartHost serves the compute endpoint on the overlay and watches the
 // policy file for changes. A half-built start is undone.
 func StartHost(ctx context.Context, cfg HostConfig) (_ *Host, err error) {
+	// Every early return below undoes what was started before it.
 	if cfg.Overlay == nil || cfg.Policy == nil {
 		return nil, errors.New("node: a host needs an overlay and a policy")
 	}
@@ -83,7 +88,24 @@ func StartHost(ctx context.Context, cfg HostConfig) (_ *Host, err error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	srv, err := gpusvc.NewServer(gpusvc.Config{
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() {
+		if err != nil {
+			cancel()
+		}
+	}()
+	qp := &qosParts{}
+	if cfg.QoS != nil {
+		if qp, err = startQoS(wctx, cfg.QoS, cfg.Policy.Current(), logger); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				qp.close()
+			}
+		}()
+	}
+	scfg := gpusvc.Config{
 		Backend:         cfg.Backend,
 		WhoIs:           cfg.Overlay.WhoIs,
 		Policy:          cfg.Policy.Current,
@@ -91,7 +113,11 @@ func StartHost(ctx context.Context, cfg HostConfig) (_ *Host, err error) {
 		MaxRequestBytes: cfg.MaxRequestBytes,
 		Logger:          logger,
 		OnCall:          cfg.OnCall,
-	})
+	}
+	if qp.sched != nil {
+		scfg.WrapConn = qp.wrapConn(cfg.Policy)
+	}
+	srv, err := gpusvc.NewServer(scfg)
 	if err != nil {
 		return nil, err
 	}
@@ -99,8 +125,7 @@ func StartHost(ctx context.Context, cfg HostConfig) (_ *Host, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: listen on the overlay port %d: %w", cfg.Port, err)
 	}
-	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	h := &Host{srv: srv, ln: ln, backend: cfg.Backend, policy: cfg.Policy, cancel: cancel}
+	h := &Host{srv: srv, ln: ln, backend: cfg.Backend, policy: cfg.Policy, cancel: cancel, qos: qp}
 	h.wg.Add(2)
 	go func() {
 		defer h.wg.Done()
@@ -139,6 +164,7 @@ func (h *Host) Close() error {
 	h.srv.GracefulStop(ctx)
 	h.cancel()
 	h.wg.Wait()
+	h.qos.close()
 	return h.backend.Close()
 }
 

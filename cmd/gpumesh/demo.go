@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -145,6 +146,7 @@ func (d *demo) run(ctx context.Context, policyPath string) error {
 
 	host, err := node.StartHost(ctx, node.HostConfig{
 		Overlay: nodes["gpu-host"], Name: "gpu-host", Policy: store, Logger: logger(d.verbose),
+		QoS: &node.QoSConfig{UDPPort: nodes["gpu-host"].UDPPort()},
 		OnCall: func(r gpusvc.CallRecord) {
 			d.mu.Lock()
 			d.calls = append(d.calls, r)
@@ -231,6 +233,20 @@ func (d *demo) run(ctx context.Context, policyPath string) error {
 		}
 	}
 	d.ok("every call is in the host's log under the caller's tailnet name")
+
+	// 5. QoS: the host's WireGuard packets carry AF41; replies were scheduled by class.
+	qs := host.QoSStatus()
+	if qs.Marking == nil || qs.Marking.Err != nil || qs.Marking.Sockets == 0 {
+		return fmt.Errorf("outer DSCP marking on gpu-host did not take: %+v", qs.Marking)
+	}
+	var classes []string
+	for _, c := range qs.Classes {
+		if c.Bytes > 0 {
+			classes = append(classes, fmt.Sprintf("%s %d bytes", c.Name, c.Bytes))
+		}
+	}
+	d.ok("gpu-host marks its %d WireGuard UDP socket(s) on port %d with DSCP %s; replies scheduled by class: %s",
+		qs.Marking.Sockets, qs.Marking.Port, policy.DSCPName(qs.Marking.DSCP), strings.Join(classes, ", "))
 	d.say("")
 	d.say("demo: PASS, %d checks held in %s", d.checks, time.Since(t0).Round(time.Millisecond))
 	return nil

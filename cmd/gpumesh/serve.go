@@ -64,6 +64,9 @@ func newServeCmd() *cobra.Command {
 		port        int
 		maxRequest  string
 		joinTimeout time.Duration
+		dscp        string
+		shapeLink   string
+		shapeRate   string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve --policy FILE",
@@ -109,6 +112,9 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 				Overlay: ov, Name: cfg.Hostname, Policy: store, Port: port,
 				MaxRequestBytes: maxReq, Logger: log,
 			}
+			if hcfg.QoS, err = qosConfig(dscp, shapeLink, shapeRate, ov.UDPPort()); err != nil {
+				return err
+			}
 			stopHooks, err := applyServeHooks(ctx, &hcfg)
 			if err != nil {
 				return err
@@ -145,10 +151,35 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 	cmd.Flags().IntVar(&port, "port", gpusvc.DefaultPort, "TCP port of the endpoint on the tailnet")
 	cmd.Flags().StringVar(&maxRequest, "max-request", "64MiB", "largest request accepted")
 	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")
+	cmd.Flags().StringVar(&dscp, "dscp", "AF41", `DSCP for the overlay's outer UDP packets (name or 0-63; "off" to leave them unmarked)`)
+	cmd.Flags().StringVar(&shapeLink, "shape-link", "", "shape this interface's egress by QoS class with tc/HTB (needs CAP_NET_ADMIN)")
+	cmd.Flags().StringVar(&shapeRate, "shape-rate", "", "usable egress rate of --shape-link, e.g. 900Mbit/s or 100MB/s (default: the link speed)")
 	for _, h := range serveHooks {
 		if h.flags != nil {
 			h.flags(cmd.Flags())
 		}
 	}
 	return cmd
+}
+
+// qosConfig turns the QoS flags into the host's QoS configuration.
+func qosConfig(dscp, link, rate string, udpPort uint16) (*node.QoSConfig, error) {
+	cfg := &node.QoSConfig{UDPPort: udpPort, ShapeLink: link}
+	if dscp == "off" {
+		cfg.UDPPort = 0
+	} else {
+		v, err := policy.ParseDSCP(dscp)
+		if err != nil {
+			return nil, fmt.Errorf("--dscp: %w", err)
+		}
+		cfg.DSCP = v
+	}
+	if rate != "" {
+		r, err := policy.ParseRate(rate)
+		if err != nil {
+			return nil, fmt.Errorf("--shape-rate: %w", err)
+		}
+		cfg.ShapeRate = r
+	}
+	return cfg, nil
 }

@@ -1,0 +1,139 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+
+	"github.com/gpumesh/gpumesh/overlay"
+	"github.com/gpumesh/gpumesh/policy"
+	"github.com/gpumesh/gpumesh/qos"
+	"github.com/gpumesh/gpumesh/qos/tc"
+)
+
+// QoSConfig says how a host marks and schedules its GPU traffic.
+type QoSConfig struct {
+	// UDPPort is the overlay's WireGuard UDP port whose packets get the
+	// outer DSCP; 0 skips outer marking.
+	UDPPort uint16
+	// DSCP is the outer code point; 0 means AF41.
+	DSCP uint8
+	// ShapeLink, if set, is the interface whose egress is shaped with an
+	// HTB tree (needs CAP_NET_ADMIN; without it a one-line notice).
+	ShapeLink string
+	// ShapeRate is the link's usable egress rate in bytes/s; 0 reads it
+	// from sysfs.
+	ShapeRate int64
+}
+
+// defaultClass takes traffic of callers whose rule names no class.
+const defaultClass = "default"
+
+// qosParts are what a host runs for QoS; each field may be nil.
+type qosParts struct {
+	sched  *qos.Scheduler
+	marker *qos.Marker
+	shaper *tc.Shaper
+}
+
+// startQoS builds the scheduler from the policy's classes, marks the
+// overlay's UDP sockets and installs host shaping where it can.
+func startQoS(ctx context.Context, cfg *QoSConfig, pol *policy.Policy, log *slog.Logger) (*qosParts, error) {
+	p := &qosParts{}
+	classes := qosClasses(pol.Classes())
+	sched, err := qos.NewScheduler(classes, qos.Options{Slots: 2})
+	if err != nil {
+		return nil, fmt.Errorf("node: qos classes: %w", err)
+	}
+	p.sched = sched
+	if cfg.UDPPort != 0 {
+		p.marker = qos.NewMarker(qos.MarkerConfig{
+			Port: cfg.UDPPort, DSCP: cfg.DSCP,
+			Logf: func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) },
+		})
+		p.marker.Start(ctx)
+	}
+	if cfg.ShapeLink != "" {
+		sh, err := tc.Install(tc.Config{Link: cfg.ShapeLink, Rate: cfg.ShapeRate, Classes: classes, Default: defaultClass})
+		switch {
+		case errors.Is(err, tc.ErrNoPrivilege):
+			log.Warn(err.Error())
+		case err != nil:
+			p.close()
+			return nil, fmt.Errorf("node: host shaping on %s: %w", cfg.ShapeLink, err)
+		default:
+			p.shaper = sh
+			log.Info("host shaping installed", "report", sh.Report().String())
+		}
+	}
+	return p, nil
+}
+
+// qosClasses copies the policy's classes, adding the default class.
+func qosClasses(pcs []policy.Class) []qos.Class {
+	out := make([]qos.Class, 0, len(pcs)+1)
+	lowest := 0
+	for _, c := range pcs {
+		out = append(out, qos.Class{Name: c.Name, DSCP: c.DSCP, Priority: c.Priority, Rate: c.Rate, Burst: c.Burst})
+		lowest = max(lowest, c.Priority)
+	}
+	if !slices.ContainsFunc(out, func(c qos.Class) bool { return c.Name == defaultClass }) {
+		out = append(out, qos.Class{Name: defaultClass, DSCP: qos.DSCPAF41, Priority: lowest + 1})
+	}
+	return out
+}
+
+// wrapConn schedules a connection's writes in its caller's class: the class
+// of the caller's allow rule for the built-in kernels (classes are per rule).
+func (p *qosParts) wrapConn(store *policy.Store) func(net.Conn, overlay.Identity) net.Conn {
+	return func(c net.Conn, id overlay.Identity) net.Conn {
+		class := defaultClass
+		pol := store.Current()
+		s := policy.Subject{Node: id.Node, User: id.User, Tags: id.Tags, Caps: id.Caps, WireGuard: id.WireGuard}
+		for _, k := range policy.BuiltinKernels() {
+			if d := pol.Evaluate(s, policy.Request{Kernel: k}); d.Allow {
+				if _, ok := pol.Class(d.Class); ok {
+					class = d.Class
+				}
+				break
+			}
+		}
+		return p.sched.Conn(c, class)
+	}
+}
+
+func (p *qosParts) close() {
+	if p.marker != nil {
+		p.marker.Close()
+	}
+	if p.shaper != nil {
+		p.shaper.Close()
+	}
+}
+
+// QoSStatus is what a host's QoS is doing, for `gpumesh qos status` and the demo.
+type QoSStatus struct {
+	Marking *qos.MarkerStatus // nil when outer marking is off
+	Classes []qos.ClassStats  // per class, from the scheduler
+	Shaping string            // the installed tc tree, or "" when none
+}
+
+// QoSStatus reports the host's marking, scheduling and shaping.
+func (h *Host) QoSStatus() QoSStatus {
+	var st QoSStatus
+	if h.qos.marker != nil {
+		h.qos.marker.Mark() // a fresh pass: its result lands in Status
+		ms := h.qos.marker.Status()
+		st.Marking = &ms
+	}
+	if h.qos.sched != nil {
+		st.Classes = h.qos.sched.Stats()
+	}
+	if h.qos.shaper != nil {
+		st.Shaping = h.qos.shaper.Report().String()
+	}
+	return st
+}
