@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"fmt"
+	"time"
 	"encoding/json"
 	"errors"
 	"os"
@@ -25,6 +27,10 @@ func FuzzParse(f *testing.F) {
 		if asJSON {
 			name = "fuzz.json"
 		}
+		// A hang guard, not a timing assertion: an input that takes this
+		// long is a bug, and panicking here makes the fuzzer keep it.
+		watchdog := time.AfterFunc(20*time.Second, func() { panic(fmt.Sprintf("WATCHDOG slow input: %q", src)) })
+		defer watchdog.Stop()
 		p, err := Parse(name, src)
 		if err != nil {
 			var pe *ParseError
