@@ -1,12 +1,12 @@
 package policy
 
 import (
-	"fmt"
-	"time"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"testing"
+	"time"
 )
 
 // FuzzParse feeds arbitrary bytes to both syntaxes. A parse either fails
