@@ -46,7 +46,7 @@
 //	class "interactive" { dscp = "EF"   priority = 0 }
 //	class "bulk"        { dscp = "AF11" priority = 2  rate = "200MB/s"  burst = "4MiB" }
 //
-// dscp (required) is a name (CS0–CS7, AF11–AF43, EF, VA, LE) or a number
+// dscp (required) is a name (CS0–CS7, AF11–AF43, EF, VA, LE, BE) or a number
 // 0–63; priority is 0 (most urgent) to 7, default 0; rate is bytes per second
 // ("200MB/s", "1GiB/s", "800Mbit/s" or a number) and burst a size, both
 // optional. A caller's class comes from the rule that allowed it; callers

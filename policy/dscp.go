@@ -9,8 +9,9 @@ import (
 // dscpNames maps the DiffServ code point names gpumesh accepts to their
 // values: class selectors CS0–CS7 (RFC 2474), assured forwarding AF11–AF43
 // (RFC 2597), expedited forwarding EF (RFC 3246), voice admit VA (RFC 5865)
-// and lower effort LE (RFC 8622).
+// and lower effort LE (RFC 8622); BE and DF are aliases of CS0, as in qos.
 var dscpNames = map[string]uint8{
+	"BE": 0, "DF": 0,
 	"CS0": 0, "CS1": 8, "CS2": 16, "CS3": 24, "CS4": 32, "CS5": 40, "CS6": 48, "CS7": 56,
 	"AF11": 10, "AF12": 12, "AF13": 14,
 	"AF21": 18, "AF22": 20, "AF23": 22,
@@ -23,13 +24,15 @@ var dscpNames = map[string]uint8{
 var dscpByValue = func() map[uint8]string {
 	m := make(map[uint8]string, len(dscpNames))
 	for n, v := range dscpNames {
-		m[v] = n
+		if n != "BE" && n != "DF" {
+			m[v] = n
+		}
 	}
 	return m
 }()
 
 // ParseDSCP parses a DiffServ code point: a name (CS0–CS7, AF11–AF43, EF,
-// VA, LE; case-insensitive) or a decimal number 0–63.
+// VA, LE, and BE or DF for CS0; case-insensitive) or a decimal number 0–63.
 func ParseDSCP(s string) (uint8, error) {
 	t := strings.ToUpper(strings.TrimSpace(s))
 	if v, ok := dscpNames[t]; ok {

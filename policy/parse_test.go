@@ -276,7 +276,7 @@ func TestParseDSCP(t *testing.T) {
 		name string
 	}{
 		{"EF", 46, "EF"}, {"ef", 46, "EF"}, {"AF11", 10, "AF11"}, {"af41", 34, "AF41"}, {"AF43", 38, "AF43"},
-		{"CS0", 0, "CS0"}, {"CS7", 56, "CS7"}, {"VA", 44, "VA"}, {"LE", 1, "LE"},
+		{"CS0", 0, "CS0"}, {"be", 0, "CS0"}, {"DF", 0, "CS0"}, {"CS7", 56, "CS7"}, {"VA", 44, "VA"}, {"LE", 1, "LE"},
 		{"0", 0, "CS0"}, {"46", 46, "EF"}, {"63", 63, "63"}, {" 13 ", 13, "13"},
 	} {
 		v, err := ParseDSCP(tc.in)
