@@ -2,6 +2,8 @@ package python_test
 
 import (
 	"context"
+	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -144,6 +146,40 @@ func TestComputePy(t *testing.T) {
 	for k := range callers {
 		if !strings.HasSuffix(k, " cloud") {
 			t.Errorf("the host saw a call %q not from the cloud node", k)
+		}
+	}
+}
+
+// TestComputePyHostUnreachable: when the forwarder cannot reach the host,
+// the script fails with UNAVAILABLE and says what to check.
+func TestComputePyHostUnreachable(t *testing.T) {
+	py := python(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	fwd, err := forward.Start(forward.Config{
+		Dial: func(context.Context, string, string) (net.Conn, error) {
+			return nil, errors.New("gpu-host is not on the tailnet")
+		},
+		Rules: []forward.Rule{{Listen: "127.0.0.1:0", Target: "gpu-host:50051"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fwd.Close()
+	script, err := filepath.Abs("compute.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(ctx, py, script, "--target", fwd.Addr(0).String(), "--timeout", "20")
+	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("compute.py with the host unreachable: %v; want exit status 1\n%s", err, out)
+	}
+	for _, want := range []string{"gpumesh call failed: UNAVAILABLE", "is `gpumesh up --forward"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("compute.py output lacks %q:\n%s", want, out)
 		}
 	}
 }
