@@ -36,7 +36,7 @@ fuzz: ## Run every fuzz target briefly (FUZZTIME each)
 	for file in $$(git grep -l '^func Fuzz' -- '*_test.go'); do \
 	  for f in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\).*/\1/p' $$file); do \
 	    echo "fuzz ./$$(dirname $$file) $$f"; \
-	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./$$(dirname $$file) || exit 1; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./$$(dirname $$file) || exit 1; \
 	  done; \
 	done
 

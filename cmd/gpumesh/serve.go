@@ -84,7 +84,7 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 				return fmt.Errorf("--policy is required: gpumesh serves nobody without a policy (see examples/policy.hcl)")
 			}
 			store, err := policy.NewStore(policyPath, func(format string, args ...any) {
-				fmt.Fprintf(os.Stderr, "policy: "+format+"\n", args...)
+				fmt.Fprintf(os.Stderr, format+"\n", args...)
 			})
 			if err != nil {
 				return err
