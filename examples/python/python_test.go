@@ -1,12 +1,14 @@
 package python_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,46 +52,41 @@ func python(t *testing.T) string {
 	return ""
 }
 
-// TestComputePy runs compute.py, as a cloud engineer would, against
-// localhost: a gpumesh forwarder carries it over an embedded tailnet to a
-// GPU host, which sees the cloud node's identity.
-func TestComputePy(t *testing.T) {
-	py := python(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+// gpuHost is an embedded tailnet with a GPU host serving the CPU backend
+// to the node "cloud", recording who called what.
+type gpuHost struct {
+	tn *overlaytest.Tailnet
+
+	mu      sync.Mutex
+	callers map[string]int // "method caller" -> calls; guarded by mu
+}
+
+func startGPUHost(ctx context.Context, t *testing.T) *gpuHost {
+	t.Helper()
 	tn, err := overlaytest.Start(overlaytest.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tn.Close()
+	t.Cleanup(func() { tn.Close() })
 	host, err := tn.Join(ctx, "gpu-host")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer host.Close()
-	cloud, err := tn.Join(ctx, "cloud")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cloud.Close()
-
+	t.Cleanup(func() { host.Close() })
 	pol, err := policy.Parse("cloud.hcl", []byte(cloudPolicy))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var (
-		mu      sync.Mutex
-		callers = map[string]int{} // "method caller" -> calls; guarded by mu
-	)
+	h := &gpuHost{tn: tn, callers: map[string]int{}}
 	srv, err := gpusvc.NewServer(gpusvc.Config{
 		Backend: cpu.New(),
 		WhoIs:   host.WhoIs,
 		Policy:  func() *policy.Policy { return pol },
 		Host:    "gpu-host",
 		OnCall: func(r gpusvc.CallRecord) {
-			mu.Lock()
-			callers[r.Method+" "+r.Caller.Node]++
-			mu.Unlock()
+			h.mu.Lock()
+			h.callers[r.Method+" "+r.Caller.Node]++
+			h.mu.Unlock()
 		},
 	})
 	if err != nil {
@@ -104,22 +101,34 @@ func TestComputePy(t *testing.T) {
 		defer close(served)
 		srv.Serve(ln)
 	}()
-	defer func() { srv.Stop(); <-served }()
+	t.Cleanup(func() { srv.Stop(); <-served })
+	return h
+}
 
-	fwd, err := forward.Start(forward.Config{
-		Dial:  cloud.Dial,
-		Rules: []forward.Rule{{Listen: "127.0.0.1:0", Target: "gpu-host:50051"}},
-	})
-	if err != nil {
-		t.Fatal(err)
+// checkCallers says whether every call the host saw came from cloud, and
+// at least two Compute calls did.
+func (h *gpuHost) checkCallers(t *testing.T) {
+	t.Helper()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.callers["Compute cloud"] < 2 {
+		t.Errorf("the host recorded calls %v; want at least 2 Compute calls from cloud", h.callers)
 	}
-	defer fwd.Close()
+	for k := range h.callers {
+		if !strings.HasSuffix(k, " cloud") {
+			t.Errorf("the host saw a call %q not from the cloud node", k)
+		}
+	}
+}
 
+// runComputePy runs compute.py against target and checks its report.
+func runComputePy(ctx context.Context, t *testing.T, py, target string) {
+	t.Helper()
 	script, err := filepath.Abs("compute.py")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.CommandContext(ctx, py, script, "--target", fwd.Addr(0).String(), "--size", "16")
+	cmd := exec.CommandContext(ctx, py, script, "--target", target, "--size", "16")
 	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
 	out, err := cmd.CombinedOutput()
 	t.Logf("compute.py:\n%s", out)
@@ -138,15 +147,106 @@ func TestComputePy(t *testing.T) {
 			t.Errorf("compute.py output lacks %q", want)
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if callers["Compute cloud"] < 2 {
-		t.Errorf("the host recorded calls %v; want at least 2 Compute calls from cloud", callers)
+}
+
+// TestComputePy runs compute.py, as a cloud engineer would, against
+// localhost: a gpumesh forwarder carries it over an embedded tailnet to a
+// GPU host, which sees the cloud node's identity.
+func TestComputePy(t *testing.T) {
+	py := python(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	h := startGPUHost(ctx, t)
+	cloud, err := h.tn.Join(ctx, "cloud")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for k := range callers {
-		if !strings.HasSuffix(k, " cloud") {
-			t.Errorf("the host saw a call %q not from the cloud node", k)
+	defer cloud.Close()
+	fwd, err := forward.Start(forward.Config{
+		Dial:  cloud.Dial,
+		Rules: []forward.Rule{{Listen: "127.0.0.1:0", Target: "gpu-host:50051"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fwd.Close()
+	runComputePy(ctx, t, py, fwd.Addr(0).String())
+	h.checkCallers(t)
+}
+
+// TestComputePyThroughGpumeshUp is the same through the gpumesh binary:
+// `gpumesh up --forward` in its own process joins the embedded tailnet.
+func TestComputePyThroughGpumeshUp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the gpumesh binary")
+	}
+	py := python(t)
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command to build gpumesh with")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	bin := filepath.Join(t.TempDir(), "gpumesh")
+	if out, err := exec.CommandContext(ctx, goBin, "build", "-o", bin, "github.com/gpumesh/gpumesh/cmd/gpumesh").CombinedOutput(); err != nil {
+		t.Fatalf("go build gpumesh: %v\n%s", err, out)
+	}
+	h := startGPUHost(ctx, t)
+
+	up := exec.CommandContext(ctx, bin, "up", "--control-url", h.tn.ControlURL, "--state-dir", t.TempDir(),
+		"--hostname", "cloud", "--ephemeral", "--forward", "127.0.0.1:0=gpu-host")
+	// As overlaytest does in-process: a namespace with only loopback still
+	// counts as a network that is up.
+	up.Env = append(os.Environ(), "TS_ASSUME_NETWORK_UP_FOR_TEST=1")
+	up.Stderr = os.Stderr
+	stdout, err := up.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	rest := make(chan string, 1)
+	lines := bufio.NewScanner(stdout)
+	forwarding := regexp.MustCompile(`^gpumesh: forwarding (127\.0\.0\.1:\d+) -> gpu-host:50051$`)
+	var addr string
+	var output []string
+	for lines.Scan() {
+		output = append(output, lines.Text())
+		if m := forwarding.FindStringSubmatch(lines.Text()); m != nil {
+			addr = m[1]
 		}
+		if strings.Contains(lines.Text(), "ready") {
+			break
+		}
+	}
+	go func() {
+		var more []string
+		for lines.Scan() {
+			more = append(more, lines.Text())
+		}
+		rest <- strings.Join(more, "\n")
+		exited <- up.Wait()
+	}()
+	if addr == "" {
+		up.Process.Kill()
+		<-rest
+		t.Fatalf("gpumesh up printed %q, no forwarding line (exit: %v)", output, <-exited)
+	}
+
+	runComputePy(ctx, t, py, addr)
+	h.checkCallers(t)
+
+	if err := up.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	more := <-rest
+	if err := <-exited; err != nil {
+		t.Errorf("gpumesh up after an interrupt: %v", err)
+	}
+	if !strings.Contains(more, "shutting down") {
+		t.Errorf("gpumesh up ended without saying so: %q", more)
 	}
 }
 
