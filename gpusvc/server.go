@@ -60,6 +60,9 @@ type Config struct {
 	// WrapConn, if set, wraps each accepted connection once its peer is
 	// identified: QoS schedules the host's replies by the caller's class.
 	WrapConn func(c net.Conn, caller overlay.Identity) net.Conn
+	// DefaultIdleTimeout ends sessions idle this long when the caller's
+	// policy rule sets no idle_timeout. 0 means DefaultIdleTimeout (10m).
+	DefaultIdleTimeout time.Duration
 }
 
 // DefaultMaxRequestBytes is the request size cap when Config sets none.
@@ -86,10 +89,11 @@ type CallRecord struct {
 type Server struct {
 	pb.UnimplementedGPUServer
 
-	cfg    Config
-	log    *slog.Logger
-	quotas *quotas
-	grpc   *grpc.Server
+	cfg      Config
+	log      *slog.Logger
+	quotas   *quotas
+	sessions *sessions
+	grpc     *grpc.Server
 }
 
 // NewServer validates cfg and returns a server; call Serve to start it.
@@ -116,7 +120,12 @@ func NewServer(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.DefaultIdleTimeout <= 0 {
+		cfg.DefaultIdleTimeout = DefaultIdleTimeout
+	}
 	s := &Server{cfg: cfg, log: log, quotas: newQuotas()}
+	mem, _ := cfg.Backend.(Memory)
+	s.sessions = newSessions(mem, s.quotas, log, cfg.DefaultIdleTimeout)
 	s.grpc = grpc.NewServer(
 		grpc.Creds(overlayCreds{whois: cfg.WhoIs, ttl: cfg.IdentityTTL, wrap: cfg.WrapConn}),
 		grpc.MaxRecvMsgSize(int(cfg.MaxRequestBytes)),
@@ -135,8 +144,12 @@ func NewServer(cfg Config) (*Server, error) {
 // Serve accepts connections on ln (an overlay listener) until Stop.
 func (s *Server) Serve(ln net.Listener) error { return s.grpc.Serve(ln) }
 
-// Stop ends all connections and calls now.
-func (s *Server) Stop() { s.grpc.Stop() }
+// Stop ends all connections and calls now, and every session: their
+// buffers are freed.
+func (s *Server) Stop() {
+	s.grpc.Stop()
+	s.sessions.close()
+}
 
 // GracefulStop stops accepting and waits for calls in flight, at most
 // until ctx is done, then stops hard.
@@ -152,6 +165,7 @@ func (s *Server) GracefulStop(ctx context.Context) {
 		s.grpc.Stop()
 		<-done
 	}
+	s.sessions.close()
 }
 
 // caller is an identified, authorised call in progress.
@@ -389,8 +403,12 @@ func (s *Server) kernelArgs(ctx context.Context, c *caller, session uint64, in [
 }
 
 // bufferHandle resolves a caller's buffer ID in a session to the backend's handle.
-func (s *Server) bufferHandle(ctx context.Context, c *caller, session, buffer uint64) (uint64, error) {
-	return 0, status.Errorf(codes.Unimplemented, "gpumesh: resident buffers are not available yet")
+// The session must be the caller's; using it counts against its idle timeout.
+func (s *Server) bufferHandle(_ context.Context, c *caller, session, buffer uint64) (uint64, error) {
+	if session == 0 {
+		return 0, status.Errorf(codes.InvalidArgument, "gpumesh: buffer %d named without the call's session", buffer)
+	}
+	return s.sessions.handle(quotaKey(c.id), session, buffer)
 }
 
 func tensorFromPB(t *pb.Tensor) kernel.Tensor {
