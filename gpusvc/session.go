@@ -790,14 +790,14 @@ func (s *Server) Read(req *pb.ReadRequest, stream pb.GPU_ReadServer) (err error)
 	if chunk > maxChunkBytes {
 		return status.Errorf(codes.InvalidArgument, "gpumesh: read chunks of %d bytes; at most %d", chunk, maxChunkBytes)
 	}
-	buf := make([]byte, min(chunk, n))
 	for n > 0 {
 		k := min(chunk, n)
-		if err := mem.ReadAt(b.handle, int64(off), buf[:k]); err != nil {
+		// A fresh chunk each time: gRPC may hold a sent message.
+		buf := make([]byte, k)
+		if err := mem.ReadAt(b.handle, int64(off), buf); err != nil {
 			return statusOf(fmt.Errorf("read: %w", err))
 		}
-		// Send marshals the message before it returns, so buf is reused.
-		if err := stream.Send(&pb.ReadResponse{Data: buf[:k]}); err != nil {
+		if err := stream.Send(&pb.ReadResponse{Data: buf}); err != nil {
 			return err
 		}
 		off += k
