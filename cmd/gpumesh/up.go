@@ -23,6 +23,7 @@ func newUpCmd() *cobra.Command {
 		forwards    []string
 		anyAddress  bool
 		dialTimeout time.Duration
+		probe       time.Duration
 		joinTimeout time.Duration
 	)
 	cmd := &cobra.Command{
@@ -41,7 +42,11 @@ only; --forward-any-address allows another listen address, which lets anyone
 who reaches it act as this node.
 
 When a host is unreachable a new connection is reset after --dial-timeout,
-so gRPC clients see UNAVAILABLE; they recover once the host is back.`,
+so gRPC clients see UNAVAILABLE; they recover once the host is back. While
+connections are open, each forward checks every --probe-interval that its
+host still accepts a new connection, and resets the open ones when it does
+not: a host that vanished (power loss, left the tailnet) gives UNAVAILABLE
+rather than calls that hang until their deadline.`,
 		Example: `  gpumesh up --forward localhost:50051=gpu-host
   gpumesh up --forward 50051=gpu-a --forward 50052=gpu-b:50051`,
 		Args: cobra.NoArgs,
@@ -79,6 +84,7 @@ so gRPC clients see UNAVAILABLE; they recover once the host is back.`,
 					Rules:            rules,
 					AllowNonLoopback: anyAddress,
 					DialTimeout:      dialTimeout,
+					ProbeInterval:    probe,
 					Logger:           logger(tf.verbose),
 				})
 				if err != nil {
@@ -129,6 +135,7 @@ so gRPC clients see UNAVAILABLE; they recover once the host is back.`,
 	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "LOCAL=HOST[:PORT]: listen on LOCAL (localhost:50051, or a port) and forward to HOST on the tailnet; repeatable")
 	cmd.Flags().BoolVar(&anyAddress, "forward-any-address", false, "allow --forward to listen on addresses other than loopback (anyone reaching them acts as this node)")
 	cmd.Flags().DurationVar(&dialTimeout, "dial-timeout", forward.DefaultDialTimeout, "reset a forwarded connection when the host does not answer within this long")
+	cmd.Flags().DurationVar(&probe, "probe-interval", forward.DefaultProbeInterval, "check hosts with open connections this often; a negative value turns checking off")
 	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")
 	return cmd
 }

@@ -9,5 +9,11 @@
 // asked for explicitly (Config.AllowNonLoopback), since whoever can reach
 // the listener calls the GPU host as this node.
 //
+// A host that cannot be reached makes new connections fail at once (they
+// are reset after Config.DialTimeout), so gRPC clients see Unavailable and
+// reconnect by themselves later. A host that vanishes while connections
+// are open is found by a probe (a fresh connection every
+// Config.ProbeInterval while any are open), and its connections are reset.
+//
 // forward imports no GPU or policy code: it knows only a dial function.
 package forward

@@ -96,12 +96,23 @@ type Config struct {
 	// connection is reset, so a gRPC client sees Unavailable rather than a
 	// hang. 0 means 5s.
 	DialTimeout time.Duration
+	// ProbeInterval is how often a rule with open connections checks that
+	// its host still answers, by opening (and at once closing) a new
+	// connection to it. When that fails within DialTimeout, the rule's open
+	// connections are reset: a host that vanished without closing them
+	// (power loss, a crash, leaving the overlay) gives its clients
+	// Unavailable instead of calls that hang until their deadline.
+	// 0 means 5s; negative turns probing off.
+	ProbeInterval time.Duration
 	// Logger receives debug logs; nil discards them.
 	Logger *slog.Logger
 }
 
 // DefaultDialTimeout is the dial timeout when Config sets none.
 const DefaultDialTimeout = 5 * time.Second
+
+// DefaultProbeInterval is the probe interval when Config sets none.
+const DefaultProbeInterval = 5 * time.Second
 
 // Forward describes one running rule.
 type Forward struct {
@@ -122,7 +133,7 @@ type Forwarder struct {
 	wg       sync.WaitGroup
 
 	mu     sync.Mutex
-	conns  map[net.Conn]struct{} // open connections, both sides; guarded by mu
+	conns  map[net.Conn]connInfo // open connections, both sides; guarded by mu
 	closed bool                  // guarded by mu
 }
 
@@ -137,6 +148,9 @@ func Start(cfg Config) (_ *Forwarder, err error) {
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.ProbeInterval == 0 {
+		cfg.ProbeInterval = DefaultProbeInterval
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -158,7 +172,7 @@ func Start(cfg Config) (_ *Forwarder, err error) {
 		plans[i] = plan{r, binds}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &Forwarder{cfg: cfg, log: log, ctx: ctx, cancel: cancel, conns: make(map[net.Conn]struct{})}
+	f := &Forwarder{cfg: cfg, log: log, ctx: ctx, cancel: cancel, conns: make(map[net.Conn]connInfo)}
 	defer func() {
 		if err != nil {
 			cancel()
@@ -167,7 +181,7 @@ func Start(cfg Config) (_ *Forwarder, err error) {
 			}
 		}
 	}()
-	for _, p := range plans {
+	for i, p := range plans {
 		fw := Forward{Rule: p.rule}
 		port := p.binds[0].port
 		var lns []net.Listener
@@ -192,7 +206,14 @@ func Start(cfg Config) (_ *Forwarder, err error) {
 			f.wg.Add(1)
 			go func() {
 				defer f.wg.Done()
-				f.accept(ln, p.rule)
+				f.accept(ln, i, p.rule)
+			}()
+		}
+		if cfg.ProbeInterval > 0 {
+			f.wg.Add(1)
+			go func() {
+				defer f.wg.Done()
+				f.probe(i, p.rule)
 			}()
 		}
 	}
@@ -238,7 +259,7 @@ func (f *Forwarder) Forwards() []Forward { return f.forwards }
 // Addr returns the first local address of the i'th rule.
 func (f *Forwarder) Addr(i int) net.Addr { return f.forwards[i].Addrs[0] }
 
-func (f *Forwarder) accept(ln net.Listener, r Rule) {
+func (f *Forwarder) accept(ln net.Listener, rule int, r Rule) {
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
@@ -260,7 +281,7 @@ func (f *Forwarder) accept(ln net.Listener, r Rule) {
 			continue
 		}
 		backoff = 0
-		if !f.track(c) {
+		if !f.track(c, connInfo{rule: rule, local: true}) {
 			c.Close()
 			return
 		}
@@ -268,13 +289,13 @@ func (f *Forwarder) accept(ln net.Listener, r Rule) {
 		go func() {
 			defer f.wg.Done()
 			defer f.untrack(c)
-			f.handle(c, r)
+			f.handle(c, rule, r)
 		}()
 	}
 }
 
 // handle carries one local connection into the overlay.
-func (f *Forwarder) handle(c net.Conn, r Rule) {
+func (f *Forwarder) handle(c net.Conn, rule int, r Rule) {
 	ctx, cancel := context.WithTimeout(f.ctx, f.cfg.DialTimeout)
 	oc, err := f.cfg.Dial(ctx, "tcp", r.Target)
 	cancel()
@@ -283,7 +304,7 @@ func (f *Forwarder) handle(c net.Conn, r Rule) {
 		reset(c)
 		return
 	}
-	if !f.track(oc) {
+	if !f.track(oc, connInfo{rule: rule}) {
 		oc.Close()
 		c.Close()
 		return
@@ -341,14 +362,86 @@ func pipe(dst, src net.Conn) error {
 	return dst.Close()
 }
 
-func (f *Forwarder) track(c net.Conn) bool {
+// connInfo says which rule a tracked connection belongs to, and on which side.
+type connInfo struct {
+	rule  int
+	local bool // accepted on loopback, rather than dialed into the overlay
+}
+
+func (f *Forwarder) track(c net.Conn, info connInfo) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
 		return false
 	}
-	f.conns[c] = struct{}{}
+	f.conns[c] = info
 	return true
+}
+
+// open reports how many local connections rule has open.
+func (f *Forwarder) open(rule int) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, info := range f.conns {
+		if info.rule == rule && info.local {
+			n++
+		}
+	}
+	return n
+}
+
+// probe checks, while rule has open connections, that its host still
+// accepts new ones, and resets the open ones when it does not.
+func (f *Forwarder) probe(rule int, r Rule) {
+	t := time.NewTicker(f.cfg.ProbeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if f.open(rule) == 0 {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(f.ctx, f.cfg.DialTimeout)
+		c, err := f.cfg.Dial(ctx, "tcp", r.Target)
+		cancel()
+		if err == nil {
+			c.Close()
+			continue
+		}
+		if f.ctx.Err() != nil {
+			return
+		}
+		n := f.resetRule(rule)
+		f.log.Warn("forward: host stopped answering; reset its open connections", "target", r.Target, "connections", n, "err", err)
+	}
+}
+
+// resetRule ends every open connection of rule, resetting the local ones,
+// and returns how many local ones there were.
+func (f *Forwarder) resetRule(rule int) int {
+	f.mu.Lock()
+	var local, remote []net.Conn
+	for c, info := range f.conns {
+		switch {
+		case info.rule != rule:
+		case info.local:
+			local = append(local, c)
+		default:
+			remote = append(remote, c)
+		}
+	}
+	f.mu.Unlock()
+	for _, c := range local {
+		reset(c)
+	}
+	for _, c := range remote {
+		c.Close()
+	}
+	return len(local)
 }
 
 func (f *Forwarder) untrack(c net.Conn) {

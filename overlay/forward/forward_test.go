@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -385,4 +386,62 @@ func TestHalfBuiltStartUndone(t *testing.T) {
 		t.Fatalf("the first rule's port is still held after a failed Start: %v", err)
 	}
 	ln.Close()
+}
+
+// TestProbeResetsWhenHostVanishes: an open connection whose host stops
+// answering (no FIN, no RST: it is just gone) is reset by the probe, and
+// one to a host that answers is left alone.
+func TestProbeResetsWhenHostVanishes(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	echo, stop := echoServer(t)
+	defer stop()
+	var gone atomic.Bool
+	probed := make(chan struct{}, 1)
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if gone.Load() && addr == "gpu-b:50051" {
+			select {
+			case probed <- struct{}{}: // gpu-b probed after gpu-a vanished
+			default:
+			}
+		}
+		if gone.Load() && addr == "gpu-a:50051" {
+			<-ctx.Done() // the host's packets go nowhere
+			return nil, ctx.Err()
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, network, echo)
+	}
+	f, err := forward.Start(forward.Config{Dial: dial, DialTimeout: 20 * time.Millisecond, ProbeInterval: 10 * time.Millisecond,
+		Rules: []forward.Rule{{Listen: "127.0.0.1:0", Target: "gpu-a:50051"}, {Listen: "127.0.0.1:0", Target: "gpu-b:50051"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	conns := make([]net.Conn, 2)
+	for i := range conns {
+		c, err := net.Dial("tcp", f.Addr(i).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	gone.Store(true)
+	if _, err := conns[0].Read(make([]byte, 1)); err == nil {
+		t.Fatal("read on a connection to the vanished host succeeded")
+	}
+	// gpu-b answers its probes, and its connection stays.
+	<-probed
+	if _, err := conns[1].Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(conns[1], make([]byte, 1)); err != nil {
+		t.Fatalf("connection to the host that still answers: %v", err)
+	}
 }

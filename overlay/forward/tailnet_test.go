@@ -149,7 +149,7 @@ func checkMatmul(t *testing.T, res *pb.ComputeResponse) {
 // GPU hosts; plain gRPC clients on loopback reach each host, which sees the
 // cloud node's tailnet identity. When a host's service stops or the host
 // leaves the tailnet, calls fail with Unavailable, and recover when it is
-// back.
+// back, also when the host vanished without closing its connections.
 func TestForwardOverTailnet(t *testing.T) {
 	if testing.Short() {
 		t.Skip("joins an embedded tailnet")
@@ -189,7 +189,8 @@ func TestForwardOverTailnet(t *testing.T) {
 			{Listen: "127.0.0.1:0", Target: "gpu-a:50051"},
 			{Listen: "localhost:0", Target: "gpu-b:50051"},
 		},
-		DialTimeout: 2 * time.Second,
+		DialTimeout:   2 * time.Second,
+		ProbeInterval: 200 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -242,14 +243,21 @@ func TestForwardOverTailnet(t *testing.T) {
 		recovered(t, c)
 	})
 
-	t.Run("host leaves the tailnet, then rejoins", func(t *testing.T) {
+	// The host vanishes without closing its connections (as in a power
+	// loss): the client's connection through the forwarder stays open, and
+	// only the forwarder's probe notices the host is gone.
+	t.Run("host vanishes from the tailnet, then rejoins", func(t *testing.T) {
 		h, c := hosts[1], clients[1]
-		h.stop()
 		h.leave()
 		_, err := c.Compute(ctx, matmulRequest())
 		if status.Code(err) != codes.Unavailable {
-			t.Fatalf("call while the host is off the tailnet: %v; want Unavailable", err)
+			t.Fatalf("call on the open connection after the host vanished: %v; want Unavailable", err)
 		}
+		_, err = c.Compute(ctx, matmulRequest())
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("call on a new connection while the host is gone: %v; want Unavailable", err)
+		}
+		h.stop()
 		if err := h.join(ctx); err != nil {
 			t.Fatal(err)
 		}
