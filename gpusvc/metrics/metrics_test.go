@@ -99,7 +99,7 @@ func TestCountersAndGauges(t *testing.T) {
 	for _, r := range []gpusvc.CallRecord{
 		rec("laptop", "Compute", "matrix_mul", codes.OK, 100, 16, time.Millisecond),
 		rec("laptop", "Compute", "matrix_mul", codes.OK, 100, 16, 2*time.Millisecond),
-		rec("laptop", "Write", "", codes.OK, 1 << 20, 0, 5*time.Millisecond),
+		rec("laptop", "Write", "", codes.OK, 1<<20, 0, 5*time.Millisecond),
 		rec("ci", "Compute", "relu", codes.OK, 50, 50, time.Millisecond),
 		rec("ci", "Compute", "relu", codes.ResourceExhausted, 50, 0, time.Microsecond),
 		rec("stranger", "Compute", "rm -rf /", codes.InvalidArgument, 10, 0, time.Microsecond),
