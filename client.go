@@ -1,10 +1,10 @@
 package gpumesh
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -205,7 +205,8 @@ func flatten(x [][]float32) (flat []float32, rows, cols int, err error) {
 }
 
 // Buffer is memory on the host's GPU, owned by the client's session: the
-// host frees (and zeroes) it when the client closes or idles out.
+// host frees (and zeroes) it when the client closes, or when the client
+// leaves its buffers unused for the host's idle timeout.
 type Buffer struct {
 	ID   uint64
 	Size uint64
@@ -221,123 +222,75 @@ func (c *Client) sessionID(ctx context.Context) (uint64, error) {
 	if c.session != 0 {
 		return c.session, nil
 	}
-	res, err := c.api.OpenSession(ctx, &pb.OpenSessionRequest{})
+	s, err := c.c.OpenSession(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("open session: %w", err)
 	}
-	c.session = res.GetSession()
+	c.session = s.ID
 	return c.session, nil
 }
 
-// Alloc reserves n bytes on the GPU.
+// Alloc reserves n zeroed bytes on the GPU.
 func (c *Client) Alloc(ctx context.Context, n uint64) (Buffer, error) {
 	id, err := c.sessionID(ctx)
-	if err != nil {
-		return Buffer{}, fmt.Errorf("gpumesh: alloc %d bytes: %w", n, err)
+	if err == nil {
+		var b uint64
+		if b, err = c.c.Alloc(ctx, id, c.gpu, n); err == nil {
+			return Buffer{ID: b, Size: n}, nil
+		}
 	}
-	res, err := c.api.Alloc(ctx, &pb.AllocRequest{Session: id, Gpu: c.gpu, Bytes: n})
-	if err != nil {
-		return Buffer{}, fmt.Errorf("gpumesh: alloc %d bytes: %w", n, err)
-	}
-	return Buffer{ID: res.GetBuffer(), Size: n}, nil
+	return Buffer{}, fmt.Errorf("gpumesh: alloc %d bytes: %w", n, err)
 }
-
-// chunkBytes is the size of one Write message.
-const chunkBytes = 1 << 20
 
 // Write copies data into b at byte offset off.
 func (c *Client) Write(ctx context.Context, b Buffer, off uint64, data []byte) error {
-	_, err := c.write(ctx, &pb.WriteRequest{Buffer: b.ID, Offset: off}, data)
-	if err != nil {
-		return fmt.Errorf("gpumesh: write %d bytes to buffer %d: %w", len(data), b.ID, err)
+	id, err := c.sessionID(ctx)
+	if err == nil {
+		if _, err = c.c.Write(ctx, id, b.ID, off, bytes.NewReader(data)); err == nil {
+			return nil
+		}
 	}
-	return nil
+	return fmt.Errorf("gpumesh: write %d bytes to buffer %d: %w", len(data), b.ID, err)
 }
 
-// Upload allocates a buffer holding data in one round trip.
+// Upload allocates a buffer holding data in one round trip. If the upload
+// fails part way, the host frees the buffer.
 func (c *Client) Upload(ctx context.Context, data []byte) (Buffer, error) {
 	if len(data) == 0 {
 		return Buffer{}, errors.New("gpumesh: upload: no data")
 	}
-	res, err := c.write(ctx, &pb.WriteRequest{AllocBytes: uint64(len(data)), Gpu: c.gpu}, data)
-	if err != nil {
-		return Buffer{}, fmt.Errorf("gpumesh: upload %d bytes: %w", len(data), err)
-	}
-	return Buffer{ID: res.GetBuffer(), Size: uint64(len(data))}, nil
-}
-
-// write streams data after the header first.
-func (c *Client) write(ctx context.Context, first *pb.WriteRequest, data []byte) (*pb.WriteResponse, error) {
 	id, err := c.sessionID(ctx)
-	if err != nil {
-		return nil, err
-	}
-	first.Session = id
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel() // ends the stream if a send fails
-	st, err := c.api.Write(ctx)
-	if err != nil {
-		return nil, err
-	}
-	msg := first
-	for {
-		n := min(len(data), chunkBytes)
-		msg.Data = data[:n]
-		data = data[n:]
-		if err := st.Send(msg); err != nil {
-			if errors.Is(err, io.EOF) {
-				// The server ended the stream; its status says why.
-				_, err = st.CloseAndRecv()
-			}
-			return nil, err
+	if err == nil {
+		var b uint64
+		if b, err = c.c.Upload(ctx, id, c.gpu, uint64(len(data)), bytes.NewReader(data)); err == nil {
+			return Buffer{ID: b, Size: uint64(len(data))}, nil
 		}
-		if len(data) == 0 {
-			break
-		}
-		msg = &pb.WriteRequest{}
 	}
-	res, err := st.CloseAndRecv()
-	if err != nil {
-		return nil, err
-	}
-	return res, nil
+	return Buffer{}, fmt.Errorf("gpumesh: upload %d bytes: %w", len(data), err)
 }
 
 // Read returns n bytes of b from byte offset off; n = 0 reads to the end.
 func (c *Client) Read(ctx context.Context, b Buffer, off, n uint64) ([]byte, error) {
 	id, err := c.sessionID(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("gpumesh: read buffer %d: %w", b.ID, err)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	st, err := c.api.Read(ctx, &pb.ReadRequest{Session: id, Buffer: b.ID, Offset: off, Length: n})
-	if err != nil {
-		return nil, fmt.Errorf("gpumesh: read buffer %d: %w", b.ID, err)
-	}
-	out := make([]byte, 0, min(n, 64<<20))
-	for {
-		res, err := st.Recv()
-		if errors.Is(err, io.EOF) {
-			return out, nil
+	if err == nil {
+		var out bytes.Buffer
+		out.Grow(int(min(n, 64<<20)))
+		if _, err = c.c.Read(ctx, id, b.ID, off, n, &out); err == nil {
+			return out.Bytes(), nil
 		}
-		if err != nil {
-			return nil, fmt.Errorf("gpumesh: read buffer %d: %w", b.ID, err)
-		}
-		out = append(out, res.GetData()...)
 	}
+	return nil, fmt.Errorf("gpumesh: read buffer %d: %w", b.ID, err)
 }
 
-// Free releases b.
+// Free releases b; the host zeroes it.
 func (c *Client) Free(ctx context.Context, b Buffer) error {
 	id, err := c.sessionID(ctx)
-	if err != nil {
-		return fmt.Errorf("gpumesh: free buffer %d: %w", b.ID, err)
+	if err == nil {
+		if err = c.c.Free(ctx, id, b.ID); err == nil {
+			return nil
+		}
 	}
-	if _, err := c.api.Free(ctx, &pb.FreeRequest{Session: id, Buffer: b.ID}); err != nil {
-		return fmt.Errorf("gpumesh: free buffer %d: %w", b.ID, err)
-	}
-	return nil
+	return fmt.Errorf("gpumesh: free buffer %d: %w", b.ID, err)
 }
 
 // Close frees the client's buffers and ends its connection. A second
@@ -354,7 +307,7 @@ func (c *Client) Close() error {
 	var errs []error
 	if id != 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		if _, err := c.api.CloseSession(ctx, &pb.CloseSessionRequest{Session: id}); err != nil {
+		if err := c.c.CloseSession(ctx, id); err != nil {
 			errs = append(errs, fmt.Errorf("gpumesh: close session: %w", err))
 		}
 		cancel()

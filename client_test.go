@@ -146,17 +146,14 @@ func TestComputeErrors(t *testing.T) {
 	}
 }
 
-// TestBuffers exercises Upload, Write, Read, Free and compute on a
-// resident buffer, once the host supports sessions.
+// TestBuffers exercises Upload, Alloc, Write, Read, Free and compute on a
+// resident buffer.
 func TestBuffers(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c := dialForwarder(t)
 	data := bytes.Repeat([]byte("0123456789abcdef"), 200_000) // 3.2 MB: several chunks
 	buf, err := c.Upload(ctx, data)
-	if status.Code(err) == codes.Unimplemented {
-		t.Skipf("the host does not support sessions yet: %v", err)
-	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,11 +184,10 @@ func TestBuffers(t *testing.T) {
 		t.Fatal(err)
 	}
 	y, err := c.Compute(ctx, "relu", gpumesh.BufferArg(xb, 4))
-	if status.Code(err) == codes.Unimplemented {
-		t.Logf("compute on a resident buffer not supported yet: %v", err)
-	} else if err != nil {
+	if err != nil {
 		t.Fatal(err)
-	} else if fmt.Sprint(y.Float32s()) != "[0 0 1 2]" {
+	}
+	if fmt.Sprint(y.Float32s()) != "[0 0 1 2]" {
 		t.Fatalf("relu on a buffer = %v; want [0 0 1 2]", y.Float32s())
 	}
 	for _, b := range []gpumesh.Buffer{buf, xb} {
@@ -201,5 +197,25 @@ func TestBuffers(t *testing.T) {
 	}
 	if _, err := c.Read(ctx, buf, 0, 0); err == nil {
 		t.Fatal("Read of a freed buffer succeeded")
+	}
+}
+
+// TestCloseEndsSession: Close closes the client's session on the host, and
+// the client refuses buffer calls afterwards.
+func TestCloseEndsSession(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := gpumesh.Dial(ctx, forwarderAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Alloc(ctx, 1024); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close with an open session: %v", err)
+	}
+	if _, err := c.Alloc(ctx, 1024); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Alloc after Close = %v; want net.ErrClosed", err)
 	}
 }

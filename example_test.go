@@ -94,4 +94,7 @@ func ExampleClient_Upload() {
 	if err := c.Free(ctx, buf); err != nil {
 		log.Fatal(err)
 	}
+	// Output:
+	// [0 0 1 2]
+	// 16 bytes read back
 }

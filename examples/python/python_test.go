@@ -140,7 +140,8 @@ func runComputePy(ctx context.Context, t *testing.T, py, target string) {
 		"the host sees me as cloud",
 		"matrix_mul 2x3 @ 3x2 = [58.0, 64.0, 139.0, 154.0] ok",
 		"matrix_mul 16x16 ok",
-		"buffers: ",
+		"buffers: uploaded and read back 4096 bytes",
+		"buffers: relu on the resident buffer ok",
 		"\nOK\n",
 	} {
 		if !strings.Contains(string(out), want) {
