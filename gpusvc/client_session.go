@@ -48,27 +48,46 @@ func (c *Client) Free(ctx context.Context, session, buffer uint64) error {
 	return err
 }
 
-// Write copies r, to its end, into buffer at byte offset off, streaming
-// DefaultChunkBytes chunks, and returns the bytes written. Use
-// bytes.NewReader for a slice.
-func (c *Client) Write(ctx context.Context, session, buffer, off uint64, r io.Reader) (int64, error) {
-	res, err := c.writeStream(ctx, &pb.WriteRequest{Session: session, Buffer: buffer, Offset: off}, r)
+// Write copies p into buffer at byte offset off, in DefaultChunkBytes
+// chunks sent straight from p.
+func (c *Client) Write(ctx context.Context, session, buffer, off uint64, p []byte) error {
+	_, err := c.writeStream(ctx, &pb.WriteRequest{Session: session, Buffer: buffer, Offset: off}, sliceChunks(p), nil)
+	return err
+}
+
+// WriteFrom copies r, to its end, into buffer at byte offset off,
+// streaming DefaultChunkBytes chunks, and returns the bytes written.
+func (c *Client) WriteFrom(ctx context.Context, session, buffer, off uint64, r io.Reader) (int64, error) {
+	res, err := c.writeStream(ctx, &pb.WriteRequest{Session: session, Buffer: buffer, Offset: off}, readerChunks(r), nil)
 	if err != nil {
 		return 0, err
 	}
 	return int64(res.GetBytes()), nil
 }
 
-// Upload allocates an n-byte buffer on gpu and fills it from r in one
+// Upload allocates a buffer on gpu ("" for the default) holding p, in one
+// stream, and returns its ID in the session.
+func (c *Client) Upload(ctx context.Context, session uint64, gpu string, p []byte) (uint64, error) {
+	if len(p) == 0 {
+		return 0, errors.New("gpusvc: upload of 0 bytes")
+	}
+	res, err := c.writeStream(ctx, &pb.WriteRequest{Session: session, AllocBytes: uint64(len(p)), Gpu: gpu}, sliceChunks(p), nil)
+	if err != nil {
+		return 0, err
+	}
+	return res.GetBuffer(), nil
+}
+
+// UploadFrom allocates an n-byte buffer on gpu and fills it from r in one
 // stream. The buffer joins the session only if all n bytes arrive: when r
 // ends early or fails, or ctx ends, the host frees it.
-func (c *Client) Upload(ctx context.Context, session uint64, gpu string, n uint64, r io.Reader) (uint64, error) {
+func (c *Client) UploadFrom(ctx context.Context, session uint64, gpu string, n uint64, r io.Reader) (uint64, error) {
 	if n == 0 {
 		return 0, errors.New("gpusvc: upload of 0 bytes")
 	}
 	cr := &countReader{r: io.LimitReader(r, int64(n))}
 	first := &pb.WriteRequest{Session: session, AllocBytes: n, Gpu: gpu}
-	res, err := c.writeStreamCheck(ctx, first, cr, func() error {
+	res, err := c.writeStream(ctx, first, readerChunks(cr), func() error {
 		if cr.n != int64(n) {
 			return fmt.Errorf("gpusvc: upload: the reader ended after %d of %d bytes", cr.n, n)
 		}
@@ -106,14 +125,42 @@ func (c *Client) Read(ctx context.Context, session, buffer, off, n uint64, w io.
 	}
 }
 
-func (c *Client) writeStream(ctx context.Context, first *pb.WriteRequest, r io.Reader) (*pb.WriteResponse, error) {
-	return c.writeStreamCheck(ctx, first, r, nil)
+// chunks yields a write's data chunk by chunk; io.EOF (with or without a
+// last chunk) ends it.
+type chunks func() ([]byte, error)
+
+func sliceChunks(p []byte) chunks {
+	return func() ([]byte, error) {
+		n := min(len(p), DefaultChunkBytes)
+		chunk := p[:n]
+		p = p[n:]
+		if len(p) == 0 {
+			return chunk, io.EOF
+		}
+		return chunk, nil
+	}
 }
 
-// writeStreamCheck sends first, then r in chunks; check, if set, must pass
+func readerChunks(r io.Reader) chunks {
+	// Send encodes the message before it returns, so one chunk buffer
+	// serves the whole stream.
+	buf := make([]byte, DefaultChunkBytes)
+	return func() ([]byte, error) {
+		n, err := io.ReadFull(r, buf)
+		if err == io.ErrUnexpectedEOF {
+			err = io.EOF
+		}
+		if err != nil && err != io.EOF {
+			err = fmt.Errorf("gpusvc: write: reading the source: %w", err)
+		}
+		return buf[:n], err
+	}
+}
+
+// writeStream sends first, then the chunks; check, if set, must pass
 // before the stream is completed. Any failure cancels the stream, which
 // the host sees as an unfinished write.
-func (c *Client) writeStreamCheck(ctx context.Context, first *pb.WriteRequest, r io.Reader, check func() error) (*pb.WriteResponse, error) {
+func (c *Client) writeStream(ctx context.Context, first *pb.WriteRequest, next chunks, check func() error) (*pb.WriteResponse, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	st, err := c.api.Write(ctx)
@@ -122,11 +169,12 @@ func (c *Client) writeStreamCheck(ctx context.Context, first *pb.WriteRequest, r
 	}
 	msg := first
 	for sent := false; ; sent = true {
-		// A fresh chunk each time: gRPC may hold a sent message.
-		buf := make([]byte, DefaultChunkBytes)
-		n, rerr := io.ReadFull(r, buf)
-		if n > 0 || !sent {
-			msg.Data = buf[:n]
+		data, nerr := next()
+		if nerr != nil && nerr != io.EOF {
+			return nil, nerr
+		}
+		if len(data) > 0 || !sent {
+			msg.Data = data
 			if err := st.Send(msg); err != nil {
 				if errors.Is(err, io.EOF) {
 					// The host ended the stream; its status says why.
@@ -136,11 +184,8 @@ func (c *Client) writeStreamCheck(ctx context.Context, first *pb.WriteRequest, r
 			}
 			msg = &pb.WriteRequest{}
 		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+		if nerr == io.EOF {
 			break
-		}
-		if rerr != nil {
-			return nil, fmt.Errorf("gpusvc: write: reading the source: %w", rerr)
 		}
 	}
 	if check != nil {

@@ -790,14 +790,16 @@ func (s *Server) Read(req *pb.ReadRequest, stream pb.GPU_ReadServer) (err error)
 	if chunk > maxChunkBytes {
 		return status.Errorf(codes.InvalidArgument, "gpumesh: read chunks of %d bytes; at most %d", chunk, maxChunkBytes)
 	}
+	// Send encodes the message before it returns, so one chunk buffer
+	// serves the whole stream (a stats handler, had the server one, would
+	// see later bytes in earlier messages; the wire never does).
+	buf := make([]byte, min(chunk, n))
 	for n > 0 {
 		k := min(chunk, n)
-		// A fresh chunk each time: gRPC may hold a sent message.
-		buf := make([]byte, k)
-		if err := mem.ReadAt(b.handle, int64(off), buf); err != nil {
+		if err := mem.ReadAt(b.handle, int64(off), buf[:k]); err != nil {
 			return statusOf(fmt.Errorf("read: %w", err))
 		}
-		if err := stream.Send(&pb.ReadResponse{Data: buf}); err != nil {
+		if err := stream.Send(&pb.ReadResponse{Data: buf[:k]}); err != nil {
 			return err
 		}
 		off += k
