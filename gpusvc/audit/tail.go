@@ -174,7 +174,8 @@ func Format(e Entry) string {
 	if e.Rule != "" {
 		fmt.Fprintf(&b, " rule=%s", clean(e.Rule))
 	}
-	fmt.Fprintf(&b, " %s %.1fms in=%s out=%s", clean(e.Code), e.DurationMS, bytesString(e.BytesIn), bytesString(e.BytesOut))
+	d := time.Duration(e.DurationMS * float64(time.Millisecond)).Round(time.Microsecond)
+	fmt.Fprintf(&b, " %s %v in=%s out=%s", clean(e.Code), d, bytesString(e.BytesIn), bytesString(e.BytesOut))
 	if e.Error != "" {
 		fmt.Fprintf(&b, " err=%q", e.Error)
 	}
