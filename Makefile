@@ -27,7 +27,7 @@ test: ## Run all tests: go vet, gofmt, then every Go test (root-only ones skip w
 
 .PHONY: bench
 bench: ## Benchmarks, each printed with its ratio to the raw path measured in the same run
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./gpusvc/ ./gpusvc/cpu/ ./policy/
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./gpusvc/ ./gpusvc/cpu/ ./policy/ ./overlay/forward/ ./qos/
 
 FUZZTIME ?= 10s
 .PHONY: fuzz
@@ -44,6 +44,10 @@ fuzz: ## Run every fuzz target briefly (FUZZTIME each)
 proto: ## Regenerate gRPC code from gpusvc/gpumeshpb/gpumesh.proto (needs protoc, protoc-gen-go, protoc-gen-go-grpc)
 	protoc -I gpusvc/gpumeshpb --go_out=gpusvc/gpumeshpb --go_opt=paths=source_relative \
 		--go-grpc_out=gpusvc/gpumeshpb --go-grpc_opt=paths=source_relative gpumesh.proto
+
+.PHONY: python-stubs
+python-stubs: ## Regenerate examples/python stubs (needs protobuf-compiler, protobuf-compiler-grpc)
+	./examples/python/gen_stubs.sh
 
 .PHONY: clean
 clean: ## Remove built binaries
