@@ -1,6 +1,7 @@
 package gpusvc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -48,46 +49,35 @@ func (c *Client) Free(ctx context.Context, session, buffer uint64) error {
 	return err
 }
 
-// Write copies p into buffer at byte offset off, in DefaultChunkBytes
-// chunks sent straight from p.
-func (c *Client) Write(ctx context.Context, session, buffer, off uint64, p []byte) error {
-	_, err := c.writeStream(ctx, &pb.WriteRequest{Session: session, Buffer: buffer, Offset: off}, sliceChunks(p), nil)
-	return err
-}
-
-// WriteFrom copies r, to its end, into buffer at byte offset off,
-// streaming DefaultChunkBytes chunks, and returns the bytes written.
-func (c *Client) WriteFrom(ctx context.Context, session, buffer, off uint64, r io.Reader) (int64, error) {
-	res, err := c.writeStream(ctx, &pb.WriteRequest{Session: session, Buffer: buffer, Offset: off}, readerChunks(r), nil)
+// Write copies r, to its end, into buffer at byte offset off, streaming
+// DefaultChunkBytes chunks, and returns the bytes written. A
+// *bytes.Reader's slice is sent as it is, without a copy.
+func (c *Client) Write(ctx context.Context, session, buffer, off uint64, r io.Reader) (int64, error) {
+	res, err := c.writeStream(ctx, &pb.WriteRequest{Session: session, Buffer: buffer, Offset: off}, r, nil)
 	if err != nil {
 		return 0, err
 	}
 	return int64(res.GetBytes()), nil
 }
 
-// Upload allocates a buffer on gpu ("" for the default) holding p, in one
-// stream, and returns its ID in the session.
-func (c *Client) Upload(ctx context.Context, session uint64, gpu string, p []byte) (uint64, error) {
-	if len(p) == 0 {
-		return 0, errors.New("gpusvc: upload of 0 bytes")
-	}
-	res, err := c.writeStream(ctx, &pb.WriteRequest{Session: session, AllocBytes: uint64(len(p)), Gpu: gpu}, sliceChunks(p), nil)
-	if err != nil {
-		return 0, err
-	}
-	return res.GetBuffer(), nil
-}
-
-// UploadFrom allocates an n-byte buffer on gpu and fills it from r in one
-// stream. The buffer joins the session only if all n bytes arrive: when r
-// ends early or fails, or ctx ends, the host frees it.
-func (c *Client) UploadFrom(ctx context.Context, session uint64, gpu string, n uint64, r io.Reader) (uint64, error) {
+// Upload allocates an n-byte buffer on gpu ("" for the default) and fills
+// it from r in one stream, returning the buffer's ID in the session. The
+// buffer joins the session only if all n bytes arrive: when r ends early
+// or fails, or ctx ends, the host frees it.
+func (c *Client) Upload(ctx context.Context, session uint64, gpu string, n uint64, r io.Reader) (uint64, error) {
 	if n == 0 {
 		return 0, errors.New("gpusvc: upload of 0 bytes")
 	}
-	cr := &countReader{r: io.LimitReader(r, int64(n))}
 	first := &pb.WriteRequest{Session: session, AllocBytes: n, Gpu: gpu}
-	res, err := c.writeStream(ctx, first, readerChunks(cr), func() error {
+	if br, ok := r.(*bytes.Reader); ok && uint64(br.Len()) == n {
+		res, err := c.writeStream(ctx, first, br, nil)
+		if err != nil {
+			return 0, err
+		}
+		return res.GetBuffer(), nil
+	}
+	cr := &countReader{r: io.LimitReader(r, int64(n))}
+	res, err := c.writeStream(ctx, first, cr, func() error {
 		if cr.n != int64(n) {
 			return fmt.Errorf("gpusvc: upload: the reader ended after %d of %d bytes", cr.n, n)
 		}
@@ -125,67 +115,46 @@ func (c *Client) Read(ctx context.Context, session, buffer, off, n uint64, w io.
 	}
 }
 
-// chunks yields a write's data chunk by chunk; io.EOF (with or without a
-// last chunk) ends it.
-type chunks func() ([]byte, error)
-
-func sliceChunks(p []byte) chunks {
-	return func() ([]byte, error) {
-		n := min(len(p), DefaultChunkBytes)
-		chunk := p[:n]
-		p = p[n:]
-		if len(p) == 0 {
-			return chunk, io.EOF
-		}
-		return chunk, nil
-	}
-}
-
-func readerChunks(r io.Reader) chunks {
-	// Send encodes the message before it returns, so one chunk buffer
-	// serves the whole stream.
-	buf := make([]byte, DefaultChunkBytes)
-	return func() ([]byte, error) {
-		n, err := io.ReadFull(r, buf)
-		if err == io.ErrUnexpectedEOF {
-			err = io.EOF
-		}
-		if err != nil && err != io.EOF {
-			err = fmt.Errorf("gpusvc: write: reading the source: %w", err)
-		}
-		return buf[:n], err
-	}
-}
-
-// writeStream sends first, then the chunks; check, if set, must pass
-// before the stream is completed. Any failure cancels the stream, which
-// the host sees as an unfinished write.
-func (c *Client) writeStream(ctx context.Context, first *pb.WriteRequest, next chunks, check func() error) (*pb.WriteResponse, error) {
+// writeStream sends first, then r's bytes in chunks; check, if set, must
+// pass before the stream is completed. Any failure cancels the stream,
+// which the host sees as an unfinished write.
+func (c *Client) writeStream(ctx context.Context, first *pb.WriteRequest, r io.Reader, check func() error) (*pb.WriteResponse, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	st, err := c.api.Write(ctx)
 	if err != nil {
 		return nil, err
 	}
-	msg := first
-	for sent := false; ; sent = true {
-		data, nerr := next()
-		if nerr != nil && nerr != io.EOF {
-			return nil, nerr
-		}
-		if len(data) > 0 || !sent {
-			msg.Data = data
-			if err := st.Send(msg); err != nil {
-				if errors.Is(err, io.EOF) {
-					// The host ended the stream; its status says why.
-					_, err = st.CloseAndRecv()
+	w := &chunkSender{st: st, msg: first}
+	if br, ok := r.(*bytes.Reader); ok {
+		// WriteTo hands over the reader's own slice: no copy.
+		_, err = br.WriteTo(w)
+	} else {
+		// Send encodes the message before it returns, so one chunk buffer
+		// serves the whole stream.
+		buf := make([]byte, DefaultChunkBytes)
+		for err == nil {
+			var n int
+			n, err = io.ReadFull(r, buf)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					err = werr
 				}
-				return nil, err
 			}
-			msg = &pb.WriteRequest{}
 		}
-		if nerr == io.EOF {
-			break
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			err = nil
+		}
+	}
+	if w.err != nil {
+		return nil, w.err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("gpusvc: write: reading the source: %w", err)
+	}
+	if !w.sent {
+		if err := w.send(nil); err != nil {
+			return nil, err
 		}
 	}
 	if check != nil {
@@ -194,6 +163,42 @@ func (c *Client) writeStream(ctx context.Context, first *pb.WriteRequest, next c
 		}
 	}
 	return st.CloseAndRecv()
+}
+
+// chunkSender writes a Write stream's messages, DefaultChunkBytes at most
+// each; the first carries the header.
+type chunkSender struct {
+	st   pb.GPU_WriteClient
+	msg  *pb.WriteRequest // the next message
+	sent bool
+	err  error // the stream's failure
+}
+
+func (w *chunkSender) Write(p []byte) (int, error) {
+	total := len(p)
+	for len(p) > 0 {
+		n := min(len(p), DefaultChunkBytes)
+		if err := w.send(p[:n]); err != nil {
+			return total - len(p), err
+		}
+		p = p[n:]
+	}
+	return total, nil
+}
+
+func (w *chunkSender) send(data []byte) error {
+	w.msg.Data = data
+	if err := w.st.Send(w.msg); err != nil {
+		if errors.Is(err, io.EOF) {
+			// The host ended the stream; its status says why.
+			_, err = w.st.CloseAndRecv()
+		}
+		w.err = err
+		return err
+	}
+	w.sent = true
+	w.msg = &pb.WriteRequest{}
+	return nil
 }
 
 type countReader struct {

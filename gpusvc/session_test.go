@@ -205,7 +205,7 @@ func TestSessions(t *testing.T) {
 	t.Run("round trip byte-exact", func(t *testing.T) {
 		for i, n := range []int{1, 7, 4093, 1 << 20, 1<<20 + 1, 3<<20 + 12345, 5<<20 - 3} {
 			data := randomBytes(n, uint64(i))
-			id, err := laptop.Upload(ctx, sess.ID, "", data)
+			id, err := laptop.Upload(ctx, sess.ID, "", uint64(n), bytes.NewReader(data))
 			if err != nil {
 				t.Fatalf("upload %d bytes: %v", n, err)
 			}
@@ -231,7 +231,7 @@ func TestSessions(t *testing.T) {
 		defer laptop.Free(ctx, sess.ID, id)
 		patch := randomBytes(1<<20+16, 99) // ends exactly at the buffer's end
 		const off = 1<<20 - 11
-		if n, err := laptop.WriteFrom(ctx, sess.ID, id, off, bytes.NewReader(patch)); err != nil || n != int64(len(patch)) {
+		if n, err := laptop.Write(ctx, sess.ID, id, off, bytes.NewReader(patch)); err != nil || n != int64(len(patch)) {
 			t.Fatalf("write: %d, %v", n, err)
 		}
 		want := make([]byte, size)
@@ -263,7 +263,7 @@ func TestSessions(t *testing.T) {
 			eventually(t, "the host allocated the buffer being written", func() bool { return live() == before+1 })
 			kill()
 		}, ctx: wctx}
-		_, err := laptop.UploadFrom(wctx, sess.ID, "", 8<<20, src)
+		_, err := laptop.Upload(wctx, sess.ID, "", 8<<20, src)
 		if status.Code(err) != codes.Canceled && !errors.Is(err, context.Canceled) {
 			t.Fatalf("upload cut short: %v; want Canceled", err)
 		}
@@ -272,7 +272,7 @@ func TestSessions(t *testing.T) {
 			t.Errorf("session buffers = %d; want %d", b, buffersBefore)
 		}
 		// A reader that ends early fails the upload too, leaving nothing.
-		_, err = laptop.UploadFrom(ctx, sess.ID, "", 3<<20, bytes.NewReader(make([]byte, 2<<20)))
+		_, err = laptop.Upload(ctx, sess.ID, "", 3<<20, bytes.NewReader(make([]byte, 2<<20)))
 		if err == nil || !strings.Contains(err.Error(), "ended after 2097152 of 3145728 bytes") {
 			t.Fatalf("short upload: %v", err)
 		}
@@ -286,11 +286,11 @@ func TestSessions(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ab, err := laptop.Upload(ctx, sess.ID, "", a.Tensor.Data)
+		ab, err := laptop.Upload(ctx, sess.ID, "", uint64(len(a.Tensor.Data)), bytes.NewReader(a.Tensor.Data))
 		if err != nil {
 			t.Fatal(err)
 		}
-		bb, err := laptop.Upload(ctx, sess.ID, "", b.Tensor.Data)
+		bb, err := laptop.Upload(ctx, sess.ID, "", uint64(len(b.Tensor.Data)), bytes.NewReader(b.Tensor.Data))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -343,7 +343,7 @@ func TestSessions(t *testing.T) {
 
 	t.Run("another identity cannot use the session", func(t *testing.T) {
 		secret := []byte("laptop's secret weights")
-		id, err := laptop.Upload(ctx, sess.ID, "", secret)
+		id, err := laptop.Upload(ctx, sess.ID, "", uint64(len(secret)), bytes.NewReader(secret))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -355,9 +355,9 @@ func TestSessions(t *testing.T) {
 			call func(session uint64) error
 		}{
 			{"read", func(s uint64) error { _, err := other.Read(ctx, s, id, 0, 0, io.Discard); return err }},
-			{"write", func(s uint64) error { return other.Write(ctx, s, id, 0, []byte("x")) }},
+			{"write", func(s uint64) error { _, err := other.Write(ctx, s, id, 0, bytes.NewReader([]byte("x"))); return err }},
 			{"upload", func(s uint64) error {
-				_, err := other.Upload(ctx, s, "", []byte("abcd"))
+				_, err := other.Upload(ctx, s, "", 4, bytes.NewReader([]byte("abcd")))
 				return err
 			}},
 			{"alloc", func(s uint64) error { _, err := other.Alloc(ctx, s, "", 16); return err }},
@@ -403,7 +403,7 @@ func TestSessions(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = tight.Upload(ctx, ts2.ID, "", make([]byte, 600<<10))
+		_, err = tight.Upload(ctx, ts2.ID, "", 600<<10, bytes.NewReader(make([]byte, 600<<10)))
 		wantCode(t, err, codes.ResourceExhausted, "max_memory = 1048576 bytes, 524288 held, 614400 more asked")
 		_, err = tight.Alloc(ctx, ts.ID, "", 600<<10)
 		wantCode(t, err, codes.ResourceExhausted, "max_memory")
@@ -438,7 +438,7 @@ func TestSessions(t *testing.T) {
 			if bs.IdleTimeout != 200*time.Millisecond {
 				t.Fatalf("idle timeout = %v; want the rule's 200ms", bs.IdleTimeout)
 			}
-			_, err = brief.UploadFrom(ctx, bs.ID, "", 1<<20, bytes.NewReader(make([]byte, 1<<20)))
+			_, err = brief.Upload(ctx, bs.ID, "", 1<<20, bytes.NewReader(make([]byte, 1<<20)))
 			if err == nil {
 				break
 			}
@@ -563,7 +563,7 @@ func TestSessions(t *testing.T) {
 					return err
 				}
 				defer c.CloseSession(ctx, s.ID)
-				_, err = c.Upload(ctx, s.ID, "", make([]byte, 1<<20))
+				_, err = c.Upload(ctx, s.ID, "", 1<<20, bytes.NewReader(make([]byte, 1<<20)))
 				return err
 			}, codes.ResourceExhausted, "max_request of 65536 bytes"},
 		} {
@@ -600,7 +600,7 @@ func TestStopFreesSessions(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.Upload(ctx, s.ID, "", make([]byte, 3000)); err != nil {
+		if _, err := c.Upload(ctx, s.ID, "", 3000, bytes.NewReader(make([]byte, 3000))); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -1,6 +1,7 @@
 package gpusvc_test
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"testing"
@@ -56,7 +57,7 @@ func BenchmarkTransfer(b *testing.B) {
 		name := map[int]string{4 << 20: "4MiB", 32 << 20: "32MiB"}[size]
 		b.Run("write/"+name, func(b *testing.B) {
 			interleaveBulk(b, size, func() { raw.roundTrip(b, size, 1, buf) }, func() {
-				if err := c.Write(ctx, sess.ID, id, 0, data); err != nil {
+				if _, err := c.Write(ctx, sess.ID, id, 0, bytes.NewReader(data)); err != nil {
 					b.Fatal(err)
 				}
 			})
@@ -85,7 +86,7 @@ func BenchmarkResident(b *testing.B) {
 	}
 	defer c.CloseSession(ctx, sess.ID)
 	upload := func(t kernel.Tensor) uint64 {
-		id, err := c.Upload(ctx, sess.ID, "", t.Data)
+		id, err := c.Upload(ctx, sess.ID, "", uint64(len(t.Data)), bytes.NewReader(t.Data))
 		if err != nil {
 			b.Fatal(err)
 		}
