@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -10,7 +9,6 @@ import (
 
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
 	"github.com/gpumesh/gpumesh/node"
-	"github.com/gpumesh/gpumesh/overlay/tsnet"
 )
 
 func init() { register(newRunCmd) }
@@ -18,6 +16,7 @@ func init() { register(newRunCmd) }
 func newRunCmd() *cobra.Command {
 	var (
 		tf          tailnetFlags
+		wf          wgFlags
 		size        int
 		check       bool
 		joinTimeout time.Duration
@@ -38,21 +37,11 @@ computation done locally.`,
 			if err != nil {
 				return err
 			}
-			cfg, err := tf.config()
-			if err != nil {
-				return err
-			}
-			ov, err := tsnet.New(cfg)
+			ov, err := joinOverlay(ctx, &tf, &wf, 0, joinTimeout)
 			if err != nil {
 				return err
 			}
 			defer ov.Close()
-			jctx, cancel := context.WithTimeout(ctx, joinTimeout)
-			_, err = ov.Up(jctx)
-			cancel()
-			if err != nil {
-				return fmt.Errorf("join tailnet at %s: %w", cfg.ControlURL, err)
-			}
 			c, err := node.Dial(ov, hostName)
 			if err != nil {
 				return err
@@ -62,6 +51,7 @@ computation done locally.`,
 		},
 	}
 	tf.register(cmd, "gpumesh-client")
+	wf.register(cmd)
 	cmd.Flags().IntVar(&size, "size", 512, "input size (matrix side, or vector length)")
 	cmd.Flags().BoolVar(&check, "check", true, "check the result against a local computation")
 	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")

@@ -13,7 +13,6 @@ import (
 
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/node"
-	"github.com/gpumesh/gpumesh/overlay/tsnet"
 	"github.com/gpumesh/gpumesh/policy"
 )
 
@@ -60,6 +59,7 @@ func applyServeHooks(ctx context.Context, cfg *node.HostConfig) (stop func(), er
 func newServeCmd() *cobra.Command {
 	var (
 		tf          tailnetFlags
+		wf          wgFlags
 		policyPath  string
 		port        int
 		maxRequest  string
@@ -93,27 +93,22 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 			if err != nil {
 				return fmt.Errorf("--max-request: %w", err)
 			}
-			cfg, err := tf.config()
+			qcfg, err := qosConfig(dscp, shapeLink, shapeRate)
 			if err != nil {
 				return err
 			}
-			ov, err := tsnet.New(cfg)
+			ov, err := joinOverlay(ctx, &tf, &wf, qcfg.DSCP, joinTimeout)
 			if err != nil {
 				return err
 			}
 			defer ov.Close()
-			jctx, cancel := context.WithTimeout(ctx, joinTimeout)
-			st, err := ov.Up(jctx)
-			cancel()
-			if err != nil {
-				return fmt.Errorf("join tailnet at %s: %w", cfg.ControlURL, err)
+			qcfg.UDPPort = ov.udpPort
+			if dscp == "off" {
+				qcfg.UDPPort = 0
 			}
 			hcfg := node.HostConfig{
-				Overlay: ov, Name: cfg.Hostname, Policy: store, Port: port,
-				MaxRequestBytes: maxReq, Logger: log,
-			}
-			if hcfg.QoS, err = qosConfig(dscp, shapeLink, shapeRate, ov.UDPPort()); err != nil {
-				return err
+				Overlay: ov, Name: tf.hostname, Policy: store, Port: port,
+				MaxRequestBytes: maxReq, Logger: log, QoS: qcfg,
 			}
 			stopHooks, err := applyServeHooks(ctx, &hcfg)
 			if err != nil {
@@ -125,8 +120,8 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 				return err
 			}
 			defer host.Close()
-			fmt.Fprintf(out, "gpumesh: serving %s on %v port %d (tailnet only), policy %s\n",
-				cfg.Hostname, st.TailscaleIPs, port, policyPath)
+			fmt.Fprintf(out, "gpumesh: serving %s on %v port %d (%s only), policy %s\n",
+				tf.hostname, ov.addrs(), port, ov.desc, policyPath)
 
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
@@ -147,6 +142,7 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 		},
 	}
 	tf.register(cmd, "gpu-host")
+	wf.register(cmd)
 	cmd.Flags().StringVar(&policyPath, "policy", "", "policy file (.hcl or .json)")
 	cmd.Flags().IntVar(&port, "port", gpusvc.DefaultPort, "TCP port of the endpoint on the tailnet")
 	cmd.Flags().StringVar(&maxRequest, "max-request", "64MiB", "largest request accepted")
@@ -162,12 +158,11 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 	return cmd
 }
 
-// qosConfig turns the QoS flags into the host's QoS configuration.
-func qosConfig(dscp, link, rate string, udpPort uint16) (*node.QoSConfig, error) {
-	cfg := &node.QoSConfig{UDPPort: udpPort, ShapeLink: link}
-	if dscp == "off" {
-		cfg.UDPPort = 0
-	} else {
+// qosConfig turns the QoS flags into the host's QoS configuration; the
+// caller sets UDPPort once the overlay is up.
+func qosConfig(dscp, link, rate string) (*node.QoSConfig, error) {
+	cfg := &node.QoSConfig{ShapeLink: link}
+	if dscp != "off" {
 		v, err := policy.ParseDSCP(dscp)
 		if err != nil {
 			return nil, fmt.Errorf("--dscp: %w", err)
