@@ -38,9 +38,17 @@ type peerOf struct {
 
 // conf renders self's wg-quick file listing peers.
 func conf(self member, listenPort int, peers ...peerOf) string {
+	return confMTU(self, listenPort, 0, peers...)
+}
+
+// confMTU is conf with an MTU line, if mtu is not 0.
+func confMTU(self member, listenPort, mtu int, peers ...peerOf) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[Interface]\n# Name = %s\nPrivateKey = %s\nAddress = %s/24\nListenPort = %d\n",
 		self.name, self.priv, self.addr, listenPort)
+	if mtu != 0 {
+		fmt.Fprintf(&b, "MTU = %d\n", mtu)
+	}
 	for _, p := range peers {
 		fmt.Fprintf(&b, "\n[Peer]\n# Name = %s\nPublicKey = %s\nAllowedIPs = %s/32\n", p.m.name, p.m.priv.PublicKey(), p.m.addr)
 		if p.endpoint != "" {

@@ -41,7 +41,7 @@ func (n *Node) listenKernel(addrs []netip.Addr, port uint16) (net.Listener, erro
 		return nil, net.ErrClosed
 	}
 	if n.listeners == nil {
-		n.listeners = map[net.Listener]struct{}{}
+		n.listeners = map[*trackedListener]struct{}{}
 	}
 	n.listeners[t] = struct{}{}
 	return t, nil

@@ -99,12 +99,12 @@ type Node struct {
 	logf  func(string, ...any)
 
 	mu        sync.Mutex
-	up        bool                      // Up succeeded; guarded by mu
-	closed    bool                      // guarded by mu
-	dev       *device.Device            // guarded by mu
-	tnet      *netstack.Net             // ModeNetstack; guarded by mu
-	kernel    *kernelTUN                // ModeTUN; guarded by mu
-	listeners map[net.Listener]struct{} // ModeTUN listeners, closed by Close; guarded by mu
+	up        bool                          // Up succeeded; guarded by mu
+	closed    bool                          // guarded by mu
+	dev       *device.Device                // guarded by mu
+	tnet      *netstack.Net                 // ModeNetstack; guarded by mu
+	kernel    *kernelTUN                    // ModeTUN; guarded by mu
+	listeners map[*trackedListener]struct{} // ModeTUN listeners, closed by Close; guarded by mu
 }
 
 // New validates cfg and returns a Node that is not yet up.
@@ -220,14 +220,6 @@ func (n *Node) Up(ctx context.Context) (err error) {
 		if err != nil {
 			return fmt.Errorf("wg: up: netstack: %w", err)
 		}
-		// The netstack device announces EventUp at once; drop it, so that
-		// the device comes up below, on this goroutine (whose thread's
-		// network namespace the UDP sockets must be created in), and not
-		// on wireguard-go's event goroutine.
-		select {
-		case <-tdev.Events():
-		default:
-		}
 		undo = append(undo, func() { n.tnet = nil })
 	case ModeTUN:
 		n.kernel, err = createKernelTUN(n.cfg.TUNName, n.mtu)
@@ -239,6 +231,7 @@ func (n *Node) Up(ctx context.Context) (err error) {
 		undo = append(undo, func() { k.remove(); n.kernel = nil })
 	}
 
+	tdev = newSteadyTUN(tdev)
 	var bind conn.Bind = conn.NewDefaultBind()
 	if n.cfg.DSCP != 0 {
 		bind = newDSCPBind(bind, n.cfg.DSCP, n.logf)
@@ -374,8 +367,8 @@ func (n *Node) Close() error {
 	if !n.up {
 		return nil
 	}
-	for ln := range n.listeners {
-		ln.Close()
+	for t := range n.listeners {
+		t.Listener.Close() // not t.Close, which takes mu
 	}
 	n.listeners = nil
 	n.dev.Close() // closes the TUN device and the bind
