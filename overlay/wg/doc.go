@@ -24,5 +24,17 @@
 // conn.Bind it gives wireguard-go and sets IP_TOS / IPV6_TCLASS on the
 // sockets the bind opens.
 //
+// Use:
+//
+//	n, err := wg.New(wg.Config{Path: "wg0.conf", Mode: wg.ModeTUN, DSCP: 34, Logf: logf})
+//	if err != nil { ... }
+//	if err := n.Up(ctx); err != nil { ... }
+//	defer n.Close() // also on SIGTERM: Close removes the TUN interface
+//	ln, err := n.Listen("tcp", ":443")    // overlay addresses only
+//	id, err := n.WhoIs(ctx, conn.RemoteAddr().String())
+//
+// In ModeTUN, Listen and Dial use the host's kernel stack in the network
+// namespace of the calling thread, which outside tests is the process's.
+//
 // wg imports overlay and wgconfig, never policy, QoS or GPU code.
 package wg

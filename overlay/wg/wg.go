@@ -407,6 +407,12 @@ func (n *Node) WhoIs(ctx context.Context, remoteAddr string) (overlay.Identity, 
 	if err != nil {
 		return overlay.Identity{}, fmt.Errorf("wg: whois %q: %w", remoteAddr, err)
 	}
+	// The node's own addresses are nobody's, even inside a peer's wide
+	// AllowedIPs (a hub's 10.77.0.0/24): in ModeTUN a connection from this
+	// host's own programs comes from them.
+	if slices.Contains(n.Addrs(), ip) {
+		return overlay.Identity{}, fmt.Errorf("wg: whois %s: this node's own address: %w", ip, overlay.ErrUnknownPeer)
+	}
 	p, ok := n.peers.lookup(ip)
 	if !ok {
 		return overlay.Identity{}, fmt.Errorf("wg: whois %s: %w", ip, overlay.ErrUnknownPeer)

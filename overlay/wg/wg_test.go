@@ -213,3 +213,45 @@ func TestParseMode(t *testing.T) {
 		t.Error("ParseMode(kernel) succeeded")
 	}
 }
+
+// TestWhoIs covers the lookup rules with a hub peer whose AllowedIPs hold
+// the whole overlay, a more specific peer inside it, and the node itself.
+func TestWhoIs(t *testing.T) {
+	self := newMember(t, "gpu-host", "10.77.0.1")
+	laptop := newMember(t, "laptop", "10.77.0.2")
+	hub := newMember(t, "hub", "10.77.0.254")
+	text := conf(self, 0, peerOf{m: laptop}) +
+		fmt.Sprintf("[Peer]\n# Name = hub\nPublicKey = %s\nAllowedIPs = 10.77.0.0/24, fd77::/64\n", hub.priv.PublicKey())
+	n := startNode(t, Config{File: mustParse(t, "gpu.conf", text)})
+	tests := []struct {
+		remote, want string // want "" means ErrUnknownPeer
+	}{
+		{"10.77.0.2:5555", "laptop"},          // /32 beats the hub's /24
+		{"[::ffff:10.77.0.2]:5555", "laptop"}, // v4-mapped, as dual-stack listeners report it
+		{"10.77.0.2", "laptop"},               // bare IP
+		{"10.77.0.9:1", "hub"},                // only the hub's /24 holds it
+		{"[fd77::9]:1", "hub"},                // IPv6
+		{"10.77.0.1:40000", ""},               // the node itself
+		{"10.78.0.1:1", ""},                   // nobody
+		{"127.0.0.1:1", ""},                   // not the overlay
+	}
+	for _, tt := range tests {
+		id, err := n.WhoIs(t.Context(), tt.remote)
+		if tt.want == "" {
+			if !errors.Is(err, overlay.ErrUnknownPeer) {
+				t.Errorf("WhoIs(%s) = %+v, %v; want ErrUnknownPeer", tt.remote, id, err)
+			}
+			continue
+		}
+		if err != nil || id.Node != tt.want {
+			t.Errorf("WhoIs(%s) = %+v, %v; want %s", tt.remote, id, err, tt.want)
+		}
+	}
+	if _, err := n.WhoIs(t.Context(), "not-an-address"); err == nil || errors.Is(err, overlay.ErrUnknownPeer) {
+		t.Errorf("WhoIs(garbage) = %v, want a parse error", err)
+	}
+	// The hub has no single-address AllowedIPs, so no Addrs and no name to dial.
+	if id, _ := n.WhoIs(t.Context(), "10.77.0.9:1"); len(id.Addrs) != 0 || id.StableID != hub.priv.PublicKey().String() {
+		t.Errorf("hub identity = %+v", id)
+	}
+}
