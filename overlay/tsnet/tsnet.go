@@ -24,8 +24,8 @@ import (
 	"tailscale.com/envknob"
 	"tailscale.com/ipn"
 	"tailscale.com/ipn/ipnstate"
-	"tailscale.com/types/logger"
 	ts "tailscale.com/tsnet"
+	"tailscale.com/types/logger"
 
 	"github.com/gpumesh/gpumesh/overlay"
 )
@@ -151,12 +151,32 @@ func checkWritable(dir string) error {
 	return os.Remove(f.Name())
 }
 
+// ErrNeedsLogin says the control server wants an interactive login: the
+// node has no valid state and no auth key was given.
+var ErrNeedsLogin = errors.New("tsnet: the node is not logged in and no auth key was given")
+
 // Up joins the tailnet and returns once the node can talk: it is running,
 // has its addresses, and holds a connection to its home DERP server.
+// Without an auth key, a node that needs to log in fails at once with
+// ErrNeedsLogin instead of waiting for someone to open the login URL.
 func (n *Node) Up(ctx context.Context) (*ipnstate.Status, error) {
 	setQuiet(n.cfg)
-	st, err := n.srv.Up(ctx)
+	upCtx, cancel := context.WithCancelCause(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel(nil)
+	if n.cfg.AuthKey == "" {
+		if err := n.watchLogin(upCtx, cancel, &wg); err != nil {
+			return nil, fmt.Errorf("tsnet: join %s as %q: %w", n.cfg.ControlURL, n.cfg.Hostname, err)
+		}
+	}
+	st, err := n.srv.Up(upCtx)
 	if err != nil {
+		if cause := context.Cause(upCtx); errors.Is(cause, ErrNeedsLogin) {
+			err = cause
+		} else if hint := n.healthHint(); hint != "" {
+			err = fmt.Errorf("%w (%s)", err, hint)
+		}
 		return nil, fmt.Errorf("tsnet: join %s as %q: %w", n.cfg.ControlURL, n.cfg.Hostname, err)
 	}
 	lc, err := n.srv.LocalClient()
@@ -168,6 +188,51 @@ func (n *Node) Up(ctx context.Context) (*ipnstate.Status, error) {
 		return nil, fmt.Errorf("tsnet: %q waiting for its home DERP: %w", n.cfg.Hostname, err)
 	}
 	return st, nil
+}
+
+// watchLogin cancels ctx with ErrNeedsLogin when the backend asks for an
+// interactive login. Its goroutine ends when ctx does; wg tracks it.
+func (n *Node) watchLogin(ctx context.Context, cancel context.CancelCauseFunc, wg *sync.WaitGroup) error {
+	lc, err := n.srv.LocalClient() // starts the server
+	if err != nil {
+		return err
+	}
+	w, err := lc.WatchIPNBus(ctx, ipn.NotifyInitialState)
+	if err != nil {
+		return err
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer w.Close()
+		for {
+			note, err := w.Next()
+			if err != nil {
+				return // ctx ended
+			}
+			if note.BrowseToURL != nil {
+				cancel(fmt.Errorf("%w (log in at %s, or give an auth key)", ErrNeedsLogin, *note.BrowseToURL))
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+// healthHint returns the backend's health warnings ("unable to connect to
+// the control server"), to explain a join that timed out.
+func (n *Node) healthHint() string {
+	lc, err := n.srv.LocalClient()
+	if err != nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	st, err := lc.StatusWithoutPeers(ctx)
+	if err != nil || len(st.Health) == 0 {
+		return ""
+	}
+	return strings.Join(st.Health, "; ")
 }
 
 // waitHomeDERP blocks until the node has chosen a home DERP region and heard
