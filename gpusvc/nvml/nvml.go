@@ -39,6 +39,9 @@ type Device struct {
 	Unsupported        []string `json:",omitempty"` // readings NVML did not give, e.g. "power"
 }
 
+// NVRTCNames are the NVRTC sonames FindNVRTC tries, newest CUDA first.
+var NVRTCNames = []string{"libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2", "libnvrtc.so"}
+
 // Probe opens NVML, reads a report and closes it again. Long-lived users
 // (a server answering Devices) should Open once instead: initialising NVML
 // can take a while.

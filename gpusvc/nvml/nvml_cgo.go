@@ -4,6 +4,7 @@ package nvml
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/NVIDIA/go-nvml/pkg/dl"
@@ -116,4 +117,20 @@ func device(i int) (Device, error) {
 		missing("power", ret)
 	}
 	return d, nil
+}
+
+// FindNVRTC returns the first NVRTC library (CUDA's run-time compiler,
+// which custom CUDA C needs) that loads on this machine.
+func FindNVRTC() (string, error) {
+	var errs []string
+	for _, name := range NVRTCNames {
+		lib := dl.New(name, dl.RTLD_LAZY|dl.RTLD_LOCAL)
+		if err := lib.Open(); err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		lib.Close()
+		return name, nil
+	}
+	return "", fmt.Errorf("nvml: no NVRTC library loads: %s", strings.Join(errs, "; "))
 }

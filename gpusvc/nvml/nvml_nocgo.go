@@ -17,3 +17,8 @@ func (m *Monitor) Close() error { return nil }
 
 // Report is never reached: Open fails.
 func (m *Monitor) Report() (Report, error) { return Report{}, fmt.Errorf("nvml: %w", ErrNoDriver) }
+
+// FindNVRTC reports that this build cannot load libraries.
+func FindNVRTC() (string, error) {
+	return "", fmt.Errorf("nvml: no NVRTC: this gpumesh was built without cgo")
+}
