@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -45,7 +46,8 @@ func joinOverlay(ctx context.Context, tf *tailnetFlags, wf *wgFlags, dscp uint8,
 		if err != nil {
 			return nil, err
 		}
-		n, err := wg.New(wg.Config{Path: wf.path, Mode: mode, TUNName: wf.tun, DSCP: dscp})
+		logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "wg: "+format+"\n", args...) }
+		n, err := wg.New(wg.Config{Path: wf.path, Mode: mode, TUNName: wf.tun, DSCP: dscp, Logf: logf, Verbose: tf.verbose})
 		if err != nil {
 			return nil, err
 		}
