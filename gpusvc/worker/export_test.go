@@ -1,0 +1,18 @@
+package worker
+
+// SetTestHook lets tests wait on the supervisor's events.
+func SetTestHook(s *Supervisor, f func(event string, k Key)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.testHook = f
+}
+
+// InFlight reports the calls counted in flight in k's worker.
+func InFlight(s *Supervisor, k Key) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sl := s.slots[k]; sl != nil && sl.cur != nil {
+		return sl.cur.inflight
+	}
+	return 0
+}

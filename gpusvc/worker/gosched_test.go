@@ -1,0 +1,5 @@
+package worker_test
+
+import "runtime"
+
+func runtimeGosched() { runtime.Gosched() }
