@@ -148,7 +148,6 @@ func (t *sessions) reap() {
 // expire closes the sessions idle past their deadline at now and returns
 // the next deadline (zero when none).
 func (t *sessions) expire(now time.Time) (next time.Time) {
-	var ended []*session
 	var free []*buffer
 	t.mu.Lock()
 	for _, s := range t.m {
@@ -157,8 +156,9 @@ func (t *sessions) expire(now time.Time) (next time.Time) {
 		}
 		d := s.last.Add(s.idle)
 		if !now.Before(d) {
-			ended = append(ended, s)
-			free = append(free, t.endLocked(s)...)
+			bs := t.endLocked(s)
+			free = append(free, bs...)
+			t.log.Info("session idle, closed", "session", s.id, "caller", s.who, "idle_timeout", s.idle, "buffers", len(bs))
 			continue
 		}
 		if next.IsZero() || d.Before(next) {
@@ -166,9 +166,6 @@ func (t *sessions) expire(now time.Time) (next time.Time) {
 		}
 	}
 	t.mu.Unlock()
-	for _, s := range ended {
-		t.log.Info("session idle, closed", "session", s.id, "caller", s.who, "idle_timeout", s.idle, "buffers", len(free))
-	}
 	t.freeAll(free)
 	return next
 }
