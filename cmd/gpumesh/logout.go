@@ -57,25 +57,26 @@ a state dir. --hostname should be the node's name on the tailnet.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			if _, err := ov.Up(ctx); err != nil {
+			what := "logged out"
+			if _, err := ov.Up(ctx); errors.Is(err, tsnet.ErrNeedsLogin) {
+				// Logged out already (or its key expired): only the state is left.
 				ov.Close()
-				if errors.Is(err, tsnet.ErrNeedsLogin) {
-					return fmt.Errorf("logout: %s is already logged out (state in %s): %w", cfg.Hostname, cfg.Dir, err)
-				}
+				what = "already logged out"
+			} else if err != nil {
+				ov.Close()
 				return fmt.Errorf("logout: reach the control server %s: %w", cfg.ControlURL, err)
-			}
-			if err := ov.Logout(ctx); err != nil {
+			} else if err := ov.Logout(ctx); err != nil {
 				return fmt.Errorf("logout: %w", err)
 			}
 			out := cmd.OutOrStdout()
 			if keepState {
-				fmt.Fprintf(out, "gpumesh: logged out %s; state kept in %s\n", cfg.Hostname, cfg.Dir)
+				fmt.Fprintf(out, "gpumesh: %s %s; state kept in %s\n", cfg.Hostname, what, cfg.Dir)
 				return nil
 			}
 			if err := removeState(cfg.Dir); err != nil {
-				return fmt.Errorf("logout: logged out, but %w", err)
+				return fmt.Errorf("logout: %s, but %w", what, err)
 			}
-			fmt.Fprintf(out, "gpumesh: logged out %s and removed its state from %s\n", cfg.Hostname, cfg.Dir)
+			fmt.Fprintf(out, "gpumesh: %s %s; removed its state from %s\n", cfg.Hostname, what, cfg.Dir)
 			return nil
 		},
 	}
