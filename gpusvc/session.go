@@ -501,6 +501,12 @@ func (s *Server) memory() (Memory, error) {
 	return s.sessions.mem, nil
 }
 
+// backendCtx tells the backend whose call this is and in which session
+// (the CUDA worker supervisor routes by caller and streams by session).
+func backendCtx(ctx context.Context, id overlay.Identity, sess *session) context.Context {
+	return WithSession(WithCaller(ctx, quotaKey(id)), sess.id)
+}
+
 func identify(ctx context.Context) (overlay.Identity, error) {
 	id, err := callerIdentity(ctx)
 	if err != nil {
@@ -580,7 +586,7 @@ func (s *Server) Alloc(ctx context.Context, req *pb.AllocRequest) (res *pb.Alloc
 	if err != nil {
 		return nil, err
 	}
-	b, err := s.sessions.alloc(ctx, c, gpu, req.GetBytes())
+	b, err := s.sessions.alloc(backendCtx(ctx, id, sess), c, gpu, req.GetBytes())
 	if err != nil {
 		return nil, err
 	}
@@ -661,7 +667,7 @@ func (s *Server) Write(stream pb.GPU_WriteServer) (err error) {
 		if err != nil {
 			return err
 		}
-		if b, err = s.sessions.alloc(ctx, c, g, first.GetAllocBytes()); err != nil {
+		if b, err = s.sessions.alloc(backendCtx(ctx, id, sess), c, g, first.GetAllocBytes()); err != nil {
 			return err
 		}
 		fresh = true
@@ -844,7 +850,7 @@ func (s *Server) LoadModule(ctx context.Context, req *pb.LoadModuleRequest) (res
 	if err != nil {
 		return nil, err
 	}
-	mid, log, cached, err := mods.LoadModule(ctx, gpu, src)
+	mid, log, cached, err := mods.LoadModule(backendCtx(ctx, id, sess), gpu, src)
 	if err != nil {
 		if log != "" {
 			return nil, status.Errorf(status.Code(statusOf(err)), "gpumesh: load module: %v\n%s", err, log)
@@ -900,7 +906,7 @@ func (s *Server) Launch(ctx context.Context, req *pb.LaunchRequest) (res *pb.Lau
 		Grid: dim3(req.GetGrid()), Block: dim3(req.GetBlock()), SharedMemBytes: req.GetSharedMemBytes(), Args: args,
 	}
 	t0 := time.Now()
-	if err := mods.Launch(ctx, l); err != nil {
+	if err := mods.Launch(backendCtx(ctx, id, sess), l); err != nil {
 		return nil, statusOf(fmt.Errorf("launch %s: %w", l.Function, err))
 	}
 	return &pb.LaunchResponse{ComputeNanos: time.Since(t0).Nanoseconds()}, nil
