@@ -362,7 +362,7 @@ func (s *Server) compute(ctx context.Context, req *pb.ComputeRequest) (res *pb.C
 		}
 	}
 	t0 := time.Now()
-	t, err := s.cfg.Backend.Compute(ctx, call)
+	t, err := s.cfg.Backend.Compute(WithSession(WithCaller(ctx, quotaKey(c.id)), req.GetSession()), call)
 	if err != nil {
 		return nil, statusOf(err)
 	}
