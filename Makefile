@@ -3,6 +3,9 @@ GO        ?= go
 BIN       ?= bin
 TESTFLAGS ?= -timeout 30m
 BENCHTIME ?= 2s
+# go-nvml's C headers warn about deprecated NVML calls on every build.
+CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
+export CGO_CFLAGS
 
 .DEFAULT_GOAL := help
 
