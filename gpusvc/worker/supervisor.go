@@ -168,7 +168,7 @@ type proc struct {
 	stdin  io.WriteCloser // closing it asks the worker to stop
 	conn   *grpc.ClientConn
 	client pb.WorkerClient
-	stderr *tailWriter
+	stderr *tailWriter // the last of its stdout and stderr
 	sock   string
 	start  time.Time
 
@@ -407,7 +407,8 @@ func (s *Supervisor) spawn(ctx context.Context, k Key) (_ *proc, _ *pb.HelloResp
 	cmd.ExtraFiles = []*os.File{lf}
 	cmd.SysProcAttr = sysProcAttr()
 	p := &proc{key: k, n: n, cmd: cmd, stderr: newTailWriter(4096), sock: sock, exited: make(chan struct{}), loaded: map[string]bool{}}
-	cmd.Stderr = p.stderr
+	// Both streams: gorgonia.org/cu reports a failed cuInit on stdout.
+	cmd.Stdout, cmd.Stderr = p.stderr, p.stderr
 	if p.stdin, err = cmd.StdinPipe(); err != nil {
 		os.Remove(sock)
 		return nil, nil, fmt.Errorf("worker: %w", err)
