@@ -39,6 +39,8 @@ func run() error {
 		gpu      = flag.Int("gpu", 0, "the GPU this worker serves")
 		standIn  = flag.Bool("stand-in", false, "serve the CPU backend behind the worker protocol (tests)")
 		probe    = flag.Bool("probe", false, "print the backend's devices and exit")
+		shmFD    = flag.Int("shm-fd", -1, "file descriptor of the shared memory for bulk transfers (-1: none)")
+		shmSize  = flag.Int("shm-size", 0, "size of the shared memory")
 	)
 	flag.Parse()
 
@@ -81,5 +83,11 @@ func run() error {
 		io.Copy(io.Discard, os.Stdin)
 		cancel()
 	}()
-	return worker.Serve(ctx, ln, b)
+	var shm []byte
+	if *shmFD >= 0 {
+		if shm, err = worker.MapShared(*shmFD, *shmSize); err != nil {
+			return err
+		}
+	}
+	return worker.Serve(ctx, ln, b, shm)
 }

@@ -1,5 +1,10 @@
 package worker_test
 
-import "runtime"
+import (
+	"runtime"
+	"time"
+)
 
 func runtimeGosched() { runtime.Gosched() }
+
+func nowNanos() int64 { return time.Now().UnixNano() }

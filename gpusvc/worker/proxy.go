@@ -248,8 +248,49 @@ func (s *Supervisor) WriteAt(h uint64, off int64, p []byte) error {
 	}
 	defer release()
 	ctx := context.Background()
+	if b.p.shm != nil {
+		return s.viaShm(ctx, b, off, p, true)
+	}
 	if _, err := b.p.client.WriteAt(ctx, &pb.WriteAtRequest{Handle: b.handle, Offset: off, Data: p}); err != nil {
 		return s.failed(ctx, b.p, "write", err)
+	}
+	return nil
+}
+
+// viaShm moves p to (write) or from a buffer through the worker's shared
+// memory, a slot at a time.
+func (s *Supervisor) viaShm(ctx context.Context, b *bufRef, off int64, p []byte, write bool) error {
+	w := b.p
+	var slot int
+	select {
+	case slot = <-w.slots:
+	case <-w.exited:
+		s.mu.Lock()
+		reason := w.reason
+		s.mu.Unlock()
+		return lostError(0, reason)
+	}
+	defer func() { w.slots <- slot }()
+	for len(p) > 0 {
+		n := min(len(p), w.slot)
+		req := &pb.ShmRequest{Handle: b.handle, Offset: off, ShmOffset: int64(slot), Length: int64(n)}
+		var err error
+		if write {
+			copy(w.shm[slot:slot+n], p[:n])
+			_, err = w.client.WriteShm(ctx, req)
+		} else {
+			if _, err = w.client.ReadShm(ctx, req); err == nil {
+				copy(p[:n], w.shm[slot:slot+n])
+			}
+		}
+		if err != nil {
+			what := "read"
+			if write {
+				what = "write"
+			}
+			return s.failed(ctx, w, what, err)
+		}
+		p, off = p[n:], off+int64(n)
 	}
 	return nil
 }
@@ -262,6 +303,9 @@ func (s *Supervisor) ReadAt(h uint64, off int64, p []byte) error {
 	}
 	defer release()
 	ctx := context.Background()
+	if b.p.shm != nil {
+		return s.viaShm(ctx, b, off, p, false)
+	}
 	for len(p) > 0 {
 		n := min(len(p), maxRead)
 		res, err := b.p.client.ReadAt(ctx, &pb.ReadAtRequest{Handle: b.handle, Offset: off, Length: int64(n)})

@@ -33,7 +33,10 @@ const (
 // after which it answers that call, stops, and returns the fault: a CUDA
 // context is unusable after a fault, so the process must exit and the
 // supervisor starts a fresh one.
-func Serve(ctx context.Context, ln net.Listener, b gpusvc.Backend) error {
+//
+// shm, if not nil, is the shared memory the node passed for bulk
+// transfers (MapShared).
+func Serve(ctx context.Context, ln net.Listener, b gpusvc.Backend, shm []byte) error {
 	srv := grpc.NewServer(
 		grpc.MaxRecvMsgSize(math.MaxInt32),
 		grpc.MaxSendMsgSize(math.MaxInt32),
@@ -42,7 +45,7 @@ func Serve(ctx context.Context, ln net.Listener, b gpusvc.Backend) error {
 		grpc.ReadBufferSize(sockBuffer),
 		grpc.WriteBufferSize(sockBuffer),
 	)
-	w := &workerServer{b: b, faulted: make(chan struct{})}
+	w := &workerServer{b: b, shm: shm, faulted: make(chan struct{})}
 	w.mem, _ = b.(gpusvc.Memory)
 	w.mods, _ = b.(gpusvc.Modules)
 	pb.RegisterWorkerServer(srv, w)
@@ -81,6 +84,7 @@ type workerServer struct {
 	b    gpusvc.Backend
 	mem  gpusvc.Memory  // nil if b keeps no buffers
 	mods gpusvc.Modules // nil if b runs no custom kernels
+	shm  []byte         // shared with the node; nil if none
 
 	faultOnce sync.Once
 	faulted   chan struct{} // closed on the first ErrFault
@@ -195,4 +199,32 @@ func (w *workerServer) Launch(ctx context.Context, req *pb.LaunchRequest) (*pb.L
 		Args: argsFromPB(req.GetArgs()),
 	})
 	return &pb.LaunchResponse{}, w.check(err)
+}
+
+// shmSpan returns the shared memory a ShmRequest names.
+func (w *workerServer) shmSpan(req *pb.ShmRequest) ([]byte, error) {
+	if w.mem == nil {
+		return nil, errNoMemory
+	}
+	off, n := req.GetShmOffset(), req.GetLength()
+	if w.shm == nil || off < 0 || n < 0 || off+n > int64(len(w.shm)) {
+		return nil, status.Errorf(codes.InvalidArgument, "shared memory [%d, +%d) outside the %d bytes shared", off, n, len(w.shm))
+	}
+	return w.shm[off : off+n], nil
+}
+
+func (w *workerServer) WriteShm(_ context.Context, req *pb.ShmRequest) (*pb.ShmResponse, error) {
+	p, err := w.shmSpan(req)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ShmResponse{}, w.check(w.mem.WriteAt(req.GetHandle(), req.GetOffset(), p))
+}
+
+func (w *workerServer) ReadShm(_ context.Context, req *pb.ShmRequest) (*pb.ShmResponse, error) {
+	p, err := w.shmSpan(req)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ShmResponse{}, w.check(w.mem.ReadAt(req.GetHandle(), req.GetOffset(), p))
 }

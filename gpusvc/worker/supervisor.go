@@ -46,6 +46,10 @@ type Config struct {
 	// it doubles with each further crash up to MaxBackoff. A worker that
 	// ran for CrashWindow without crashing starts a new count. 0 means 1s.
 	Backoff, MaxBackoff time.Duration
+	// SharedMemory is the size of each worker's shared memory for bulk
+	// transfers, split in four slots; 0 means 16 MiB, negative none (bulk
+	// data then goes through the socket).
+	SharedMemory int
 	// CrashWindow: 0 means 1m.
 	CrashWindow time.Duration
 	// Logger receives one line per start, crash, failed start and reap;
@@ -68,6 +72,9 @@ func (c *Config) populate() error {
 	def(&c.Backoff, time.Second)
 	def(&c.MaxBackoff, time.Minute)
 	def(&c.CrashWindow, time.Minute)
+	if c.SharedMemory == 0 {
+		c.SharedMemory = 16 << 20
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -173,6 +180,10 @@ type proc struct {
 	start  time.Time
 
 	exited chan struct{} // closed once the process has been waited for
+
+	shm   []byte   // shared with the worker; nil if none
+	slots chan int // free slot offsets in shm
+	slot  int      // slot size
 
 	// Guarded by Supervisor.mu:
 	ready    bool // answered Hello
@@ -407,6 +418,19 @@ func (s *Supervisor) spawn(ctx context.Context, k Key) (_ *proc, _ *pb.HelloResp
 	cmd.ExtraFiles = []*os.File{lf}
 	cmd.SysProcAttr = sysProcAttr()
 	p := &proc{key: k, n: n, cmd: cmd, stderr: newTailWriter(4096), sock: sock, exited: make(chan struct{}), loaded: map[string]bool{}}
+	if s.cfg.SharedMemory > 0 {
+		// Without shared memory (not Linux) bulk data goes through the socket.
+		if f, m, err := newShm(s.cfg.SharedMemory); err == nil {
+			defer f.Close()
+			p.shm, p.slot = m, s.cfg.SharedMemory/4
+			p.slots = make(chan int, 4)
+			for i := range 4 {
+				p.slots <- i * p.slot
+			}
+			cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+			cmd.Args = append(cmd.Args, "--shm-fd=4", fmt.Sprintf("--shm-size=%d", len(m)))
+		}
+	}
 	// Both streams: gorgonia.org/cu reports a failed cuInit on stdout.
 	cmd.Stdout, cmd.Stderr = p.stderr, p.stderr
 	if p.stdin, err = cmd.StdinPipe(); err != nil {
@@ -415,6 +439,7 @@ func (s *Supervisor) spawn(ctx context.Context, k Key) (_ *proc, _ *pb.HelloResp
 	}
 	if err := cmd.Start(); err != nil {
 		os.Remove(sock)
+		unmapShm(p.shm)
 		return nil, nil, &StartError{Path: s.cfg.Path, Reason: err.Error()}
 	}
 	// The worker holds the listener now; with ours closed, a worker that
@@ -428,6 +453,7 @@ func (s *Supervisor) spawn(ctx context.Context, k Key) (_ *proc, _ *pb.HelloResp
 		cmd.Process.Kill()
 		cmd.Wait()
 		os.Remove(sock)
+		unmapShm(p.shm)
 		return nil, nil, fmt.Errorf("worker: %w", net.ErrClosed)
 	}
 	s.procs[p] = true
@@ -527,6 +553,7 @@ func (s *Supervisor) wait(p *proc) {
 		p.conn.Close()
 	}
 	os.Remove(p.sock)
+	p.unmapWhenIdle()
 	if crashed {
 		s.log.Warn("gpu worker crashed; it restarts on its caller's next call", "worker", p.key.String(), "reason", reason)
 		s.event("crashed", p.key)
@@ -612,4 +639,16 @@ func (t *tailWriter) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.buf)
+}
+
+// unmapWhenIdle unmaps p's shared memory once no transfer uses it: it
+// takes every slot back first. p has exited, so transfers end quickly.
+func (p *proc) unmapWhenIdle() {
+	if p.shm == nil {
+		return
+	}
+	for range cap(p.slots) {
+		<-p.slots
+	}
+	unmapShm(p.shm)
 }

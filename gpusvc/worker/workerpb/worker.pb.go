@@ -1041,6 +1041,110 @@ func (x *ReadAtResponse) GetData() []byte {
 	return nil
 }
 
+type ShmRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Handle        uint64                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	Offset        int64                  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`                        // in the buffer
+	ShmOffset     int64                  `protobuf:"varint,3,opt,name=shm_offset,json=shmOffset,proto3" json:"shm_offset,omitempty"` // in the shared memory
+	Length        int64                  `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShmRequest) Reset() {
+	*x = ShmRequest{}
+	mi := &file_worker_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShmRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShmRequest) ProtoMessage() {}
+
+func (x *ShmRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_worker_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShmRequest.ProtoReflect.Descriptor instead.
+func (*ShmRequest) Descriptor() ([]byte, []int) {
+	return file_worker_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ShmRequest) GetHandle() uint64 {
+	if x != nil {
+		return x.Handle
+	}
+	return 0
+}
+
+func (x *ShmRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ShmRequest) GetShmOffset() int64 {
+	if x != nil {
+		return x.ShmOffset
+	}
+	return 0
+}
+
+func (x *ShmRequest) GetLength() int64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+type ShmResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShmResponse) Reset() {
+	*x = ShmResponse{}
+	mi := &file_worker_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShmResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShmResponse) ProtoMessage() {}
+
+func (x *ShmResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_worker_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShmResponse.ProtoReflect.Descriptor instead.
+func (*ShmResponse) Descriptor() ([]byte, []int) {
+	return file_worker_proto_rawDescGZIP(), []int{19}
+}
+
 type LoadModuleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Gpu           int32                  `protobuf:"varint,1,opt,name=gpu,proto3" json:"gpu,omitempty"`
@@ -1052,7 +1156,7 @@ type LoadModuleRequest struct {
 
 func (x *LoadModuleRequest) Reset() {
 	*x = LoadModuleRequest{}
-	mi := &file_worker_proto_msgTypes[18]
+	mi := &file_worker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1168,7 @@ func (x *LoadModuleRequest) String() string {
 func (*LoadModuleRequest) ProtoMessage() {}
 
 func (x *LoadModuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_worker_proto_msgTypes[18]
+	mi := &file_worker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1181,7 @@ func (x *LoadModuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadModuleRequest.ProtoReflect.Descriptor instead.
 func (*LoadModuleRequest) Descriptor() ([]byte, []int) {
-	return file_worker_proto_rawDescGZIP(), []int{18}
+	return file_worker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LoadModuleRequest) GetGpu() int32 {
@@ -1112,7 +1216,7 @@ type LoadModuleResponse struct {
 
 func (x *LoadModuleResponse) Reset() {
 	*x = LoadModuleResponse{}
-	mi := &file_worker_proto_msgTypes[19]
+	mi := &file_worker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1124,7 +1228,7 @@ func (x *LoadModuleResponse) String() string {
 func (*LoadModuleResponse) ProtoMessage() {}
 
 func (x *LoadModuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_worker_proto_msgTypes[19]
+	mi := &file_worker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1137,7 +1241,7 @@ func (x *LoadModuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadModuleResponse.ProtoReflect.Descriptor instead.
 func (*LoadModuleResponse) Descriptor() ([]byte, []int) {
-	return file_worker_proto_rawDescGZIP(), []int{19}
+	return file_worker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LoadModuleResponse) GetId() string {
@@ -1177,7 +1281,7 @@ type LaunchRequest struct {
 
 func (x *LaunchRequest) Reset() {
 	*x = LaunchRequest{}
-	mi := &file_worker_proto_msgTypes[20]
+	mi := &file_worker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1293,7 @@ func (x *LaunchRequest) String() string {
 func (*LaunchRequest) ProtoMessage() {}
 
 func (x *LaunchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_worker_proto_msgTypes[20]
+	mi := &file_worker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1306,7 @@ func (x *LaunchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchRequest.ProtoReflect.Descriptor instead.
 func (*LaunchRequest) Descriptor() ([]byte, []int) {
-	return file_worker_proto_rawDescGZIP(), []int{20}
+	return file_worker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LaunchRequest) GetGpu() int32 {
@@ -1269,7 +1373,7 @@ type LaunchResponse struct {
 
 func (x *LaunchResponse) Reset() {
 	*x = LaunchResponse{}
-	mi := &file_worker_proto_msgTypes[21]
+	mi := &file_worker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1385,7 @@ func (x *LaunchResponse) String() string {
 func (*LaunchResponse) ProtoMessage() {}
 
 func (x *LaunchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_worker_proto_msgTypes[21]
+	mi := &file_worker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1398,7 @@ func (x *LaunchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchResponse.ProtoReflect.Descriptor instead.
 func (*LaunchResponse) Descriptor() ([]byte, []int) {
-	return file_worker_proto_rawDescGZIP(), []int{21}
+	return file_worker_proto_rawDescGZIP(), []int{23}
 }
 
 var File_worker_proto protoreflect.FileDescriptor
@@ -1367,7 +1471,15 @@ const file_worker_proto_rawDesc = "" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x16\n" +
 	"\x06length\x18\x03 \x01(\x03R\x06length\"$\n" +
 	"\x0eReadAtResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"K\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"s\n" +
+	"\n" +
+	"ShmRequest\x12\x16\n" +
+	"\x06handle\x18\x01 \x01(\x04R\x06handle\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x1d\n" +
+	"\n" +
+	"shm_offset\x18\x03 \x01(\x03R\tshmOffset\x12\x16\n" +
+	"\x06length\x18\x04 \x01(\x03R\x06length\"\r\n" +
+	"\vShmResponse\"K\n" +
 	"\x11LoadModuleRequest\x12\x10\n" +
 	"\x03gpu\x18\x01 \x01(\x05R\x03gpu\x12\x10\n" +
 	"\x03ptx\x18\x02 \x01(\fR\x03ptx\x12\x12\n" +
@@ -1385,7 +1497,7 @@ const file_worker_proto_rawDesc = "" +
 	"\x10shared_mem_bytes\x18\x06 \x01(\rR\x0esharedMemBytes\x12*\n" +
 	"\x04args\x18\a \x03(\v2\x16.gpumesh.worker.v1.ArgR\x04args\x12\x18\n" +
 	"\asession\x18\b \x01(\x04R\asession\"\x10\n" +
-	"\x0eLaunchResponse2\xcf\x05\n" +
+	"\x0eLaunchResponse2\xe4\x06\n" +
 	"\x06Worker\x12J\n" +
 	"\x05Hello\x12\x1f.gpumesh.worker.v1.HelloRequest\x1a .gpumesh.worker.v1.HelloResponse\x12G\n" +
 	"\x04Info\x12\x1e.gpumesh.worker.v1.InfoRequest\x1a\x1f.gpumesh.worker.v1.InfoResponse\x12P\n" +
@@ -1393,7 +1505,9 @@ const file_worker_proto_rawDesc = "" +
 	"\x05Alloc\x12\x1f.gpumesh.worker.v1.AllocRequest\x1a .gpumesh.worker.v1.AllocResponse\x12G\n" +
 	"\x04Free\x12\x1e.gpumesh.worker.v1.FreeRequest\x1a\x1f.gpumesh.worker.v1.FreeResponse\x12P\n" +
 	"\aWriteAt\x12!.gpumesh.worker.v1.WriteAtRequest\x1a\".gpumesh.worker.v1.WriteAtResponse\x12M\n" +
-	"\x06ReadAt\x12 .gpumesh.worker.v1.ReadAtRequest\x1a!.gpumesh.worker.v1.ReadAtResponse\x12Y\n" +
+	"\x06ReadAt\x12 .gpumesh.worker.v1.ReadAtRequest\x1a!.gpumesh.worker.v1.ReadAtResponse\x12I\n" +
+	"\bWriteShm\x12\x1d.gpumesh.worker.v1.ShmRequest\x1a\x1e.gpumesh.worker.v1.ShmResponse\x12H\n" +
+	"\aReadShm\x12\x1d.gpumesh.worker.v1.ShmRequest\x1a\x1e.gpumesh.worker.v1.ShmResponse\x12Y\n" +
 	"\n" +
 	"LoadModule\x12$.gpumesh.worker.v1.LoadModuleRequest\x1a%.gpumesh.worker.v1.LoadModuleResponse\x12M\n" +
 	"\x06Launch\x12 .gpumesh.worker.v1.LaunchRequest\x1a!.gpumesh.worker.v1.LaunchResponseB3Z1github.com/gpumesh/gpumesh/gpusvc/worker/workerpbb\x06proto3"
@@ -1410,7 +1524,7 @@ func file_worker_proto_rawDescGZIP() []byte {
 	return file_worker_proto_rawDescData
 }
 
-var file_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_worker_proto_goTypes = []any{
 	(*HelloRequest)(nil),       // 0: gpumesh.worker.v1.HelloRequest
 	(*HelloResponse)(nil),      // 1: gpumesh.worker.v1.HelloResponse
@@ -1430,10 +1544,12 @@ var file_worker_proto_goTypes = []any{
 	(*WriteAtResponse)(nil),    // 15: gpumesh.worker.v1.WriteAtResponse
 	(*ReadAtRequest)(nil),      // 16: gpumesh.worker.v1.ReadAtRequest
 	(*ReadAtResponse)(nil),     // 17: gpumesh.worker.v1.ReadAtResponse
-	(*LoadModuleRequest)(nil),  // 18: gpumesh.worker.v1.LoadModuleRequest
-	(*LoadModuleResponse)(nil), // 19: gpumesh.worker.v1.LoadModuleResponse
-	(*LaunchRequest)(nil),      // 20: gpumesh.worker.v1.LaunchRequest
-	(*LaunchResponse)(nil),     // 21: gpumesh.worker.v1.LaunchResponse
+	(*ShmRequest)(nil),         // 18: gpumesh.worker.v1.ShmRequest
+	(*ShmResponse)(nil),        // 19: gpumesh.worker.v1.ShmResponse
+	(*LoadModuleRequest)(nil),  // 20: gpumesh.worker.v1.LoadModuleRequest
+	(*LoadModuleResponse)(nil), // 21: gpumesh.worker.v1.LoadModuleResponse
+	(*LaunchRequest)(nil),      // 22: gpumesh.worker.v1.LaunchRequest
+	(*LaunchResponse)(nil),     // 23: gpumesh.worker.v1.LaunchResponse
 }
 var file_worker_proto_depIdxs = []int32{
 	4,  // 0: gpumesh.worker.v1.HelloResponse.info:type_name -> gpumesh.worker.v1.Info
@@ -1450,19 +1566,23 @@ var file_worker_proto_depIdxs = []int32{
 	12, // 11: gpumesh.worker.v1.Worker.Free:input_type -> gpumesh.worker.v1.FreeRequest
 	14, // 12: gpumesh.worker.v1.Worker.WriteAt:input_type -> gpumesh.worker.v1.WriteAtRequest
 	16, // 13: gpumesh.worker.v1.Worker.ReadAt:input_type -> gpumesh.worker.v1.ReadAtRequest
-	18, // 14: gpumesh.worker.v1.Worker.LoadModule:input_type -> gpumesh.worker.v1.LoadModuleRequest
-	20, // 15: gpumesh.worker.v1.Worker.Launch:input_type -> gpumesh.worker.v1.LaunchRequest
-	1,  // 16: gpumesh.worker.v1.Worker.Hello:output_type -> gpumesh.worker.v1.HelloResponse
-	3,  // 17: gpumesh.worker.v1.Worker.Info:output_type -> gpumesh.worker.v1.InfoResponse
-	9,  // 18: gpumesh.worker.v1.Worker.Compute:output_type -> gpumesh.worker.v1.ComputeResponse
-	11, // 19: gpumesh.worker.v1.Worker.Alloc:output_type -> gpumesh.worker.v1.AllocResponse
-	13, // 20: gpumesh.worker.v1.Worker.Free:output_type -> gpumesh.worker.v1.FreeResponse
-	15, // 21: gpumesh.worker.v1.Worker.WriteAt:output_type -> gpumesh.worker.v1.WriteAtResponse
-	17, // 22: gpumesh.worker.v1.Worker.ReadAt:output_type -> gpumesh.worker.v1.ReadAtResponse
-	19, // 23: gpumesh.worker.v1.Worker.LoadModule:output_type -> gpumesh.worker.v1.LoadModuleResponse
-	21, // 24: gpumesh.worker.v1.Worker.Launch:output_type -> gpumesh.worker.v1.LaunchResponse
-	16, // [16:25] is the sub-list for method output_type
-	7,  // [7:16] is the sub-list for method input_type
+	18, // 14: gpumesh.worker.v1.Worker.WriteShm:input_type -> gpumesh.worker.v1.ShmRequest
+	18, // 15: gpumesh.worker.v1.Worker.ReadShm:input_type -> gpumesh.worker.v1.ShmRequest
+	20, // 16: gpumesh.worker.v1.Worker.LoadModule:input_type -> gpumesh.worker.v1.LoadModuleRequest
+	22, // 17: gpumesh.worker.v1.Worker.Launch:input_type -> gpumesh.worker.v1.LaunchRequest
+	1,  // 18: gpumesh.worker.v1.Worker.Hello:output_type -> gpumesh.worker.v1.HelloResponse
+	3,  // 19: gpumesh.worker.v1.Worker.Info:output_type -> gpumesh.worker.v1.InfoResponse
+	9,  // 20: gpumesh.worker.v1.Worker.Compute:output_type -> gpumesh.worker.v1.ComputeResponse
+	11, // 21: gpumesh.worker.v1.Worker.Alloc:output_type -> gpumesh.worker.v1.AllocResponse
+	13, // 22: gpumesh.worker.v1.Worker.Free:output_type -> gpumesh.worker.v1.FreeResponse
+	15, // 23: gpumesh.worker.v1.Worker.WriteAt:output_type -> gpumesh.worker.v1.WriteAtResponse
+	17, // 24: gpumesh.worker.v1.Worker.ReadAt:output_type -> gpumesh.worker.v1.ReadAtResponse
+	19, // 25: gpumesh.worker.v1.Worker.WriteShm:output_type -> gpumesh.worker.v1.ShmResponse
+	19, // 26: gpumesh.worker.v1.Worker.ReadShm:output_type -> gpumesh.worker.v1.ShmResponse
+	21, // 27: gpumesh.worker.v1.Worker.LoadModule:output_type -> gpumesh.worker.v1.LoadModuleResponse
+	23, // 28: gpumesh.worker.v1.Worker.Launch:output_type -> gpumesh.worker.v1.LaunchResponse
+	18, // [18:29] is the sub-list for method output_type
+	7,  // [7:18] is the sub-list for method input_type
 	7,  // [7:7] is the sub-list for extension type_name
 	7,  // [7:7] is the sub-list for extension extendee
 	0,  // [0:7] is the sub-list for field type_name
@@ -1479,7 +1599,7 @@ func file_worker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_worker_proto_rawDesc), len(file_worker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,8 @@ const (
 	Worker_Free_FullMethodName       = "/gpumesh.worker.v1.Worker/Free"
 	Worker_WriteAt_FullMethodName    = "/gpumesh.worker.v1.Worker/WriteAt"
 	Worker_ReadAt_FullMethodName     = "/gpumesh.worker.v1.Worker/ReadAt"
+	Worker_WriteShm_FullMethodName   = "/gpumesh.worker.v1.Worker/WriteShm"
+	Worker_ReadShm_FullMethodName    = "/gpumesh.worker.v1.Worker/ReadShm"
 	Worker_LoadModule_FullMethodName = "/gpumesh.worker.v1.Worker/LoadModule"
 	Worker_Launch_FullMethodName     = "/gpumesh.worker.v1.Worker/Launch"
 )
@@ -46,6 +48,10 @@ type WorkerClient interface {
 	Free(ctx context.Context, in *FreeRequest, opts ...grpc.CallOption) (*FreeResponse, error)
 	WriteAt(ctx context.Context, in *WriteAtRequest, opts ...grpc.CallOption) (*WriteAtResponse, error)
 	ReadAt(ctx context.Context, in *ReadAtRequest, opts ...grpc.CallOption) (*ReadAtResponse, error)
+	// WriteShm and ReadShm move bulk data through the shared memory the
+	// node passed to the worker at start (fd 4): the bytes at shm_offset.
+	WriteShm(ctx context.Context, in *ShmRequest, opts ...grpc.CallOption) (*ShmResponse, error)
+	ReadShm(ctx context.Context, in *ShmRequest, opts ...grpc.CallOption) (*ShmResponse, error)
 	LoadModule(ctx context.Context, in *LoadModuleRequest, opts ...grpc.CallOption) (*LoadModuleResponse, error)
 	Launch(ctx context.Context, in *LaunchRequest, opts ...grpc.CallOption) (*LaunchResponse, error)
 }
@@ -128,6 +134,26 @@ func (c *workerClient) ReadAt(ctx context.Context, in *ReadAtRequest, opts ...gr
 	return out, nil
 }
 
+func (c *workerClient) WriteShm(ctx context.Context, in *ShmRequest, opts ...grpc.CallOption) (*ShmResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ShmResponse)
+	err := c.cc.Invoke(ctx, Worker_WriteShm_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *workerClient) ReadShm(ctx context.Context, in *ShmRequest, opts ...grpc.CallOption) (*ShmResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ShmResponse)
+	err := c.cc.Invoke(ctx, Worker_ReadShm_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *workerClient) LoadModule(ctx context.Context, in *LoadModuleRequest, opts ...grpc.CallOption) (*LoadModuleResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(LoadModuleResponse)
@@ -160,6 +186,10 @@ type WorkerServer interface {
 	Free(context.Context, *FreeRequest) (*FreeResponse, error)
 	WriteAt(context.Context, *WriteAtRequest) (*WriteAtResponse, error)
 	ReadAt(context.Context, *ReadAtRequest) (*ReadAtResponse, error)
+	// WriteShm and ReadShm move bulk data through the shared memory the
+	// node passed to the worker at start (fd 4): the bytes at shm_offset.
+	WriteShm(context.Context, *ShmRequest) (*ShmResponse, error)
+	ReadShm(context.Context, *ShmRequest) (*ShmResponse, error)
 	LoadModule(context.Context, *LoadModuleRequest) (*LoadModuleResponse, error)
 	Launch(context.Context, *LaunchRequest) (*LaunchResponse, error)
 	mustEmbedUnimplementedWorkerServer()
@@ -192,6 +222,12 @@ func (UnimplementedWorkerServer) WriteAt(context.Context, *WriteAtRequest) (*Wri
 }
 func (UnimplementedWorkerServer) ReadAt(context.Context, *ReadAtRequest) (*ReadAtResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReadAt not implemented")
+}
+func (UnimplementedWorkerServer) WriteShm(context.Context, *ShmRequest) (*ShmResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method WriteShm not implemented")
+}
+func (UnimplementedWorkerServer) ReadShm(context.Context, *ShmRequest) (*ShmResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReadShm not implemented")
 }
 func (UnimplementedWorkerServer) LoadModule(context.Context, *LoadModuleRequest) (*LoadModuleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method LoadModule not implemented")
@@ -346,6 +382,42 @@ func _Worker_ReadAt_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Worker_WriteShm_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ShmRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkerServer).WriteShm(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Worker_WriteShm_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkerServer).WriteShm(ctx, req.(*ShmRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Worker_ReadShm_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ShmRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkerServer).ReadShm(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Worker_ReadShm_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkerServer).ReadShm(ctx, req.(*ShmRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Worker_LoadModule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(LoadModuleRequest)
 	if err := dec(in); err != nil {
@@ -416,6 +488,14 @@ var Worker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReadAt",
 			Handler:    _Worker_ReadAt_Handler,
+		},
+		{
+			MethodName: "WriteShm",
+			Handler:    _Worker_WriteShm_Handler,
+		},
+		{
+			MethodName: "ReadShm",
+			Handler:    _Worker_ReadShm_Handler,
 		},
 		{
 			MethodName: "LoadModule",
