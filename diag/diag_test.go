@@ -41,9 +41,13 @@ var normalisers = []struct {
 	re   *regexp.Regexp
 	with string
 }{
+	// A direct path's endpoint is whichever of the machine's addresses
+	// the two nodes settled on.
+	{regexp.MustCompile(`direct \([0-9a-f.:\[\]]+\)`), "direct (ENDPOINT)"},
+	{regexp.MustCompile(`"via": "[0-9a-f.:\[\]]+"`), `"via": "ENDPOINT"`},
+	{regexp.MustCompile(`127\.0\.0\.1:\d+`), "127.0.0.1:PORT"},
 	{regexp.MustCompile(`100\.\d+\.\d+\.\d+`), "100.X.X.X"},
 	{regexp.MustCompile(`fd7a:115c:a1e0:[0-9a-f:]+`), "fd7a:115c:a1e0::X"},
-	{regexp.MustCompile(`127\.0\.0\.1:\d+`), "127.0.0.1:PORT"},
 	{regexp.MustCompile(`\d+(\.\d+)?ms\b`), "<lat>"},
 	{regexp.MustCompile(`"latency_ms": [0-9.e+-]+`), `"latency_ms": <lat>`},
 	{regexp.MustCompile(`CPU \(\d+ cores, [^)]*\)`), "CPU (<cores>)"},
