@@ -27,10 +27,15 @@ import (
 	"github.com/gpumesh/gpumesh/gpusvc/worker/standin"
 )
 
-// workerBin is the gpumesh-gpu binary TestMain built (without -tags cuda).
-var workerBin string
+// workerBin is the gpumesh-gpu binary: $GPUMESH_WORKER_BIN (a prebuilt
+// one, on a GPU host without Go: scripts/gpu-check.sh), or else built by
+// TestMain without -tags cuda.
+var workerBin = os.Getenv("GPUMESH_WORKER_BIN")
 
 func TestMain(m *testing.M) {
+	if workerBin != "" {
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "gpumesh-gpu-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -391,6 +396,9 @@ func TestCrashLoopBacksOff(t *testing.T) {
 // A worker that cannot start (here: built without CUDA, run without
 // --stand-in) is reported with its own reason, and nothing is left running.
 func TestStartFailureSaysWhy(t *testing.T) {
+	if os.Getenv("GPUMESH_WORKER_BIN") != "" {
+		t.Skip("a prebuilt worker may well start")
+	}
 	before := children(t)
 	_, err := worker.Start(context.Background(), worker.Config{Path: workerBin})
 	var se *worker.StartError
@@ -465,6 +473,9 @@ func TestIdleWorkersAreReaped(t *testing.T) {
 // The main binary must never link gorgonia.org/cu: its init exits the
 // process on a machine without a GPU.
 func TestMainBinaryDoesNotImportCU(t *testing.T) {
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("no go toolchain")
+	}
 	for _, pkg := range []string{"github.com/gpumesh/gpumesh/cmd/gpumesh", "github.com/gpumesh/gpumesh/cmd/gpumesh-gpu"} {
 		out, err := exec.Command("go", "list", "-deps", pkg).CombinedOutput()
 		if err != nil {
@@ -510,4 +521,72 @@ func alive(pid int) bool {
 	}
 	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
 	return len(f) > 0 && f[0] != "Z"
+}
+
+// faultPTX stores to address 8: an illegal address.
+const faultPTX = `
+.version 6.0
+.target sm_50
+.address_size 64
+.visible .entry fault() {
+	.reg .b64 rd<2>;
+	.reg .b32 r<2>;
+	mov.u64 rd1, 8;
+	mov.u32 r1, 1;
+	st.global.u32 [rd1], r1;
+	ret;
+}
+`
+
+// On a GPU host, with the cuda-built worker as $GPUMESH_WORKER_BIN: a
+// caller's faulting kernel gets Aborted, their worker restarts, and
+// another caller's worker, buffer and calls are untouched.
+func TestCUDAFaultHurtsOnlyItsCaller(t *testing.T) {
+	if os.Getenv("GPUMESH_WORKER_BIN") == "" {
+		t.Skip("needs $GPUMESH_WORKER_BIN, a cuda-built gpumesh-gpu, on a GPU host")
+	}
+	s, err := worker.Start(context.Background(), worker.Config{Path: workerBin, IdleTimeout: -1})
+	if err != nil {
+		t.Fatalf("the CUDA worker does not start: %v", err)
+	}
+	defer s.Close()
+	info := s.Info(context.Background())
+	t.Logf("%s: %d device(s), nvrtc %s", info.Status, len(info.Devices), info.NVRTC)
+	if info.Backend != "cuda" {
+		t.Fatalf("backend %q, want cuda", info.Backend)
+	}
+	ev := watch(s)
+	bobBuf, err := s.Alloc(bob(), 0, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WriteAt(bobBuf, 0, []byte("bob!")); err != nil {
+		t.Fatal(err)
+	}
+	if err := relu(t, s, bob()); err != nil {
+		t.Fatal(err)
+	}
+	mod, _, _, err := s.LoadModule(alice(), 0, gpusvc.ModuleSource{PTX: []byte(faultPTX)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Launch(alice(), gpusvc.Launch{Module: mod, Function: "fault", Grid: [3]uint32{1, 1, 1}, Block: [3]uint32{1, 1, 1}})
+	if status.Code(err) != codes.Aborted || !errors.Is(err, worker.ErrFault) {
+		t.Fatalf("faulting kernel: %v (code %v), want Aborted", err, status.Code(err))
+	}
+	t.Logf("alice's fault: %v", err)
+	ev.wait(t, "crashed", aliceKey)
+	got := make([]byte, 4)
+	if err := s.ReadAt(bobBuf, 0, got); err != nil || string(got) != "bob!" {
+		t.Errorf("bob's buffer after alice's fault: %q, %v", got, err)
+	}
+	if err := relu(t, s, bob()); err != nil {
+		t.Errorf("bob after alice's fault: %v", err)
+	}
+	if err := relu(t, s, alice()); err != nil {
+		t.Errorf("alice after her worker restarted: %v", err)
+	}
+	if st := s.Stats(); st.Crashes != 1 || st.Restarts != 1 {
+		t.Errorf("stats %+v, want 1 crash, 1 restart", st)
+	}
 }
