@@ -268,7 +268,7 @@ func (s *Supervisor) viaShm(ctx context.Context, b *bufRef, off int64, p []byte,
 		s.mu.Lock()
 		reason := w.reason
 		s.mu.Unlock()
-		return lostError(0, reason)
+		return crashError(w.key.String(), reason)
 	}
 	defer func() { w.slots <- slot }()
 	for len(p) > 0 {
