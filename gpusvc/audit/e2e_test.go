@@ -170,7 +170,7 @@ func TestEveryCallOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect(key{"laptop", "OpenSession", "", "allow", "OK"})
-	buf, err := laptop.Upload(ctx, sess.ID, "", marker)
+	buf, err := laptop.Upload(ctx, sess.ID, "", uint64(len(marker)), bytes.NewReader(marker))
 	if err != nil {
 		t.Fatal(err)
 	}
