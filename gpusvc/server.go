@@ -81,6 +81,7 @@ type CallRecord struct {
 	Allow    bool
 	Rule     string
 	Reason   string
+	Class    string // the QoS class of the deciding rule
 	Code     codes.Code
 	Err      string
 }
@@ -243,7 +244,7 @@ func (s *Server) record(method string, c *caller, kernelName, gpu string, in, ou
 		BytesIn: in, BytesOut: out, Duration: time.Since(start), Code: status.Code(err),
 	}
 	if c != nil {
-		r.Caller, r.Allow, r.Rule, r.Reason = c.id, c.decision.Allow, c.decision.Rule, c.decision.Reason
+		r.Caller, r.Allow, r.Rule, r.Reason, r.Class = c.id, c.decision.Allow, c.decision.Rule, c.decision.Reason, c.decision.Class
 	}
 	if err != nil {
 		r.Err = status.Convert(err).Message()

@@ -111,11 +111,14 @@ func startObserve(_ context.Context, f observeFlags, cfg *node.HostConfig) (_ *o
 	o.metrics, err = metrics.New(metrics.Config{
 		// Asked at scrape time: a later hook may still swap the backend.
 		Info:  func(ctx context.Context) gpusvc.Info { return cfg.Backend.Info(ctx) },
-		Class: classOf(cfg.Policy),
+		Class: func(r gpusvc.CallRecord) string { return r.Class },
 	})
 	if err != nil {
 		ln.Close()
 		return nil, err
+	}
+	if c := newWorkerCollector(cfg.Backend); c != nil {
+		o.metrics.Registry().MustRegister(c)
 	}
 	cfg.AddOnCall(o.metrics.Record)
 	mux := http.NewServeMux()
@@ -159,20 +162,6 @@ func metricsListener(cfg *node.HostConfig, addr string) (net.Listener, error) {
 		addr = net.JoinHostPort("127.0.0.1", addr[strings.LastIndexByte(addr, ':')+1:])
 	}
 	return net.Listen("tcp", addr)
-}
-
-// classOf names a call's QoS class, asking the policy in force again.
-// TODO(lead): a Class field on gpusvc.CallRecord would make this a read.
-func classOf(store *policy.Store) func(gpusvc.CallRecord) string {
-	return func(r gpusvc.CallRecord) string {
-		if store == nil || !r.Allow || r.Kernel == "" {
-			return ""
-		}
-		id := r.Caller
-		d := store.Current().Evaluate(policy.Subject{Node: id.Node, User: id.User, Tags: id.Tags, Caps: id.Caps, WireGuard: id.WireGuard},
-			policy.Request{Kernel: r.Kernel, GPU: r.GPU})
-		return d.Class
-	}
 }
 
 // stop closes the metrics server and the audit log. Safe on a half-started

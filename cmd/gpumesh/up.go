@@ -115,6 +115,12 @@ rather than calls that hang until their deadline.`,
 				return fmt.Errorf("join tailnet at %s: %w", cfg.ControlURL, err)
 			}
 			close(joined)
+			// `gpumesh status` and `gpumesh doctor` ask this process.
+			if stopAPI, err := startLocalAPI(ov, cfg.Dir); err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "gpumesh: no status socket (status and doctor cannot reach this node): %v\n", err)
+			} else {
+				defer stopAPI()
+			}
 			fmt.Fprintf(out, "gpumesh: up as %s %v\n", cfg.Hostname, st.TailscaleIPs)
 			if fwd != nil {
 				for _, f := range fwd.Forwards() {

@@ -138,6 +138,7 @@ func Start(opts Options) (_ *Tailnet, err error) {
 		MagicDNSDomain: "gpumesh.ts.net",
 		Logf:           logf,
 		TagOwners:      owners,
+		AllOnline:      true, // peers show as online in status, as on a real tailnet
 	}
 	t.Control.HTTPTestServer = httptest.NewUnstartedServer(t.Control)
 	t.Control.HTTPTestServer.Start()
