@@ -42,6 +42,9 @@ type HostConfig struct {
 	// QoS, if set, marks the overlay's packets and schedules replies by
 	// the callers' classes.
 	QoS *QoSConfig
+	// OnServer, if set, is called once with the compute server before it
+	// serves, for observers that read its state (metrics).
+	OnServer func(*gpusvc.Server)
 }
 
 // AddOnCall adds an observer of finished calls, keeping those already set.
@@ -120,6 +123,9 @@ func StartHost(ctx context.Context, cfg HostConfig) (_ *Host, err error) {
 	srv, err := gpusvc.NewServer(scfg)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.OnServer != nil {
+		cfg.OnServer(srv)
 	}
 	ln, err := cfg.Overlay.Listen("tcp", ":"+strconv.Itoa(cfg.Port))
 	if err != nil {

@@ -121,6 +121,16 @@ func startObserve(_ context.Context, f observeFlags, cfg *node.HostConfig) (_ *o
 		o.metrics.Registry().MustRegister(c)
 	}
 	cfg.AddOnCall(o.metrics.Record)
+	m := o.metrics
+	cfg.OnServer = func(srv *gpusvc.Server) {
+		m.SetUsage(func() []metrics.Usage {
+			var out []metrics.Usage
+			for _, u := range srv.Usage() {
+				out = append(out, metrics.Usage{Identity: u.Identity, Sessions: u.Sessions, Buffers: u.Buffers, Bytes: u.Bytes})
+			}
+			return out
+		})
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", o.metrics.Handler())
 	o.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}

@@ -234,4 +234,19 @@ rule "laptop" {
 	if err != nil || strings.Count(out, "\n") != relus+matmuls+denied || !strings.Contains(out, `"rule":"laptop"`) {
 		t.Fatalf("audit tail --json: %v\n%s", err, out)
 	}
+
+	// Resident buffers show per identity, read from the running server.
+	sess, err := c.OpenSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Alloc(ctx, sess.ID, "", 1024); err != nil {
+		t.Fatal(err)
+	}
+	fams = scrape(t, httpc, "http://gpu-host:9090/metrics")
+	for name, want := range map[string]float64{"gpumesh_sessions": 1, "gpumesh_buffers": 1, "gpumesh_buffer_bytes": 1024} {
+		if got := counter(fams, name, "caller=laptop"); got != want {
+			t.Errorf("%s{caller=laptop} = %g; want %g", name, got, want)
+		}
+	}
 }
