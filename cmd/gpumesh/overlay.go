@@ -46,7 +46,7 @@ func joinOverlay(ctx context.Context, tf *tailnetFlags, wf *wgFlags, dscp uint8,
 		if err != nil {
 			return nil, err
 		}
-		logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "wg: "+format+"\n", args...) }
+		logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
 		n, err := wg.New(wg.Config{Path: wf.path, Mode: mode, TUNName: wf.tun, DSCP: dscp, Logf: logf, Verbose: tf.verbose})
 		if err != nil {
 			return nil, err
