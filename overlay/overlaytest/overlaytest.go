@@ -54,6 +54,10 @@ type Options struct {
 	// TagOwners lists the tags nodes may carry; nil allows the tags that
 	// gpumesh's examples use.
 	TagOwners map[string][]string
+	// Addr is the IP address the control, DERP and STUN servers listen on
+	// and advertise; empty means 127.0.0.1. Tests that put nodes in network
+	// namespaces of their own use an address on a veth they created.
+	Addr string
 }
 
 // DefaultTags are the tags the embedded tailnet allows when Options.TagOwners is nil.
@@ -72,6 +76,10 @@ func Start(opts Options) (_ *Tailnet, err error) {
 	envknob.Setenv("TS_DISABLE_PORTMAPPER", "true")
 	envknob.SetNoLogsNoSupport()
 
+	addr := opts.Addr
+	if addr == "" {
+		addr = "127.0.0.1"
+	}
 	t := &Tailnet{logf: logf}
 	defer func() {
 		if err != nil {
@@ -80,7 +88,7 @@ func Start(opts Options) (_ *Tailnet, err error) {
 	}()
 
 	t.derp = derpserver.New(key.NewNode(), logf)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
 	if err != nil {
 		return nil, fmt.Errorf("overlaytest: DERP listener: %w", err)
 	}
@@ -94,7 +102,7 @@ func Start(opts Options) (_ *Tailnet, err error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.stunCtx = cancel
 	t.stun = stunserver.New(ctx)
-	if err := t.stun.Listen("127.0.0.1:0"); err != nil {
+	if err := t.stun.Listen(net.JoinHostPort(addr, "0")); err != nil {
 		return nil, fmt.Errorf("overlaytest: STUN listener: %w", err)
 	}
 	t.stunWG.Add(1)
@@ -113,13 +121,13 @@ func Start(opts Options) (_ *Tailnet, err error) {
 				Nodes: []*tailcfg.DERPNode{{
 					Name:             "1a",
 					RegionID:         1,
-					HostName:         "127.0.0.1",
-					IPv4:             "127.0.0.1",
+					HostName:         addr,
+					IPv4:             addr,
 					IPv6:             "none",
 					STUNPort:         t.stun.LocalAddr().(*net.UDPAddr).Port,
 					DERPPort:         ln.Addr().(*net.TCPAddr).Port,
 					InsecureForTests: true,
-					STUNTestIP:       "127.0.0.1",
+					STUNTestIP:       addr,
 				}},
 			},
 		},
@@ -141,6 +149,14 @@ func Start(opts Options) (_ *Tailnet, err error) {
 		AllOnline:      true, // peers show as online in status, as on a real tailnet
 	}
 	t.Control.HTTPTestServer = httptest.NewUnstartedServer(t.Control)
+	if addr != "127.0.0.1" {
+		cl, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
+		if err != nil {
+			return nil, fmt.Errorf("overlaytest: control listener: %w", err)
+		}
+		t.Control.HTTPTestServer.Listener.Close()
+		t.Control.HTTPTestServer.Listener = cl
+	}
 	t.Control.HTTPTestServer.Start()
 	t.ControlURL = t.Control.HTTPTestServer.URL
 	return t, nil

@@ -1,0 +1,294 @@
+// Package wire checks gpumesh's traffic on the wire: a GPU host and a laptop,
+// each a separate process in its own network namespace, joined by a veth;
+// the laptop runs kernels on the host over the tailnet, and a capture on the
+// veth shows the host's WireGuard UDP packets carrying the configured DSCP
+// (AF41) with the ECN bits as the sender left them.
+//
+// Needs root, ip (iproute2) and tcpdump; skips otherwise. The addresses are
+// TEST-NET-1 on the test's own veth: nothing leaves its namespaces.
+package wire
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"tailscale.com/ipn/store/mem"
+
+	"github.com/gpumesh/gpumesh/gpusvc/kernel"
+	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/overlay/overlaytest"
+	"github.com/gpumesh/gpumesh/overlay/tsnet"
+	"github.com/gpumesh/gpumesh/policy"
+	"github.com/gpumesh/gpumesh/qos"
+)
+
+const (
+	hostAddr   = "192.0.2.1"
+	laptopAddr = "192.0.2.2"
+	hostPort   = 41641 // the host's WireGuard UDP port
+	laptopPort = 41642
+)
+
+const demoPolicy = `
+version = 1
+class "gpu" {
+  dscp     = "AF41"
+  priority = 1
+}
+rule "laptop" {
+  subjects = ["laptop"]
+  kernels  = ["*"]
+  gpus     = ["*"]
+  class    = "gpu"
+}
+`
+
+// TestMain runs a role when the parent test started this binary as one.
+func TestMain(m *testing.M) {
+	var err error
+	switch os.Getenv("GPUMESH_WIRE_ROLE") {
+	case "":
+		os.Exit(m.Run())
+	case "host":
+		err = runHost()
+	case "laptop":
+		err = runLaptop(os.Getenv("GPUMESH_WIRE_CONTROL"))
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "role:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// runHost runs the dev tailnet's servers and the GPU host on the veth
+// address, prints the control URL, and serves until stdin closes.
+func runHost() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	tn, err := overlaytest.Start(overlaytest.Options{Addr: hostAddr})
+	if err != nil {
+		return err
+	}
+	defer tn.Close()
+	cfg := tn.NodeConfig("gpu-host")
+	cfg.Port = hostPort
+	n, err := tsnet.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	if _, err := n.Up(ctx); err != nil {
+		return err
+	}
+	pol, err := os.CreateTemp("", "wire-policy-*.hcl")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(pol.Name())
+	pol.WriteString(demoPolicy)
+	pol.Close()
+	store, err := policy.NewStore(pol.Name(), nil)
+	if err != nil {
+		return err
+	}
+	host, err := node.StartHost(ctx, node.HostConfig{
+		Overlay: n, Name: "gpu-host", Policy: store,
+		QoS: &node.QoSConfig{UDPPort: n.UDPPort(), DSCP: qos.DSCPAF41},
+	})
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	fmt.Printf("CONTROL %s\nREADY\n", tn.ControlURL)
+	io.Copy(io.Discard, os.Stdin) // until the parent closes it
+	return nil
+}
+
+// runLaptop joins, runs matrix multiplies until the path to the host is
+// direct (over the veth, not the DERP relay), then a few more.
+func runLaptop(controlURL string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	n, err := tsnet.New(tsnet.Config{
+		Hostname: "laptop", ControlURL: controlURL, Store: new(mem.Store), Ephemeral: true, Port: laptopPort,
+	})
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	if _, err := n.Up(ctx); err != nil {
+		return err
+	}
+	c, err := node.Dial(n, "gpu-host")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	a := kernel.Arg{Kind: kernel.ArgTensor, Tensor: kernel.NewFloat32([]int64{64, 64}, make([]float32, 64*64))}
+	direct, after := "", 0
+	for after < 5 {
+		if _, err := c.Compute(ctx, "matrix_mul", a, a); err != nil {
+			return err
+		}
+		if direct == "" {
+			st, err := n.LocalClient().Status(ctx)
+			if err != nil {
+				return err
+			}
+			for _, p := range st.Peer {
+				if p.HostName == "gpu-host" && p.CurAddr != "" {
+					direct = p.CurAddr
+				}
+			}
+		} else {
+			after++
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("no direct path to gpu-host: %w", ctx.Err())
+		}
+	}
+	fmt.Printf("OK direct=%s\n", direct)
+	return nil
+}
+
+func run(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+func TestOuterDSCPBetweenNamespaces(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces")
+	}
+	for _, tool := range []string{"ip", "tcpdump"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s", tool)
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := os.Getpid() % 100000
+	nsA, nsB := fmt.Sprintf("gmx%d-a", id), fmt.Sprintf("gmx%d-b", id)
+	vA, vB := fmt.Sprintf("gmx%da", id), fmt.Sprintf("gmx%db", id)
+	run(t, "ip", "netns", "add", nsA)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", nsA).Run() })
+	run(t, "ip", "netns", "add", nsB)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", nsB).Run() })
+	run(t, "ip", "link", "add", vA, "netns", nsA, "type", "veth", "peer", "name", vB, "netns", nsB)
+	for _, x := range [][3]string{{nsA, vA, hostAddr}, {nsB, vB, laptopAddr}} {
+		run(t, "ip", "-n", x[0], "link", "set", "lo", "up")
+		run(t, "ip", "netns", "exec", x[0], "sysctl", "-qw", "net.ipv6.conf."+x[1]+".disable_ipv6=1")
+		run(t, "ip", "-n", x[0], "addr", "add", x[2]+"/24", "dev", x[1])
+		run(t, "ip", "-n", x[0], "link", "set", x[1], "up")
+	}
+
+	// The host, in namespace A.
+	host := exec.Command("ip", "netns", "exec", nsA, self, "-test.run=^$")
+	host.Env = append(os.Environ(), "GPUMESH_WIRE_ROLE=host")
+	host.Stderr = os.Stderr
+	stdin, err := host.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := host.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := host.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		host.Wait()
+	})
+	var control string
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if u, ok := strings.CutPrefix(sc.Text(), "CONTROL "); ok {
+			control = u
+		}
+		if sc.Text() == "READY" {
+			break
+		}
+	}
+	if control == "" {
+		t.Fatal("the host process did not come up")
+	}
+
+	// The capture, in namespace B: the host's WireGuard packets as they arrive.
+	pcap := filepath.Join(t.TempDir(), "wire.pcap")
+	capture := exec.Command("ip", "netns", "exec", nsB, "tcpdump", "-i", vB, "-n", "-U", "--immediate-mode", "-w", pcap,
+		fmt.Sprintf("udp and src host %s and src port %d", hostAddr, hostPort))
+	cerr, err := capture.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := capture.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			capture.Process.Signal(os.Interrupt)
+			capture.Wait()
+		}
+	}
+	t.Cleanup(stop)
+	csc := bufio.NewScanner(cerr)
+	for csc.Scan() && !strings.Contains(csc.Text(), "listening on") {
+	}
+	go func() {
+		for csc.Scan() {
+		}
+	}()
+
+	// The laptop, in namespace B.
+	laptop := exec.Command("ip", "netns", "exec", nsB, self, "-test.run=^$")
+	laptop.Env = append(os.Environ(), "GPUMESH_WIRE_ROLE=laptop", "GPUMESH_WIRE_CONTROL="+control)
+	out, err := laptop.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "OK direct=") {
+		t.Fatalf("laptop: %v\n%s", err, out)
+	}
+	t.Logf("laptop: %s", strings.TrimSpace(string(out)))
+	stop()
+
+	dump, err := exec.Command("tcpdump", "-v", "-n", "-r", pcap).CombinedOutput()
+	if err != nil {
+		t.Fatalf("read capture: %v\n%s", err, dump)
+	}
+	tosRE := regexp.MustCompile(`\(tos 0x([0-9a-f]+)`)
+	var n, marked int
+	for _, line := range strings.Split(string(dump), "\n") {
+		m := tosRE.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		n++
+		tos, _ := strconv.ParseUint(m[1], 16, 8)
+		if dscp, ecn := tos>>2, tos&3; dscp == uint64(qos.DSCPAF41) && ecn == 0 {
+			marked++
+		} else {
+			t.Errorf("packet with TOS %#02x (DSCP %d, ECN %d); want DSCP %d (AF41), ECN 0 as sent: %s", tos, dscp, ecn, qos.DSCPAF41, line)
+		}
+	}
+	if n < 10 {
+		t.Fatalf("captured %d WireGuard packets from the host; want at least 10:\n%s", n, dump)
+	}
+	t.Logf("%d of %d WireGuard UDP packets from the host carried AF41 on the veth", marked, n)
+}
