@@ -119,6 +119,8 @@ type QoSStatus struct {
 	Marking *qos.MarkerStatus // nil when outer marking is off
 	Classes []qos.ClassStats  // per class, from the scheduler
 	Shaping string            // the installed tc tree, or "" when none
+	// ShapingStats are the kernel's counters of the tc classes.
+	ShapingStats []tc.ClassStats
 }
 
 // QoSStatus reports the host's marking, scheduling and shaping.
@@ -134,6 +136,7 @@ func (h *Host) QoSStatus() QoSStatus {
 	}
 	if h.qos.shaper != nil {
 		st.Shaping = h.qos.shaper.Report().String()
+		st.ShapingStats, _ = h.qos.shaper.Stats()
 	}
 	return st
 }

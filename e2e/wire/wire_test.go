@@ -12,7 +12,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -104,14 +103,25 @@ func runHost() error {
 	}
 	host, err := node.StartHost(ctx, node.HostConfig{
 		Overlay: n, Name: "gpu-host", Policy: store,
-		QoS: &node.QoSConfig{UDPPort: n.UDPPort(), DSCP: qos.DSCPAF41},
+		QoS: &node.QoSConfig{UDPPort: n.UDPPort(), DSCP: qos.DSCPAF41,
+			ShapeLink: os.Getenv("GPUMESH_WIRE_LINK"), ShapeRate: 100 << 20},
 	})
 	if err != nil {
 		return err
 	}
 	defer host.Close()
+	if host.QoSStatus().Shaping == "" {
+		return fmt.Errorf("no tc tree on %s", os.Getenv("GPUMESH_WIRE_LINK"))
+	}
 	fmt.Printf("CONTROL %s\nREADY\n", tn.ControlURL)
-	io.Copy(io.Discard, os.Stdin) // until the parent closes it
+	// Until the parent closes stdin: on "STATS", print the tc classes' counters.
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		for _, c := range host.QoSStatus().ShapingStats {
+			fmt.Printf("CLASS %s %d %d\n", c.Name, c.Bytes, c.Packets)
+		}
+		fmt.Println("END")
+	}
 	return nil
 }
 
@@ -199,7 +209,7 @@ func TestOuterDSCPBetweenNamespaces(t *testing.T) {
 
 	// The host, in namespace A.
 	host := exec.Command("ip", "netns", "exec", nsA, self, "-test.run=^$")
-	host.Env = append(os.Environ(), "GPUMESH_WIRE_ROLE=host")
+	host.Env = append(os.Environ(), "GPUMESH_WIRE_ROLE=host", "GPUMESH_WIRE_LINK="+vA)
 	host.Stderr = os.Stderr
 	stdin, err := host.StdinPipe()
 	if err != nil {
@@ -291,4 +301,20 @@ func TestOuterDSCPBetweenNamespaces(t *testing.T) {
 		t.Fatalf("captured %d WireGuard packets from the host; want at least 10:\n%s", n, dump)
 	}
 	t.Logf("%d of %d WireGuard UDP packets from the host carried AF41 on the veth", marked, n)
+
+	// The host's HTB tree on its veth: the marked packets landed in the
+	// policy's "gpu" class.
+	fmt.Fprintln(stdin, "STATS")
+	packets := map[string]uint64{}
+	for sc.Scan() && sc.Text() != "END" {
+		var name string
+		var bytes, pkts uint64
+		if _, err := fmt.Sscanf(sc.Text(), "CLASS %s %d %d", &name, &bytes, &pkts); err == nil {
+			packets[name] = pkts
+		}
+	}
+	if packets["gpu"] < uint64(n) {
+		t.Errorf("tc class gpu counted %d packets; the capture saw %d AF41 packets leave (classes: %v)", packets["gpu"], n, packets)
+	}
+	t.Logf("tc classes on the host's veth, packets: %v", packets)
 }
