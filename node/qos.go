@@ -43,7 +43,7 @@ type qosParts struct {
 // overlay's UDP sockets and installs host shaping where it can.
 func startQoS(ctx context.Context, cfg *QoSConfig, pol *policy.Policy, log *slog.Logger) (*qosParts, error) {
 	p := &qosParts{}
-	classes := qosClasses(pol.Classes())
+	classes := QoSClasses(pol.Classes())
 	sched, err := qos.NewScheduler(classes, qos.Options{Slots: 2})
 	if err != nil {
 		return nil, fmt.Errorf("node: qos classes: %w", err)
@@ -72,8 +72,10 @@ func startQoS(ctx context.Context, cfg *QoSConfig, pol *policy.Policy, log *slog
 	return p, nil
 }
 
-// qosClasses copies the policy's classes, adding the default class.
-func qosClasses(pcs []policy.Class) []qos.Class {
+// QoSClasses copies the policy's classes into QoS classes, adding the
+// default class that takes callers whose rule names none: what a host
+// schedules and shapes.
+func QoSClasses(pcs []policy.Class) []qos.Class {
 	out := make([]qos.Class, 0, len(pcs)+1)
 	lowest := 0
 	for _, c := range pcs {

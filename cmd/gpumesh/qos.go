@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/policy"
 	"github.com/gpumesh/gpumesh/qos"
 	"github.com/gpumesh/gpumesh/qos/tc"
@@ -54,7 +55,7 @@ Live counters (bytes and queue delay per class) come from a running node.`,
 			if err != nil {
 				return err
 			}
-			classes := qosClasses(p.Classes())
+			classes := node.QoSClasses(p.Classes())
 			if len(classes) == 0 {
 				fmt.Fprintf(out, "classes: %s declares none\n", policyPath)
 				return nil
@@ -88,15 +89,6 @@ Live counters (bytes and queue delay per class) come from a running node.`,
 	fl.StringVar(&rate, "rate", "", "usable egress rate of --link, as in the policy (e.g. 1Gbit/s); default: the link speed")
 	fl.BoolVar(&probe, "probe", true, "probe the kernel's qdiscs and filters (creates and deletes a veth)")
 	return cmd
-}
-
-// qosClasses converts the policy's classes (the node does the same).
-func qosClasses(pcs []policy.Class) []qos.Class {
-	out := make([]qos.Class, len(pcs))
-	for i, c := range pcs {
-		out[i] = qos.Class{Name: c.Name, DSCP: c.DSCP, Priority: c.Priority, Rate: c.Rate, Burst: c.Burst}
-	}
-	return out
 }
 
 func printMarking(out io.Writer) {
