@@ -176,8 +176,8 @@ type caller struct {
 	release  func()
 }
 
-// subject is what the policy knows of an overlay identity.
-func subject(id overlay.Identity) policy.Subject {
+// Subject is what the policy knows of an overlay identity.
+func Subject(id overlay.Identity) policy.Subject {
 	return policy.Subject{Node: id.Node, User: id.User, Tags: id.Tags, Caps: id.Caps, WireGuard: id.WireGuard}
 }
 
@@ -190,7 +190,7 @@ func (s *Server) authorize(ctx context.Context, req policy.Request) (*caller, er
 		return nil, status.Errorf(codes.Unauthenticated, "%v", err)
 	}
 	c := &caller{id: id}
-	d := s.cfg.Policy().Evaluate(subject(id), req)
+	d := s.cfg.Policy().Evaluate(Subject(id), req)
 	c.decision = d
 	if !d.Allow {
 		return c, status.Errorf(codes.PermissionDenied, "gpumesh: denied by %s's policy: %s", s.cfg.Host, d.Reason)
@@ -287,7 +287,7 @@ func (s *Server) Explain(ctx context.Context, req *pb.ExplainRequest) (*pb.Expla
 	if err != nil {
 		return nil, status.Errorf(codes.Unauthenticated, "%v", err)
 	}
-	d := s.cfg.Policy().Evaluate(subject(id), policy.Request{Kernel: req.GetKernel(), GPU: req.GetGpu()})
+	d := s.cfg.Policy().Evaluate(Subject(id), policy.Request{Kernel: req.GetKernel(), GPU: req.GetGpu()})
 	return &pb.ExplainResponse{
 		Allow: d.Allow, Rule: d.Rule, Reason: d.Reason, Class: d.Class, Caller: id.String(),
 		Limits: &pb.Limits{

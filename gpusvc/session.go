@@ -459,7 +459,7 @@ func (s *Server) residentDecision(id overlay.Identity, gpus []policy.Request) po
 	for _, g := range gpus {
 		for _, k := range residentKernels {
 			g.Kernel = k
-			d := p.Evaluate(subject(id), g)
+			d := p.Evaluate(Subject(id), g)
 			if d.Allow {
 				return d
 			}

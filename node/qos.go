@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 
+	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/policy"
 	"github.com/gpumesh/gpumesh/qos"
@@ -94,7 +95,7 @@ func (p *qosParts) wrapConn(store *policy.Store) func(net.Conn, overlay.Identity
 	return func(c net.Conn, id overlay.Identity) net.Conn {
 		class := defaultClass
 		pol := store.Current()
-		s := policy.Subject{Node: id.Node, User: id.User, Tags: id.Tags, Caps: id.Caps, WireGuard: id.WireGuard}
+		s := gpusvc.Subject(id)
 		for _, k := range policy.BuiltinKernels() {
 			if d := pol.Evaluate(s, policy.Request{Kernel: k}); d.Allow {
 				if _, ok := pol.Class(d.Class); ok {
