@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -22,7 +23,8 @@ import (
 // the node's state directory, so another one cannot join as the same node.
 // It is HTTP over a Unix socket in the state directory (mode 0700, so only
 // the node's user reaches it), answering GET /v1/status and GET /v1/doctor
-// with Options in the query and the JSON of Report or []Check.
+// with Options in the query and the JSON of Report or []Check, and, on a
+// GPU host, GET /v1/qos with its live QoS (see SetQoS).
 
 // SocketName is the local API's socket file in a node's state directory.
 const SocketName = "gpumesh.sock"
@@ -41,7 +43,8 @@ type LocalAPI struct {
 	wg   sync.WaitGroup
 
 	mu     sync.Mutex
-	closed bool // guarded by mu
+	closed bool    // guarded by mu
+	qos    QoSFunc // guarded by mu; nil: no QoS here
 }
 
 // ServeLocal listens on the socket at path and answers for node n until
@@ -66,7 +69,10 @@ func ServeLocal(path string, n Node) (*LocalAPI, error) {
 		return nil, fmt.Errorf("diag: local API: %w", err)
 	}
 	a := &LocalAPI{path: path, ln: ln}
-	a.srv = &http.Server{Handler: Handler(n), ReadHeaderTimeout: 10 * time.Second}
+	mux := http.NewServeMux()
+	mux.Handle("/", Handler(n))
+	mux.HandleFunc("GET /v1/qos", a.serveQoS)
+	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -179,7 +185,7 @@ type LocalClient struct {
 	Path string // the socket
 }
 
-func (c LocalClient) get(ctx context.Context, what string, opts Options, v any) error {
+func (c LocalClient) get(ctx context.Context, what string, q url.Values, v any) error {
 	if _, err := os.Stat(c.Path); errors.Is(err, os.ErrNotExist) {
 		return ErrNotRunning
 	}
@@ -188,7 +194,7 @@ func (c LocalClient) get(ctx context.Context, what string, opts Options, v any) 
 		return d.DialContext(ctx, "unix", c.Path)
 	}}
 	defer tr.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://gpumesh/v1/"+what+"?"+opts.query().Encode(), nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://gpumesh/v1/"+what+"?"+q.Encode(), nil)
 	if err != nil {
 		return err
 	}
@@ -205,7 +211,7 @@ func (c LocalClient) get(ctx context.Context, what string, opts Options, v any) 
 		return fmt.Errorf("diag: local API: %w", err)
 	}
 	if res.StatusCode != http.StatusOK {
-		return fmt.Errorf("diag: local API: %s: %s", res.Status, body)
+		return &statusError{code: res.StatusCode, status: res.Status, body: strings.TrimSpace(string(body))}
 	}
 	if err := json.Unmarshal(body, v); err != nil {
 		return fmt.Errorf("diag: local API: %w", err)
@@ -213,16 +219,25 @@ func (c LocalClient) get(ctx context.Context, what string, opts Options, v any) 
 	return nil
 }
 
+// statusError is the local API's answer other than 200 OK.
+type statusError struct {
+	code   int
+	status string
+	body   string
+}
+
+func (e *statusError) Error() string { return fmt.Sprintf("diag: local API: %s: %s", e.status, e.body) }
+
 // Status asks the running node for its Status report.
 func (c LocalClient) Status(ctx context.Context, opts Options) (Report, error) {
 	var r Report
-	err := c.get(ctx, "status", opts, &r)
+	err := c.get(ctx, "status", opts.query(), &r)
 	return r, err
 }
 
 // Doctor asks the running node for its Doctor checks.
 func (c LocalClient) Doctor(ctx context.Context, opts Options) ([]Check, error) {
 	var cs []Check
-	err := c.get(ctx, "doctor", opts, &cs)
+	err := c.get(ctx, "doctor", opts.query(), &cs)
 	return cs, err
 }
