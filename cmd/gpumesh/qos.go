@@ -1,13 +1,20 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
+	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/policy"
 	"github.com/gpumesh/gpumesh/qos"
@@ -31,65 +38,212 @@ func newQoSStatusCmd() *cobra.Command {
 		link       string
 		rate       string
 		probe      bool
+		asJSON     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "status [--policy FILE] [--link IFACE --rate RATE]",
-		Short: "Show what QoS this host can do and the classes a policy configures",
-		Long: `status probes this host: whether outer DSCP marking works (checked on
-loopback, no privilege needed), whether the process holds CAP_NET_ADMIN,
-and which qdiscs and filters the kernel offers for host egress shaping
-(tried on a throwaway veth). With --policy it lists the policy's classes;
-with --link too, the HTB tree the node would install there.
+		Short: "Show a running host's live QoS, or what QoS this host can do",
+		Long: `status first asks the gpumesh serve running as --hostname (its local API
+in --state-dir) for its live QoS: whether outer DSCP marking is on, per
+class the bytes, chunks and queue delay of the scheduler, and the tc tree
+it installed with the kernel's counters per tc class.
 
-Live counters (bytes and queue delay per class) come from a running node.`,
-		Args: cobra.NoArgs,
+When no node runs there, status probes this host: whether outer DSCP
+marking works (checked on loopback, no privilege needed), whether the
+process holds CAP_NET_ADMIN, and which qdiscs and filters the kernel
+offers for host egress shaping (tried on a throwaway veth).
+
+With --policy it lists the policy's classes; with --link too, the HTB tree
+the node would install there.`,
+		Example: "  gpumesh qos status\n  gpumesh qos status --hostname gpu-host --json\n  gpumesh qos status --policy policy.hcl --link eth0 --rate 1Gbit/s",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
-			printMarking(out)
-			printShaping(out, probe)
-			if policyPath == "" {
-				fmt.Fprintln(out, "classes: none given (use --policy FILE)")
-				return nil
-			}
-			p, err := policy.ParseFile(policyPath)
-			if err != nil {
-				return err
-			}
-			classes := node.QoSClasses(p.Classes())
-			if len(classes) == 0 {
-				fmt.Fprintf(out, "classes: %s declares none\n", policyPath)
-				return nil
-			}
-			if err := qos.ValidateClasses(classes); err != nil {
-				return err
-			}
-			fmt.Fprintf(out, "classes (%s):\n", policyPath)
-			printClasses(out, classes)
-			if link == "" {
-				return nil
-			}
-			var bytesPerSec int64
-			if rate != "" {
-				if bytesPerSec, err = policy.ParseRate(rate); err != nil {
-					return fmt.Errorf("--rate: %w", err)
+			sock, raw, err := askLiveQoS(cmd.Context(), cmd.Flags())
+			switch {
+			case err == nil && asJSON:
+				var b bytes.Buffer
+				if err := json.Indent(&b, raw, "", "  "); err != nil {
+					return fmt.Errorf("node at %s: %w", sock, err)
 				}
-			}
-			r, err := tc.Plan(tc.Config{Link: link, Rate: bytesPerSec, Classes: classes})
-			if err != nil {
+				_, err := fmt.Fprintf(out, "%s\n", bytes.TrimSpace(b.Bytes()))
+				return err
+			case err == nil:
+				var st liveQoS
+				if err := json.Unmarshal(raw, &st); err != nil {
+					return fmt.Errorf("node at %s: %w", sock, err)
+				}
+				fmt.Fprintf(out, "live QoS of the node at %s\n", sock)
+				printLiveQoS(out, st)
+			case asJSON:
+				return fmt.Errorf("--json shows a running node's live QoS: %w", err)
+			case errors.Is(err, diag.ErrNotRunning) && sock == "":
+				fmt.Fprintf(out, "no running node found (%v); probing this host\n", err)
+			case errors.Is(err, diag.ErrNotRunning):
+				fmt.Fprintf(out, "no running node found at %s; probing this host\n", sock)
+			case errors.Is(err, diag.ErrNoQoS):
+				fmt.Fprintf(out, "node at %s: %v; probing this host\n", sock, err)
+			default:
 				return err
 			}
-			fmt.Fprintln(out, "plan (not installed; the node installs it when it holds CAP_NET_ADMIN):")
-			fmt.Fprintln(out, r)
-			return nil
+			if err != nil {
+				printMarking(out)
+				printShaping(out, probe)
+			}
+			if policyPath == "" {
+				if err != nil {
+					fmt.Fprintln(out, "classes: none given (use --policy FILE)")
+				}
+				return nil
+			}
+			return printPolicyQoS(out, policyPath, link, rate)
 		},
 	}
 	fl := cmd.Flags()
+	fl.String("hostname", "gpu-host", "the node to ask: the --hostname gpumesh serve runs as")
+	fl.String("state-dir", "", "the node's state directory (default: the user config dir, gpumesh/HOSTNAME)")
+	fl.BoolVar(&asJSON, "json", false, "print the running node's live QoS as JSON")
 	fl.StringVar(&policyPath, "policy", "", "policy file whose classes to show")
 	fl.StringVar(&link, "link", "", "egress interface to plan host shaping for")
 	fl.StringVar(&rate, "rate", "", "usable egress rate of --link, as in the policy (e.g. 1Gbit/s); default: the link speed")
 	fl.BoolVar(&probe, "probe", true, "probe the kernel's qdiscs and filters (creates and deletes a veth)")
 	return cmd
 }
+
+// printPolicyQoS lists the classes the policy at path configures and, with
+// a link, the HTB tree the node would install there.
+func printPolicyQoS(out io.Writer, path, link, rate string) error {
+	p, err := policy.ParseFile(path)
+	if err != nil {
+		return err
+	}
+	classes := node.QoSClasses(p.Classes())
+	if len(classes) == 0 {
+		fmt.Fprintf(out, "classes: %s declares none\n", path)
+		return nil
+	}
+	if err := qos.ValidateClasses(classes); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "classes (%s):\n", path)
+	printClasses(out, classes)
+	if link == "" {
+		return nil
+	}
+	var bytesPerSec int64
+	if rate != "" {
+		if bytesPerSec, err = policy.ParseRate(rate); err != nil {
+			return fmt.Errorf("--rate: %w", err)
+		}
+	}
+	r, err := tc.Plan(tc.Config{Link: link, Rate: bytesPerSec, Classes: classes})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "plan (not installed; the node installs it when it holds CAP_NET_ADMIN):")
+	fmt.Fprintln(out, r)
+	return nil
+}
+
+// liveQoS is a host's node.QoSStatus as its local API sends it: the same
+// fields (new ones included), with the marker's error as text, which an
+// error value does not survive JSON as.
+type liveQoS struct {
+	node.QoSStatus
+	Marking *liveMarking `json:",omitempty"` // shadows QoSStatus.Marking
+}
+
+type liveMarking struct {
+	qos.MarkerStatus
+	Err string `json:",omitempty"` // shadows MarkerStatus.Err
+}
+
+func liveQoSOf(st node.QoSStatus) liveQoS {
+	l := liveQoS{QoSStatus: st}
+	l.QoSStatus.Marking = nil
+	if m := st.Marking; m != nil {
+		l.Marking = &liveMarking{MarkerStatus: *m}
+		l.Marking.MarkerStatus.Err = nil
+		if m.Err != nil {
+			l.Marking.Err = m.Err.Error()
+		}
+	}
+	return l
+}
+
+// askLiveQoS asks the node running on the state directory the flags in fs
+// name for its live QoS: the JSON of a liveQoS. It returns the socket it
+// asked, for messages.
+func askLiveQoS(ctx context.Context, fs *pflag.FlagSet) (sock string, raw json.RawMessage, err error) {
+	dir, err := stateDirOf(fs)
+	if err != nil {
+		return "", nil, fmt.Errorf("%w: %w", diag.ErrNotRunning, err)
+	}
+	sock = diag.SocketPath(dir)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	raw, err = diag.LocalClient{Path: sock}.QoS(ctx)
+	return sock, raw, err
+}
+
+// printLiveQoS renders a running host's QoS: marking, the scheduler's
+// classes, the tc tree and its counters.
+func printLiveQoS(out io.Writer, st liveQoS) {
+	if m := st.Marking; m == nil {
+		fmt.Fprintln(out, "outer marking: off")
+	} else {
+		state := "on"
+		if m.Err != "" {
+			state = "failing"
+		}
+		fmt.Fprintf(out, "outer marking: %s, DSCP %s (%d) on UDP port %d, %d socket(s) marked", state, qos.DSCPName(m.DSCP), m.DSCP, m.Port, m.Sockets)
+		if !m.At.IsZero() {
+			fmt.Fprintf(out, " at %s", m.At.Format(time.RFC3339))
+		}
+		if m.Err != "" {
+			fmt.Fprintf(out, "; last error: %s", m.Err)
+		}
+		fmt.Fprintln(out)
+	}
+	if len(st.Classes) == 0 {
+		fmt.Fprintln(out, "classes: none scheduled")
+	} else {
+		fmt.Fprintln(out, "classes:")
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  NAME\tDSCP\tPRIORITY\tRATE\tBYTES\tCHUNKS\tQUEUED\tMEAN-WAIT\tMAX-WAIT\tTHROTTLED")
+		for _, c := range st.Classes {
+			rate, mean := "-", "-"
+			if c.Rate > 0 {
+				rate = fmt.Sprintf("%d B/s", c.Rate)
+			}
+			if c.Chunks > 0 {
+				mean = waitStr(c.WaitSum / time.Duration(c.Chunks))
+			}
+			fmt.Fprintf(tw, "  %s\t%s (%d)\t%d\t%s\t%d\t%d\t%d\t%s\t%s\t%s\n", c.Name, qos.DSCPName(c.DSCP), c.DSCP, c.Priority,
+				rate, c.Bytes, c.Chunks, c.Queued, mean, waitStr(c.WaitMax), waitStr(c.ThrottleSum))
+		}
+		tw.Flush()
+	}
+	if st.Shaping == "" {
+		fmt.Fprintln(out, "host shaping: not installed")
+		return
+	}
+	fmt.Fprintln(out, "host shaping: installed")
+	fmt.Fprintln(out, "  "+strings.ReplaceAll(strings.TrimSuffix(st.Shaping, "\n"), "\n", "\n  "))
+	if len(st.ShapingStats) == 0 {
+		fmt.Fprintln(out, "  tc counters: unavailable")
+		return
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  CLASS\tCLASSID\tBYTES\tPACKETS\tDROPS\tOVERLIMITS\tBACKLOG")
+	for _, c := range st.ShapingStats {
+		fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\t%d\t%d\t%d B\n", c.Name, c.ClassID, c.Bytes, c.Packets, c.Drops, c.Overlimits, c.Backlog)
+	}
+	tw.Flush()
+}
+
+// waitStr prints a queue delay to the microsecond.
+func waitStr(d time.Duration) string { return d.Round(time.Microsecond).String() }
 
 func printMarking(out io.Writer) {
 	tos, err := qos.CheckMarking(qos.DSCPAF41)

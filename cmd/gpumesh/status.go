@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -40,9 +41,49 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return startLocalAPI(n, dir)
+			api, err := diag.ServeLocal(diag.SocketPath(dir), n)
+			if err != nil {
+				return nil, err
+			}
+			served.set(api)
+			return func() {
+				served.set(nil)
+				api.Close()
+			}, nil
 		},
 	})
+}
+
+// served is the local API the serve hook started, until it stops.
+var served servedAPI
+
+// servedAPI holds the local API of a running `gpumesh serve`, so that
+// hostStarted can hand it the host once the host runs.
+type servedAPI struct {
+	mu  sync.Mutex
+	api *diag.LocalAPI // guarded by mu; nil when none runs
+}
+
+func (s *servedAPI) set(api *diag.LocalAPI) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.api = api
+}
+
+// hostStarted hands the host `gpumesh serve` started to its local API,
+// which then answers `gpumesh qos status` with the host's live QoS. serve
+// calls it once node.StartHost returns.
+func hostStarted(h *node.Host) {
+	served.mu.Lock()
+	defer served.mu.Unlock()
+	if served.api != nil {
+		serveQoS(served.api, h)
+	}
+}
+
+// serveQoS makes api answer GET /v1/qos with h's QoS at each request.
+func serveQoS(api *diag.LocalAPI, h *node.Host) {
+	api.SetQoS(func() any { return liveQoSOf(h.QoSStatus()) })
 }
 
 // startLocalAPI serves `gpumesh status` and `gpumesh doctor` for node n,
