@@ -19,7 +19,9 @@ var ErrUnknownClass = errors.New("unknown class")
 // Options tunes a Scheduler. The zero value works.
 type Options struct {
 	// ChunkSize is the most bytes Writer and Conn admit at once; smaller
-	// chunks let an urgent class in sooner. Default 16 KiB.
+	// chunks let an urgent class in sooner. Default 16 KiB; with LinkRate,
+	// the default is what the link sends in 200µs (1 KiB at least), as an
+	// urgent chunk waits for about one chunk to drain.
 	ChunkSize int
 	// MinShare is the fraction of admitted bytes a waiting lower-priority
 	// class is guaranteed while higher classes saturate the scheduler, so
@@ -31,20 +33,43 @@ type Options struct {
 	// stalled by a slow peer holds its slot, so a node serving many peers
 	// may want more.
 	Slots int
+	// LinkRate, if set, paces all classes together to this many bytes per
+	// second: the rate of the narrowest link the node's traffic crosses,
+	// or a little less. Chunks are then admitted no faster than the link
+	// drains, so the queue forms here, where priority applies, and not in
+	// the transport's buffers or a router's FIFO below, where an urgent
+	// packet would wait behind every bulk byte already written. 0 means
+	// no pacing: chunks go as fast as the writer takes them.
+	LinkRate int64
+	// LinkBurst is how many bytes may be admitted ahead of the link's pace
+	// (after an idle spell, or to keep a writer busy between timer ticks).
+	// Default: one chunk. Only with LinkRate.
+	LinkBurst int64
 }
 
 const (
 	defaultChunkSize = 16 << 10
 	defaultMinShare  = 0.1
+	// pacedChunkTime and minPacedChunk size the default chunk of a paced
+	// scheduler: what the link sends in that time, but not less.
+	pacedChunkTime = 200 * time.Microsecond
+	minPacedChunk  = 1 << 10
 )
 
 // populate returns a copy of o with defaults filled in, or an error.
 func (o Options) populate() (Options, error) {
-	if o.ChunkSize < 0 || o.Slots < 0 || o.MinShare < 0 || o.MinShare > 0.5 {
-		return o, fmt.Errorf("qos: options %+v: chunk size and slots must be >= 0, min share in [0, 0.5]: %w", o, ErrInvalidClass)
+	if o.ChunkSize < 0 || o.Slots < 0 || o.MinShare < 0 || o.MinShare > 0.5 || o.LinkRate < 0 || o.LinkBurst < 0 {
+		return o, fmt.Errorf("qos: options %+v: chunk size, slots, link rate and burst must be >= 0, min share in [0, 0.5]: %w", o, ErrInvalidClass)
+	}
+	if o.LinkBurst > 0 && o.LinkRate == 0 {
+		return o, fmt.Errorf("qos: options: link burst without link rate: %w", ErrInvalidClass)
 	}
 	if o.ChunkSize == 0 {
 		o.ChunkSize = defaultChunkSize
+		if o.LinkRate > 0 {
+			c := int64(float64(o.LinkRate) * pacedChunkTime.Seconds())
+			o.ChunkSize = int(min(max(c, minPacedChunk), defaultChunkSize))
+		}
 	}
 	if o.MinShare == 0 {
 		o.MinShare = defaultMinShare
@@ -52,22 +77,31 @@ func (o Options) populate() (Options, error) {
 	if o.Slots == 0 {
 		o.Slots = 1
 	}
+	if o.LinkRate > 0 && o.LinkBurst == 0 {
+		o.LinkBurst = int64(o.ChunkSize)
+	}
 	return o, nil
 }
 
 // Scheduler admits chunks of bytes by class before they are written to the
 // overlay: strict priority between classes (lower Class.Priority first),
 // with Options.MinShare of the bytes guaranteed to a waiting lower class,
-// and an optional token-bucket cap per class. Chunks of one class are
-// admitted in arrival order. It starts no goroutines.
+// an optional token-bucket cap per class, and optional pacing of all
+// classes to the link's rate (Options.LinkRate). Chunks of one class are
+// admitted in arrival order. Its only goroutines are the timer callbacks
+// that admit paced chunks.
 type Scheduler struct {
 	opts    Options
 	byName  map[string]*class // immutable after NewScheduler
 	ordered []*class          // by priority, then declaration order; immutable
+	ahead   time.Duration     // LinkBurst as time at LinkRate; immutable
 
 	mu     sync.Mutex
-	free   int // free slots; guarded by mu
-	queued int // waiters in all queues; guarded by mu
+	free   int         // free slots; guarded by mu
+	queued int         // waiters in all queues; guarded by mu
+	linkAt time.Time   // when the paced link has sent all admitted bytes; guarded by mu
+	timer  *time.Timer // admits paced chunks when the link is due; guarded by mu
+	armed  bool        // timer is pending; guarded by mu
 
 	// Test hooks, called with mu held; set before use.
 	onQueued func(class string)
@@ -124,6 +158,9 @@ func NewScheduler(classes []Class, opts Options) (*Scheduler, error) {
 		return nil, err
 	}
 	s := &Scheduler{opts: opts, byName: make(map[string]*class, len(classes)), free: opts.Slots}
+	if opts.LinkRate > 0 {
+		s.ahead = s.linkTime(opts.LinkBurst)
+	}
 	for _, c := range classes {
 		cl := &class{Class: c, chunk: opts.ChunkSize}
 		if c.Rate > 0 {
@@ -173,7 +210,7 @@ func (s *Scheduler) Wait(ctx context.Context, className string, n int) (release 
 
 	s.mu.Lock()
 	c.stats.ThrottleSum += throttle
-	if s.free > 0 && s.queued == 0 {
+	if s.free > 0 && s.queued == 0 && s.linkDueLocked(time.Now()) {
 		s.grantLocked(w)
 		s.mu.Unlock()
 		return s.releaser(), nil
@@ -183,6 +220,7 @@ func (s *Scheduler) Wait(ctx context.Context, className string, n int) (release 
 	if s.onQueued != nil {
 		s.onQueued(className)
 	}
+	s.dispatchLocked() // a free slot may be waiting only for the link
 	s.mu.Unlock()
 
 	select {
@@ -226,11 +264,48 @@ func (s *Scheduler) releaser() func() {
 	}
 }
 
-// grantLocked admits w and updates credits and stats.
+// linkTime is how long the paced link takes to send n bytes.
+func (s *Scheduler) linkTime(n int64) time.Duration {
+	return time.Duration(float64(n) / float64(s.opts.LinkRate) * float64(time.Second))
+}
+
+// linkDueLocked reports whether the paced link may take another chunk at
+// now: without pacing always; with it, once the bytes already admitted
+// will have drained to within LinkBurst.
+func (s *Scheduler) linkDueLocked(now time.Time) bool {
+	return s.opts.LinkRate == 0 || s.linkAt.Sub(now) <= s.ahead
+}
+
+// armLocked makes the timer dispatch when the paced link is next due.
+func (s *Scheduler) armLocked(now time.Time) {
+	if s.armed {
+		return
+	}
+	d := s.linkAt.Sub(now) - s.ahead
+	if s.timer == nil {
+		s.timer = time.AfterFunc(d, s.onTimer)
+	} else {
+		s.timer.Reset(d)
+	}
+	s.armed = true
+}
+
+func (s *Scheduler) onTimer() {
+	s.mu.Lock()
+	s.armed = false
+	s.dispatchLocked()
+	s.mu.Unlock()
+}
+
+// grantLocked admits w and updates credits, stats and the paced link.
 func (s *Scheduler) grantLocked(w *waiter) {
 	s.free--
 	w.granted = true
 	c := w.c
+	if s.opts.LinkRate > 0 {
+		now := time.Now()
+		s.linkAt = later(s.linkAt, now).Add(s.linkTime(int64(w.n)))
+	}
 	c.credit = 0
 	for _, o := range s.ordered[c.rank+1:] {
 		if len(o.queue) > 0 {
@@ -248,9 +323,21 @@ func (s *Scheduler) grantLocked(w *waiter) {
 	close(w.ready)
 }
 
-// dispatchLocked admits queued chunks while slots are free.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// dispatchLocked admits queued chunks while slots are free and the paced
+// link is due; if only the link holds them back, it arms the timer.
 func (s *Scheduler) dispatchLocked() {
 	for s.free > 0 && s.queued > 0 {
+		if now := time.Now(); !s.linkDueLocked(now) {
+			s.armLocked(now)
+			return
+		}
 		c := s.pickLocked()
 		w := c.queue[0]
 		c.queue[0] = nil
@@ -312,3 +399,7 @@ func (s *Scheduler) ChunkSize(className string) (int, error) {
 	}
 	return c.chunk, nil
 }
+
+// LinkRate returns the rate all classes are paced to together, in bytes
+// per second; 0 when the scheduler does not pace.
+func (s *Scheduler) LinkRate() int64 { return s.opts.LinkRate }

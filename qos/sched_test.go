@@ -316,7 +316,7 @@ func TestConn(t *testing.T) {
 }
 
 func TestNewSchedulerRejects(t *testing.T) {
-	for _, o := range []Options{{ChunkSize: -1}, {MinShare: 0.6}, {Slots: -2}} {
+	for _, o := range []Options{{ChunkSize: -1}, {MinShare: 0.6}, {Slots: -2}, {LinkRate: -1}, {LinkBurst: 1 << 10}, {LinkRate: 1 << 20, LinkBurst: -1}} {
 		if _, err := NewScheduler(testClasses, o); !errors.Is(err, ErrInvalidClass) {
 			t.Errorf("options %+v: %v", o, err)
 		}
