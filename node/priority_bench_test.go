@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -149,5 +150,6 @@ func qosForBench() *node.QoSConfig {
 	if os.Getenv("GPUMESH_BENCH_NOQOS") != "" {
 		return nil
 	}
-	return &node.QoSConfig{}
+	r, _ := strconv.ParseInt(os.Getenv("GPUMESH_BENCH_LINK_RATE"), 10, 64)
+	return &node.QoSConfig{LinkRate: r << 20}
 }

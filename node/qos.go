@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"sync"
 
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/overlay"
@@ -28,7 +29,21 @@ type QoSConfig struct {
 	// ShapeRate is the link's usable egress rate in bytes/s; 0 reads it
 	// from sysfs.
 	ShapeRate int64
+	// LinkRate paces the host's GPU traffic, all classes together, to this
+	// many bytes/s (qos.Options.LinkRate): set it to the narrowest link's
+	// rate, or a little less, so bulk bytes wait in the scheduler where
+	// interactive calls overtake them, not in the buffers below. 0 means
+	// linkShare of the installed shaping rate when shaping, else no
+	// pacing; a negative value turns pacing off even when shaping.
+	LinkRate int64
 }
+
+// linkShare is the part of the shaped rate the scheduler paces to when
+// LinkRate is not set. The scheduler counts the bytes the node writes;
+// the link also carries the headers of TCP, IP, WireGuard, UDP and
+// Ethernet, about a tenth more on the overlay's 1280-byte packets, so
+// pacing to 85% keeps the HTB root, and its queue, just short of full.
+const linkShare = 0.85
 
 // defaultClass takes traffic of callers whose rule names no class.
 const defaultClass = "default"
@@ -38,18 +53,19 @@ type qosParts struct {
 	sched  *qos.Scheduler
 	marker *qos.Marker
 	shaper *tc.Shaper
+
+	log       *slog.Logger
+	innerOnce sync.Once // logs that inner marking is not possible
 }
 
 // startQoS builds the scheduler from the policy's classes, marks the
 // overlay's UDP sockets and installs host shaping where it can.
 func startQoS(ctx context.Context, cfg *QoSConfig, pol *policy.Policy, log *slog.Logger) (*qosParts, error) {
-	p := &qosParts{}
+	p := &qosParts{log: log}
 	classes := QoSClasses(pol.Classes())
-	sched, err := qos.NewScheduler(classes, qos.Options{Slots: 2})
-	if err != nil {
+	if err := qos.ValidateClasses(classes); err != nil {
 		return nil, fmt.Errorf("node: qos classes: %w", err)
 	}
-	p.sched = sched
 	if cfg.UDPPort != 0 {
 		p.marker = qos.NewMarker(qos.MarkerConfig{
 			Port: cfg.UDPPort, DSCP: cfg.DSCP,
@@ -69,6 +85,19 @@ func startQoS(ctx context.Context, cfg *QoSConfig, pol *policy.Policy, log *slog
 			p.shaper = sh
 			log.Info("host shaping installed", "report", sh.Report().String())
 		}
+	}
+	opts := qos.Options{Slots: 2, LinkRate: max(cfg.LinkRate, 0)}
+	if cfg.LinkRate == 0 && p.shaper != nil {
+		opts.LinkRate = int64(float64(p.shaper.Report().Rate) * linkShare)
+	}
+	sched, err := qos.NewScheduler(classes, opts)
+	if err != nil {
+		p.close()
+		return nil, fmt.Errorf("node: qos scheduler: %w", err)
+	}
+	p.sched = sched
+	if opts.LinkRate > 0 {
+		log.Info("pacing GPU traffic", "link_rate_bytes_per_s", opts.LinkRate)
 	}
 	return p, nil
 }
@@ -93,16 +122,22 @@ func QoSClasses(pcs []policy.Class) []qos.Class {
 // of the caller's allow rule for the built-in kernels (classes are per rule).
 func (p *qosParts) wrapConn(store *policy.Store) func(net.Conn, overlay.Identity) net.Conn {
 	return func(c net.Conn, id overlay.Identity) net.Conn {
-		class := defaultClass
+		class, dscp := defaultClass, qos.DSCPAF41
 		pol := store.Current()
 		s := gpusvc.Subject(id)
 		for _, k := range policy.BuiltinKernels() {
 			if d := pol.Evaluate(s, policy.Request{Kernel: k}); d.Allow {
-				if _, ok := pol.Class(d.Class); ok {
-					class = d.Class
+				if pc, ok := pol.Class(d.Class); ok {
+					class, dscp = d.Class, pc.DSCP
 				}
 				break
 			}
+		}
+		// The inner packets carry the class too: the far end's stack and,
+		// in the WireGuard TUN mode, the kernel see it. Before wrapping:
+		// the scheduler's Conn hides the connection underneath.
+		if err := qos.SetConnDSCP(c, dscp); err != nil {
+			p.innerOnce.Do(func() { p.log.Info("no inner DSCP on the overlay's connections", "err", err) })
 		}
 		return p.sched.Conn(c, class)
 	}
@@ -120,7 +155,10 @@ func (p *qosParts) close() {
 // QoSStatus is what a host's QoS is doing, for `gpumesh qos status` and the demo.
 type QoSStatus struct {
 	Marking *qos.MarkerStatus // nil when outer marking is off
-	Classes []qos.ClassStats  // per class, from the scheduler
+	// LinkRate is the rate the scheduler paces all classes to, bytes/s;
+	// 0 when it does not pace.
+	LinkRate int64
+	Classes  []qos.ClassStats // per class, from the scheduler
 	Shaping string            // the installed tc tree, or "" when none
 	// ShapingStats are the kernel's counters of the tc classes.
 	ShapingStats []tc.ClassStats
@@ -136,6 +174,7 @@ func (h *Host) QoSStatus() QoSStatus {
 	}
 	if h.qos.sched != nil {
 		st.Classes = h.qos.sched.Stats()
+		st.LinkRate = h.qos.sched.LinkRate()
 	}
 	if h.qos.shaper != nil {
 		st.Shaping = h.qos.shaper.Report().String()

@@ -205,6 +205,11 @@ func printLiveQoS(out io.Writer, st liveQoS) {
 		}
 		fmt.Fprintln(out)
 	}
+	if st.LinkRate > 0 {
+		fmt.Fprintf(out, "pacing: all classes to %d B/s (--link-rate)\n", st.LinkRate)
+	} else {
+		fmt.Fprintln(out, "pacing: off (classes go as fast as the overlay takes them)")
+	}
 	if len(st.Classes) == 0 {
 		fmt.Fprintln(out, "classes: none scheduled")
 	} else {

@@ -38,6 +38,7 @@ func fakeQoS(t *testing.T) node.QoSStatus {
 	return node.QoSStatus{
 		Marking: &qos.MarkerStatus{Port: 41641, DSCP: qos.DSCPAF41, Sockets: 2,
 			At: time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC), Err: errors.New("setsockopt IP_TOS: operation not permitted")},
+		LinkRate: 7130316,
 		Classes: []qos.ClassStats{
 			{Name: "interactive", DSCP: qos.DSCPAF41, Priority: 1, Bytes: 1 << 20, Chunks: 64, Queued: 1,
 				WaitSum: 64 * 150 * time.Microsecond, WaitMax: 2 * time.Millisecond},

@@ -67,6 +67,7 @@ func newServeCmd() *cobra.Command {
 		dscp        string
 		shapeLink   string
 		shapeRate   string
+		linkRate    string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve --policy FILE",
@@ -93,7 +94,7 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 			if err != nil {
 				return fmt.Errorf("--max-request: %w", err)
 			}
-			qcfg, err := qosConfig(dscp, shapeLink, shapeRate)
+			qcfg, err := qosConfig(dscp, shapeLink, shapeRate, linkRate)
 			if err != nil {
 				return err
 			}
@@ -120,6 +121,7 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 				return err
 			}
 			defer host.Close()
+			hostStarted(host)
 			fmt.Fprintf(out, "gpumesh: serving %s on %v port %d (%s only), policy %s\n",
 				tf.hostname, ov.addrs(), port, ov.desc, policyPath)
 
@@ -150,6 +152,7 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 	cmd.Flags().StringVar(&dscp, "dscp", "AF41", `DSCP for the overlay's outer UDP packets (name or 0-63; "off" to leave them unmarked)`)
 	cmd.Flags().StringVar(&shapeLink, "shape-link", "", "shape this interface's egress by QoS class with tc/HTB (needs CAP_NET_ADMIN)")
 	cmd.Flags().StringVar(&shapeRate, "shape-rate", "", "usable egress rate of --shape-link, e.g. 900Mbit/s or 100MB/s (default: the link speed)")
+	cmd.Flags().StringVar(&linkRate, "link-rate", "", "pace GPU traffic to this egress rate so interactive calls overtake bulk ones, e.g. 100Mbit/s: the narrowest link's rate or a little less (default: 85% of the shaping rate with --shape-link, leaving room for headers, else no pacing; \"off\": none)")
 	for _, h := range serveHooks {
 		if h.flags != nil {
 			h.flags(cmd.Flags())
@@ -160,7 +163,7 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 
 // qosConfig turns the QoS flags into the host's QoS configuration; the
 // caller sets UDPPort once the overlay is up.
-func qosConfig(dscp, link, rate string) (*node.QoSConfig, error) {
+func qosConfig(dscp, link, rate, linkRate string) (*node.QoSConfig, error) {
 	cfg := &node.QoSConfig{ShapeLink: link}
 	if dscp != "off" {
 		v, err := policy.ParseDSCP(dscp)
@@ -175,6 +178,17 @@ func qosConfig(dscp, link, rate string) (*node.QoSConfig, error) {
 			return nil, fmt.Errorf("--shape-rate: %w", err)
 		}
 		cfg.ShapeRate = r
+	}
+	switch linkRate {
+	case "":
+	case "off":
+		cfg.LinkRate = -1
+	default:
+		r, err := policy.ParseRate(linkRate)
+		if err != nil {
+			return nil, fmt.Errorf("--link-rate: %w", err)
+		}
+		cfg.LinkRate = r
 	}
 	return cfg, nil
 }
