@@ -159,7 +159,7 @@ type QoSStatus struct {
 	// 0 when it does not pace.
 	LinkRate int64
 	Classes  []qos.ClassStats // per class, from the scheduler
-	Shaping string            // the installed tc tree, or "" when none
+	Shaping  string           // the installed tc tree, or "" when none
 	// ShapingStats are the kernel's counters of the tc classes.
 	ShapingStats []tc.ClassStats
 }
