@@ -30,7 +30,7 @@ test: ## Run all tests: go vet, gofmt, then every Go test (root-only ones skip w
 
 .PHONY: bench
 bench: ## Benchmarks, each printed with its ratio to the raw path measured in the same run
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./gpusvc/ ./gpusvc/cpu/ ./policy/ ./overlay/forward/ ./qos/ ./node/
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./gpusvc/ ./gpusvc/cpu/ ./policy/ ./overlay/forward/ ./qos/ ./node/ ./e2e/priority/
 
 FUZZTIME ?= 10s
 .PHONY: fuzz

@@ -16,7 +16,7 @@ func TestLinkPacingServesInteractiveNext(t *testing.T) {
 	const chunk = 1 << 10
 	s := newTestScheduler(t, Options{ChunkSize: chunk, Slots: 8, LinkRate: 256 << 10}) // 4 ms a chunk
 	var (
-		events   []string      // "q:" and "g:" + class; guarded by s.mu (hooks run under it)
+		events   []string // "q:" and "g:" + class; guarded by s.mu (hooks run under it)
 		bulkQ    = make(chan struct{}, 1024)
 		interQ   = make(chan struct{}, 16)
 		interDue = 0 // index in events of the interactive queueing; guarded by s.mu

@@ -1,0 +1,476 @@
+// Package priority measures what QoS does for interactive calls when a bulk
+// transfer saturates the GPU host's egress link. The host runs in one
+// network namespace, a laptop and a trainer in another, joined by a veth;
+// the host shapes its end of the veth to a fixed rate with its own HTB tree
+// (the node's --shape-link and --shape-rate), so the link, not the CPU, is
+// the bottleneck, as a real uplink would be. The laptop's saxpy calls
+// (class interactive) are timed idle and while the trainer reads a
+// resident buffer in a loop (class bulk); the benchmark reports both p99s
+// with the host's pacing on (the default with shaping) and off.
+//
+// Needs root and ip (iproute2); skips otherwise. The addresses are
+// TEST-NET-1 on the benchmark's own veth: nothing leaves its namespaces.
+package priority
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"tailscale.com/ipn/store/mem"
+
+	"github.com/gpumesh/gpumesh/gpusvc"
+	"github.com/gpumesh/gpumesh/gpusvc/kernel"
+	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/overlay/overlaytest"
+	"github.com/gpumesh/gpumesh/overlay/tsnet"
+	"github.com/gpumesh/gpumesh/policy"
+	"github.com/gpumesh/gpumesh/qos"
+)
+
+const (
+	hostAddr = "192.0.2.1"
+	peerAddr = "192.0.2.2"
+	hostPort = 41641 // the host's WireGuard UDP port
+
+	// linkRate is the host's shaped egress, bytes/s (64 Mbit/s): well
+	// below what the overlay moves on these CPUs, so the link is the
+	// bottleneck.
+	linkRate = 8 << 20
+	bufSize  = 8 << 20 // the trainer's resident buffer
+)
+
+const prioPolicy = `
+version = 1
+class "interactive" {
+  dscp     = "EF"
+  priority = 0
+}
+class "bulk" {
+  dscp     = "AF11"
+  priority = 2
+}
+rule "laptop" {
+  subjects = ["laptop"]
+  kernels  = ["*"]
+  gpus     = ["*"]
+  class    = "interactive"
+}
+rule "trainer" {
+  subjects = ["trainer"]
+  kernels  = ["*"]
+  gpus     = ["*"]
+  class    = "bulk"
+}
+`
+
+// TestMain runs a role when the benchmark started this binary as one.
+func TestMain(m *testing.M) {
+	var err error
+	switch os.Getenv("GPUMESH_PRIO_ROLE") {
+	case "":
+		os.Exit(m.Run())
+	case "host":
+		err = runHost(os.Getenv("GPUMESH_PRIO_LINK"), os.Getenv("GPUMESH_PRIO_PACE") != "off")
+	case "laptop":
+		err = runLaptop(os.Getenv("GPUMESH_PRIO_CONTROL"))
+	case "trainer":
+		err = runTrainer(os.Getenv("GPUMESH_PRIO_CONTROL"))
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "role:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// runHost runs the dev tailnet's servers and the GPU host, shaping link to
+// linkRate, paced or not; prints the control URL and serves until stdin
+// closes. On "STATS" it prints the scheduler's per-class counters.
+func runHost(link string, paced bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	tn, err := overlaytest.Start(overlaytest.Options{Addr: hostAddr})
+	if err != nil {
+		return err
+	}
+	defer tn.Close()
+	cfg := tn.NodeConfig("gpu-host")
+	cfg.Port = hostPort
+	n, err := tsnet.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	if _, err := n.Up(ctx); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "prio-policy-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	path := dir + "/policy.hcl"
+	if err := os.WriteFile(path, []byte(prioPolicy), 0o600); err != nil {
+		return err
+	}
+	store, err := policy.NewStore(path, nil)
+	if err != nil {
+		return err
+	}
+	qc := &node.QoSConfig{UDPPort: n.UDPPort(), DSCP: qos.DSCPAF41, ShapeLink: link, ShapeRate: linkRate}
+	if !paced {
+		qc.LinkRate = -1
+	}
+	host, err := node.StartHost(ctx, node.HostConfig{Overlay: n, Name: "gpu-host", Policy: store, QoS: qc})
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	st := host.QoSStatus()
+	if st.Shaping == "" {
+		return fmt.Errorf("no tc tree on %s", link)
+	}
+	if paced != (st.LinkRate > 0) {
+		return fmt.Errorf("paced=%v but the scheduler's link rate is %d", paced, st.LinkRate)
+	}
+	fmt.Printf("CONTROL %s\nREADY\n", tn.ControlURL)
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		for _, c := range host.QoSStatus().Classes {
+			fmt.Printf("CLASS %s bytes=%d chunks=%d wait-max=%v\n", c.Name, c.Bytes, c.Chunks, c.WaitMax)
+		}
+		for _, c := range host.QoSStatus().ShapingStats {
+			fmt.Printf("CLASS tc:%s bytes=%d packets=%d drops=%d overlimits=%d\n", c.Name, c.Bytes, c.Packets, c.Drops, c.Overlimits)
+		}
+		fmt.Println("END")
+	}
+	return nil
+}
+
+// join brings up a client node in the peers' namespace and dials the host,
+// waiting until the path is direct (over the veth, not the DERP relay).
+func join(ctx context.Context, name, controlURL string, port uint16) (*tsnet.Node, *gpusvc.Client, error) {
+	n, err := tsnet.New(tsnet.Config{
+		Hostname: name, ControlURL: controlURL, Store: new(mem.Store), Ephemeral: true, Port: port,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := n.Up(ctx); err != nil {
+		n.Close()
+		return nil, nil, err
+	}
+	c, err := node.Dial(n, "gpu-host")
+	if err != nil {
+		n.Close()
+		return nil, nil, err
+	}
+	for {
+		if _, err := c.Compute(ctx, "saxpy", saxpyArgs()...); err != nil {
+			c.Close()
+			n.Close()
+			return nil, nil, err
+		}
+		st, err := n.LocalClient().Status(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, p := range st.Peer {
+			if p.HostName == "gpu-host" && p.CurAddr != "" {
+				return n, c, nil
+			}
+		}
+		if ctx.Err() != nil {
+			return nil, nil, fmt.Errorf("%s: no direct path to gpu-host: %w", name, ctx.Err())
+		}
+		time.Sleep(50 * time.Millisecond) // polling the path; not a test wait
+	}
+}
+
+func saxpyArgs() []kernel.Arg {
+	x := kernel.Arg{Kind: kernel.ArgTensor, Tensor: kernel.NewFloat32([]int64{16}, make([]float32, 16))}
+	return []kernel.Arg{{Kind: kernel.ArgScalar, Scalar: 2}, x, x}
+}
+
+// runLaptop joins and, for each "MEASURE n" on stdin, times n saxpy calls
+// (stopping early after 30s) and prints "P99 µs P50 µs COUNT k".
+func runLaptop(controlURL string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	n, c, err := join(ctx, "laptop", controlURL, hostPort+1)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	defer c.Close()
+	fmt.Println("READY")
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		var count int
+		if _, err := fmt.Sscanf(sc.Text(), "MEASURE %d", &count); err != nil {
+			return fmt.Errorf("laptop: command %q", sc.Text())
+		}
+		ds := make([]time.Duration, 0, count)
+		deadline := time.Now().Add(30 * time.Second)
+		for len(ds) < count && time.Now().Before(deadline) {
+			t0 := time.Now()
+			if _, err := c.Compute(ctx, "saxpy", saxpyArgs()...); err != nil {
+				return err
+			}
+			ds = append(ds, time.Since(t0))
+		}
+		slices.Sort(ds)
+		fmt.Fprintf(os.Stderr, "laptop: p50 %v p90 %v p99 %v max %v\n", ds[len(ds)/2], ds[len(ds)*9/10], ds[len(ds)*99/100], ds[len(ds)-1])
+		fmt.Printf("P99 %d P50 %d COUNT %d\n", ds[len(ds)*99/100].Microseconds(), ds[len(ds)/2].Microseconds(), len(ds))
+	}
+	return nil
+}
+
+// runTrainer joins, uploads a buffer, and on "GO" reads it back in a loop
+// until stdin closes; prints "FLOWING" after the first full read and
+// "MOVED bytes seconds" at the end.
+func runTrainer(controlURL string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	n, c, err := join(ctx, "trainer", controlURL, hostPort+2)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	defer c.Close()
+	sess, err := c.OpenSession(ctx)
+	if err != nil {
+		return err
+	}
+	buf, err := c.Upload(ctx, sess.ID, "", bufSize, bytes.NewReader(make([]byte, bufSize)))
+	if err != nil {
+		return err
+	}
+	fmt.Println("READY")
+	sc := bufio.NewScanner(os.Stdin)
+	if !sc.Scan() || sc.Text() != "GO" {
+		return nil
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	var moved atomic.Int64
+	t0 := time.Now()
+	go func() {
+		for first := true; ; first = false {
+			k, err := c.Read(rctx, sess.ID, buf, 0, bufSize, io.Discard)
+			moved.Add(k)
+			if err != nil {
+				done <- err
+				return
+			}
+			if first {
+				fmt.Println("FLOWING")
+			}
+		}
+	}()
+	for sc.Scan() { // until stdin closes
+	}
+	stop()
+	if err := <-done; rctx.Err() == nil {
+		return err
+	}
+	fmt.Printf("MOVED %d %.3f\n", moved.Load(), time.Since(t0).Seconds())
+	return nil
+}
+
+// proc is a role process the benchmark talks to line by line.
+type proc struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+}
+
+func start(b *testing.B, ns string, env ...string) *proc {
+	b.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", ns, self, "-test.run=^$", "-test.bench=^$")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	p := &proc{cmd: cmd, in: in, out: bufio.NewScanner(out)}
+	b.Cleanup(func() {
+		in.Close()
+		cmd.Wait()
+	})
+	return p
+}
+
+// until reads lines up to one starting with prefix and returns it.
+func (p *proc) until(prefix string) (string, error) {
+	for p.out.Scan() {
+		if strings.HasPrefix(p.out.Text(), prefix) {
+			return p.out.Text(), nil
+		}
+	}
+	return "", fmt.Errorf("%s: exited before %q", p.cmd.Env[len(p.cmd.Env)-1], prefix)
+}
+
+func (p *proc) say(line string) { fmt.Fprintln(p.in, line) }
+
+func run(b *testing.B, args ...string) {
+	b.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		b.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// BenchmarkPriorityShapedLink: interactive saxpy p99 from the laptop, idle
+// and while the trainer saturates the host's shaped egress, with the
+// host's pacing off and on. Goal: loaded ≤ 2× idle with pacing.
+func BenchmarkPriorityShapedLink(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root to create network namespaces")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		b.Skip("needs ip (iproute2)")
+	}
+	id := os.Getpid() % 100000
+	nsA, nsB := fmt.Sprintf("gmp%d-a", id), fmt.Sprintf("gmp%d-b", id)
+	vA, vB := fmt.Sprintf("gmp%da", id), fmt.Sprintf("gmp%db", id)
+	run(b, "ip", "netns", "add", nsA)
+	b.Cleanup(func() { exec.Command("ip", "netns", "del", nsA).Run() })
+	run(b, "ip", "netns", "add", nsB)
+	b.Cleanup(func() { exec.Command("ip", "netns", "del", nsB).Run() })
+	run(b, "ip", "link", "add", vA, "netns", nsA, "type", "veth", "peer", "name", vB, "netns", nsB)
+	for _, x := range [][3]string{{nsA, vA, hostAddr}, {nsB, vB, peerAddr}} {
+		run(b, "ip", "-n", x[0], "link", "set", "lo", "up")
+		run(b, "ip", "netns", "exec", x[0], "sysctl", "-qw", "net.ipv6.conf."+x[1]+".disable_ipv6=1")
+		run(b, "ip", "-n", x[0], "addr", "add", x[2]+"/24", "dev", x[1])
+		run(b, "ip", "-n", x[0], "link", "set", x[1], "up")
+	}
+	results := map[string]result{}
+	for _, mode := range []string{"unpaced", "paced"} {
+		b.Run(mode, func(b *testing.B) {
+			// The testing package runs this once with b.N = 1 and again
+			// with the real N: measure once, report both times.
+			r, ok := results[mode]
+			if !ok {
+				pace := "on"
+				if mode == "unpaced" {
+					pace = "off"
+				}
+				var err error
+				if r, err = measure(b, nsA, nsB, vA, pace); err != nil {
+					b.Fatal(err)
+				}
+				results[mode] = r
+			}
+			b.ReportMetric(float64(r.idle.Microseconds()), "idle-p99-µs")
+			b.ReportMetric(float64(r.loaded.Microseconds()), "loaded-p99-µs")
+			b.ReportMetric(float64(r.loaded)/float64(r.idle), "x-idle")
+			b.ReportMetric(r.bulk/1e6, "bulk-MB/s")
+			b.ReportMetric(float64(linkRate)/1e6, "link-MB/s")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// result is one mode's measurement.
+type result struct {
+	idle, loaded time.Duration // interactive p99
+	bulk         float64       // bytes/s the trainer moved
+}
+
+// calls is how many interactive calls each p99 is taken over.
+const calls = 400
+
+func measure(b *testing.B, nsA, nsB, link, pace string) (result, error) {
+	host := start(b, nsA, "GPUMESH_PRIO_LINK="+link, "GPUMESH_PRIO_PACE="+pace, "GPUMESH_PRIO_ROLE=host")
+	line, err := host.until("CONTROL ")
+	if err != nil {
+		return result{}, err
+	}
+	control := strings.TrimPrefix(line, "CONTROL ")
+	if _, err := host.until("READY"); err != nil {
+		return result{}, err
+	}
+	laptop := start(b, nsB, "GPUMESH_PRIO_CONTROL="+control, "GPUMESH_PRIO_ROLE=laptop")
+	trainer := start(b, nsB, "GPUMESH_PRIO_CONTROL="+control, "GPUMESH_PRIO_ROLE=trainer")
+	for _, p := range []*proc{laptop, trainer} {
+		if _, err := p.until("READY"); err != nil {
+			return result{}, err
+		}
+	}
+	n := calls
+	if v, _ := strconv.Atoi(os.Getenv("GPUMESH_PRIO_CALLS")); v > 0 { // for profiling
+		n = v
+	}
+	p99 := func() (time.Duration, error) {
+		laptop.say(fmt.Sprintf("MEASURE %d", n))
+		line, err := laptop.until("P99 ")
+		if err != nil {
+			return 0, err
+		}
+		var p99, p50, count int64
+		if _, err := fmt.Sscanf(line, "P99 %d P50 %d COUNT %d", &p99, &p50, &count); err != nil {
+			return 0, fmt.Errorf("laptop said %q", line)
+		}
+		if count < 100 {
+			return 0, fmt.Errorf("only %d calls in 30s (p50 %dµs)", count, p50)
+		}
+		return time.Duration(p99) * time.Microsecond, nil
+	}
+	idle, err := p99()
+	if err != nil {
+		return result{}, err
+	}
+	trainer.say("GO")
+	if _, err := trainer.until("FLOWING"); err != nil {
+		return result{}, err
+	}
+	if out, err := exec.Command("ip", "netns", "exec", nsA, "tc", "-s", "qdisc", "show", "dev", link).CombinedOutput(); err == nil {
+		b.Logf("%s: host egress under load:\n%s", pace, out)
+	}
+	loaded, err := p99()
+	if err != nil {
+		return result{}, err
+	}
+	trainer.in.Close()
+	line, err = trainer.until("MOVED ")
+	if err != nil {
+		return result{}, err
+	}
+	var moved int64
+	var secs float64
+	if _, err := fmt.Sscanf(line, "MOVED %d %f", &moved, &secs); err != nil || secs == 0 {
+		return result{}, errors.Join(fmt.Errorf("trainer said %q", line), err)
+	}
+	host.say("STATS")
+	for line, err := host.until("CLASS "); err == nil; line, err = host.until("") {
+		if line == "END" {
+			break
+		}
+		b.Log(line)
+	}
+	return result{idle: idle, loaded: loaded, bulk: float64(moved) / secs}, nil
+}
