@@ -456,16 +456,13 @@ var residentKernels = append(policy.BuiltinKernels(), policy.KernelCustomPTX, po
 func (s *Server) residentDecision(id overlay.Identity, gpus []policy.Request) policy.Decision {
 	p := s.cfg.Policy()
 	var denied policy.Decision
-	for _, g := range gpus {
-		for _, k := range residentKernels {
-			g.Kernel = k
-			d := p.Evaluate(Subject(id), g)
-			if d.Allow {
-				return d
-			}
-			if denied.Reason == "" {
-				denied = d
-			}
+	for i, g := range gpus {
+		d := p.EvaluateAny(Subject(id), g, residentKernels)
+		if d.Allow {
+			return d
+		}
+		if i == 0 {
+			denied = d
 		}
 	}
 	return denied

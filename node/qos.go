@@ -124,14 +124,9 @@ func (p *qosParts) wrapConn(store *policy.Store) func(net.Conn, overlay.Identity
 	return func(c net.Conn, id overlay.Identity) net.Conn {
 		class, dscp := defaultClass, qos.DSCPAF41
 		pol := store.Current()
-		s := gpusvc.Subject(id)
-		for _, k := range policy.BuiltinKernels() {
-			if d := pol.Evaluate(s, policy.Request{Kernel: k}); d.Allow {
-				if pc, ok := pol.Class(d.Class); ok {
-					class, dscp = d.Class, pc.DSCP
-				}
-				break
-			}
+		d := pol.EvaluateAny(gpusvc.Subject(id), policy.Request{}, policy.BuiltinKernels())
+		if pc, ok := pol.Class(d.Class); ok && d.Allow {
+			class, dscp = d.Class, pc.DSCP
 		}
 		// The inner packets carry the class too: the far end's stack and,
 		// in the WireGuard TUN mode, the kernel see it. Before wrapping:

@@ -223,3 +223,25 @@ func listCoversGPU(list []string, gpu, uuid string) bool {
 	}
 	return false
 }
+
+// EvaluateAny decides r once for each of kernels in turn (r.Kernel is
+// replaced) and returns the first decision that allows, or else the first
+// denial: what a right that any of several kernels grants needs, such as
+// holding buffers, or the class of a caller's connection.
+func (p *Policy) EvaluateAny(s Subject, r Request, kernels []string) Decision {
+	var denied Decision
+	for i, k := range kernels {
+		r.Kernel = k
+		d := p.Evaluate(s, r)
+		if d.Allow {
+			return d
+		}
+		if i == 0 {
+			denied = d
+		}
+	}
+	if len(kernels) == 0 {
+		return p.Evaluate(s, r)
+	}
+	return denied
+}

@@ -358,3 +358,29 @@ class "a" { dscp = "EF" }
 		t.Errorf("Classes() leaked internal state: %+v", got)
 	}
 }
+
+func TestEvaluateAny(t *testing.T) {
+	p := mustParse(t, "any.hcl", `
+version = 1
+class "fast" {
+  dscp = "EF"
+}
+rule "relu only" {
+  subjects = ["laptop"]
+  kernels  = ["relu"]
+  gpus     = ["*"]
+  class    = "fast"
+}
+`)
+	laptop := Subject{Node: "laptop"}
+	if d := p.EvaluateAny(laptop, Request{GPU: "0"}, []string{"saxpy", "relu", "softmax"}); !d.Allow || d.Class != "fast" {
+		t.Errorf("laptop, saxpy|relu|softmax: %+v; want allowed by relu's rule, class fast", d)
+	}
+	d := p.EvaluateAny(Subject{Node: "stranger"}, Request{GPU: "0"}, []string{"saxpy", "relu"})
+	if want := p.Evaluate(Subject{Node: "stranger"}, Request{Kernel: "saxpy", GPU: "0"}); d.Allow || d.Reason != want.Reason {
+		t.Errorf("stranger: %+v; want the first kernel's denial %q", d, want.Reason)
+	}
+	if d := p.EvaluateAny(laptop, Request{Kernel: "relu"}, nil); !d.Allow {
+		t.Errorf("no kernels: %+v; want the request as given (relu) decided", d)
+	}
+}
