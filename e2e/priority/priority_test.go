@@ -24,6 +24,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -133,6 +134,11 @@ func runHost(link string, paced bool) error {
 	if !paced {
 		qc.LinkRate = -1
 	}
+	// GPUMESH_PRIO_SHARE=0.7 paces to that part of the shaped rate instead
+	// of the node's default, to see the trade between latency and bulk.
+	if f, _ := strconv.ParseFloat(os.Getenv("GPUMESH_PRIO_SHARE"), 64); f > 0 && paced {
+		qc.LinkRate = int64(f * linkRate)
+	}
 	host, err := node.StartHost(ctx, node.HostConfig{Overlay: n, Name: "gpu-host", Policy: store, QoS: qc})
 	if err != nil {
 		return err
@@ -146,8 +152,26 @@ func runHost(link string, paced bool) error {
 		return fmt.Errorf("paced=%v but the scheduler's link rate is %d", paced, st.LinkRate)
 	}
 	fmt.Printf("CONTROL %s\nREADY\n", tn.ControlURL)
+	bulkBytes := func() (n int64) {
+		for _, c := range host.QoSStatus().Classes {
+			if c.Name == "bulk" {
+				n = c.Bytes
+			}
+		}
+		return n
+	}
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
+		if sc.Text() == "QUIET" {
+			// Bytes the trainer's cancelled reads left in the host's
+			// buffers still drain; an idle phase waits until they have.
+			for last := int64(-1); bulkBytes() != last; {
+				last = bulkBytes()
+				time.Sleep(50 * time.Millisecond) // polling a counter
+			}
+			fmt.Println("QUIET")
+			continue
+		}
 		for _, c := range host.QoSStatus().Classes {
 			fmt.Printf("CLASS %s bytes=%d chunks=%d wait-max=%v\n", c.Name, c.Bytes, c.Chunks, c.WaitMax)
 		}
@@ -205,7 +229,7 @@ func saxpyArgs() []kernel.Arg {
 }
 
 // runLaptop joins and, for each "MEASURE n" on stdin, times n saxpy calls
-// (stopping early after 30s) and prints "P99 µs P50 µs COUNT k".
+// and prints "SAMPLES" and their durations in µs.
 func runLaptop(controlURL string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -222,25 +246,24 @@ func runLaptop(controlURL string) error {
 		if _, err := fmt.Sscanf(sc.Text(), "MEASURE %d", &count); err != nil {
 			return fmt.Errorf("laptop: command %q", sc.Text())
 		}
-		ds := make([]time.Duration, 0, count)
-		deadline := time.Now().Add(30 * time.Second)
-		for len(ds) < count && time.Now().Before(deadline) {
+		var line strings.Builder
+		line.WriteString("SAMPLES")
+		for range count {
 			t0 := time.Now()
 			if _, err := c.Compute(ctx, "saxpy", saxpyArgs()...); err != nil {
 				return err
 			}
-			ds = append(ds, time.Since(t0))
+			fmt.Fprintf(&line, " %d", time.Since(t0).Microseconds())
 		}
-		slices.Sort(ds)
-		fmt.Fprintf(os.Stderr, "laptop: p50 %v p90 %v p99 %v max %v\n", ds[len(ds)/2], ds[len(ds)*9/10], ds[len(ds)*99/100], ds[len(ds)-1])
-		fmt.Printf("P99 %d P50 %d COUNT %d\n", ds[len(ds)*99/100].Microseconds(), ds[len(ds)/2].Microseconds(), len(ds))
+		fmt.Println(line.String())
 	}
 	return nil
 }
 
-// runTrainer joins, uploads a buffer, and on "GO" reads it back in a loop
-// until stdin closes; prints "FLOWING" after the first full read and
-// "MOVED bytes seconds" at the end.
+// runTrainer joins and uploads a buffer. On "GO" it reads the buffer back
+// in a loop, saying "FLOWING" once the first MiB of a round has arrived;
+// on "PAUSE" it stops and says "PAUSED". When stdin closes it prints
+// "MOVED bytes seconds" over all rounds.
 func runTrainer(controlURL string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -259,35 +282,63 @@ func runTrainer(controlURL string) error {
 		return err
 	}
 	fmt.Println("READY")
+	var (
+		moved  int64
+		active time.Duration
+	)
 	sc := bufio.NewScanner(os.Stdin)
-	if !sc.Scan() || sc.Text() != "GO" {
-		return nil
-	}
-	rctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	var moved atomic.Int64
-	t0 := time.Now()
-	go func() {
-		for first := true; ; first = false {
-			k, err := c.Read(rctx, sess.ID, buf, 0, bufSize, io.Discard)
-			moved.Add(k)
-			if err != nil {
-				done <- err
-				return
-			}
-			if first {
-				fmt.Println("FLOWING")
-			}
+	for sc.Scan() {
+		if sc.Text() != "GO" {
+			return fmt.Errorf("trainer: command %q", sc.Text())
 		}
-	}()
-	for sc.Scan() { // until stdin closes
+		rctx, stop := context.WithCancel(ctx)
+		w := &flowWriter{flowing: make(chan struct{})}
+		done := make(chan error, 1)
+		t0 := time.Now()
+		go func() {
+			for {
+				if _, err := c.Read(rctx, sess.ID, buf, 0, bufSize, w); err != nil {
+					done <- err
+					return
+				}
+			}
+		}()
+		select {
+		case <-w.flowing:
+			fmt.Println("FLOWING")
+		case err := <-done:
+			stop()
+			return err
+		}
+		if !sc.Scan() || sc.Text() != "PAUSE" {
+			stop()
+			<-done
+			return fmt.Errorf("trainer: want PAUSE, got %q", sc.Text())
+		}
+		stop()
+		if err := <-done; rctx.Err() == nil {
+			return err
+		}
+		moved += w.n.Load()
+		active += time.Since(t0)
+		fmt.Println("PAUSED")
 	}
-	stop()
-	if err := <-done; rctx.Err() == nil {
-		return err
-	}
-	fmt.Printf("MOVED %d %.3f\n", moved.Load(), time.Since(t0).Seconds())
+	fmt.Printf("MOVED %d %.3f\n", moved, active.Seconds())
 	return nil
+}
+
+// flowWriter counts what a Read delivers and closes flowing after 1 MiB.
+type flowWriter struct {
+	n       atomic.Int64
+	flowing chan struct{}
+	once    sync.Once
+}
+
+func (w *flowWriter) Write(p []byte) (int, error) {
+	if w.n.Add(int64(len(p))) >= 1<<20 {
+		w.once.Do(func() { close(w.flowing) })
+	}
+	return len(p), nil
 }
 
 // proc is a role process the benchmark talks to line by line.
@@ -336,6 +387,14 @@ func (p *proc) until(prefix string) (string, error) {
 }
 
 func (p *proc) say(line string) { fmt.Fprintln(p.in, line) }
+
+// hostStats logs the host's scheduler and tc counters.
+func hostStats(b *testing.B, host *proc) {
+	host.say("STATS")
+	for line, err := host.until("CLASS "); err == nil && line != "END"; line, err = host.until("") {
+		b.Log(line)
+	}
+}
 
 func run(b *testing.B, args ...string) {
 	b.Helper()
@@ -388,6 +447,8 @@ func BenchmarkPriorityShapedLink(b *testing.B) {
 			b.ReportMetric(float64(r.idle.Microseconds()), "idle-p99-µs")
 			b.ReportMetric(float64(r.loaded.Microseconds()), "loaded-p99-µs")
 			b.ReportMetric(float64(r.loaded)/float64(r.idle), "x-idle")
+			b.ReportMetric(float64(r.idle50.Microseconds()), "idle-p50-µs")
+			b.ReportMetric(float64(r.loaded50.Microseconds()), "loaded-p50-µs")
 			b.ReportMetric(r.bulk/1e6, "bulk-MB/s")
 			b.ReportMetric(float64(linkRate)/1e6, "link-MB/s")
 			b.ReportMetric(0, "ns/op")
@@ -397,12 +458,14 @@ func BenchmarkPriorityShapedLink(b *testing.B) {
 
 // result is one mode's measurement.
 type result struct {
-	idle, loaded time.Duration // interactive p99
-	bulk         float64       // bytes/s the trainer moved
+	idle, loaded     time.Duration // interactive p99
+	idle50, loaded50 time.Duration // and p50
+	bulk             float64       // bytes/s the trainer moved
 }
 
-// calls is how many interactive calls each p99 is taken over.
-const calls = 400
+// calls is how many interactive calls each p99 is taken over, in rounds
+// of idle and loaded phases.
+const calls, rounds = 1000, 5
 
 func measure(b *testing.B, nsA, nsB, link, pace string) (result, error) {
 	host := start(b, nsA, "GPUMESH_PRIO_LINK="+link, "GPUMESH_PRIO_PACE="+pace, "GPUMESH_PRIO_ROLE=host")
@@ -421,39 +484,54 @@ func measure(b *testing.B, nsA, nsB, link, pace string) (result, error) {
 			return result{}, err
 		}
 	}
-	n := calls
-	if v, _ := strconv.Atoi(os.Getenv("GPUMESH_PRIO_CALLS")); v > 0 { // for profiling
-		n = v
-	}
-	p99 := func() (time.Duration, error) {
-		laptop.say(fmt.Sprintf("MEASURE %d", n))
-		line, err := laptop.until("P99 ")
+	// Idle and loaded phases alternate, so that whatever else the machine
+	// does falls on both alike.
+	var idle, loaded []time.Duration
+	sample := func(into *[]time.Duration) error {
+		laptop.say(fmt.Sprintf("MEASURE %d", calls/rounds))
+		line, err := laptop.until("SAMPLES")
 		if err != nil {
-			return 0, err
+			return err
 		}
-		var p99, p50, count int64
-		if _, err := fmt.Sscanf(line, "P99 %d P50 %d COUNT %d", &p99, &p50, &count); err != nil {
-			return 0, fmt.Errorf("laptop said %q", line)
+		for _, f := range strings.Fields(line)[1:] {
+			us, err := strconv.ParseInt(f, 10, 64)
+			if err != nil {
+				return fmt.Errorf("laptop said %q", line)
+			}
+			*into = append(*into, time.Duration(us)*time.Microsecond)
 		}
-		if count < 100 {
-			return 0, fmt.Errorf("only %d calls in 30s (p50 %dµs)", count, p50)
+		return nil
+	}
+	for round := range rounds {
+		if err := sample(&idle); err != nil {
+			return result{}, err
 		}
-		return time.Duration(p99) * time.Microsecond, nil
-	}
-	idle, err := p99()
-	if err != nil {
-		return result{}, err
-	}
-	trainer.say("GO")
-	if _, err := trainer.until("FLOWING"); err != nil {
-		return result{}, err
-	}
-	if out, err := exec.Command("ip", "netns", "exec", nsA, "tc", "-s", "qdisc", "show", "dev", link).CombinedOutput(); err == nil {
-		b.Logf("%s: host egress under load:\n%s", pace, out)
-	}
-	loaded, err := p99()
-	if err != nil {
-		return result{}, err
+		if round == 0 {
+			hostStats(b, host)
+		}
+		trainer.say("GO")
+		if _, err := trainer.until("FLOWING"); err != nil {
+			return result{}, err
+		}
+		if round == 0 {
+			if out, err := exec.Command("ip", "netns", "exec", nsA, "tc", "-s", "qdisc", "show", "dev", link).CombinedOutput(); err == nil {
+				b.Logf("pacing %s: host egress under load:\n%s", pace, out)
+			}
+		}
+		if err := sample(&loaded); err != nil {
+			return result{}, err
+		}
+		trainer.say("PAUSE")
+		if _, err := trainer.until("PAUSED"); err != nil {
+			return result{}, err
+		}
+		host.say("QUIET")
+		if _, err := host.until("QUIET"); err != nil {
+			return result{}, err
+		}
+		if round == 0 {
+			hostStats(b, host)
+		}
 	}
 	trainer.in.Close()
 	line, err = trainer.until("MOVED ")
@@ -465,12 +543,13 @@ func measure(b *testing.B, nsA, nsB, link, pace string) (result, error) {
 	if _, err := fmt.Sscanf(line, "MOVED %d %f", &moved, &secs); err != nil || secs == 0 {
 		return result{}, errors.Join(fmt.Errorf("trainer said %q", line), err)
 	}
-	host.say("STATS")
-	for line, err := host.until("CLASS "); err == nil; line, err = host.until("") {
-		if line == "END" {
-			break
-		}
-		b.Log(line)
-	}
-	return result{idle: idle, loaded: loaded, bulk: float64(moved) / secs}, nil
+	hostStats(b, host)
+	slices.Sort(idle)
+	slices.Sort(loaded)
+	q := func(ds []time.Duration, p int) time.Duration { return ds[len(ds)*p/100] }
+	return result{
+		idle: q(idle, 99), loaded: q(loaded, 99),
+		idle50: q(idle, 50), loaded50: q(loaded, 50),
+		bulk: float64(moved) / secs,
+	}, nil
 }
