@@ -145,7 +145,9 @@ func BenchmarkPriority(b *testing.B) {
 }
 
 // qosForBench: GPUMESH_BENCH_NOQOS=1 measures the same without the
-// scheduler, for comparison.
+// scheduler, for comparison; GPUMESH_BENCH_LINK_RATE=20 paces the host to
+// 20 MiB/s. Loopback has no bottleneck but the CPU, so pacing here only
+// shows its cost; e2e/priority measures it against a shaped link.
 func qosForBench() *node.QoSConfig {
 	if os.Getenv("GPUMESH_BENCH_NOQOS") != "" {
 		return nil
