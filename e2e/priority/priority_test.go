@@ -152,11 +152,15 @@ func runHost(link string, paced bool) error {
 		return fmt.Errorf("paced=%v but the scheduler's link rate is %d", paced, st.LinkRate)
 	}
 	fmt.Printf("CONTROL %s\nREADY\n", tn.ControlURL)
-	bulkBytes := func() (n int64) {
-		for _, c := range host.QoSStatus().Classes {
-			if c.Name == "bulk" {
-				n = c.Bytes
-			}
+	// sent counts the bytes the scheduler admitted and the bytes tc sent:
+	// while either grows, bulk bytes are still on their way out.
+	sent := func() (n int64) {
+		st := host.QoSStatus()
+		for _, c := range st.Classes {
+			n += c.Bytes
+		}
+		for _, c := range st.ShapingStats {
+			n += int64(c.Bytes)
 		}
 		return n
 	}
@@ -164,10 +168,11 @@ func runHost(link string, paced bool) error {
 	for sc.Scan() {
 		if sc.Text() == "QUIET" {
 			// Bytes the trainer's cancelled reads left in the host's
-			// buffers still drain; an idle phase waits until they have.
-			for last := int64(-1); bulkBytes() != last; {
-				last = bulkBytes()
-				time.Sleep(50 * time.Millisecond) // polling a counter
+			// buffers and queues still drain; an idle phase waits until
+			// they have.
+			for last := int64(-1); sent() != last; {
+				last = sent()
+				time.Sleep(50 * time.Millisecond) // polling counters
 			}
 			fmt.Println("QUIET")
 			continue
@@ -446,7 +451,12 @@ func BenchmarkPriorityShapedLink(b *testing.B) {
 			}
 			b.ReportMetric(float64(r.idle.Microseconds()), "idle-p99-µs")
 			b.ReportMetric(float64(r.loaded.Microseconds()), "loaded-p99-µs")
-			b.ReportMetric(float64(r.loaded)/float64(r.idle), "x-idle")
+			// The ratio is of the phases' median p99s: a phase that
+			// something else on the machine disturbed moves it less than
+			// it moves the p99 over all calls, reported too.
+			b.ReportMetric(float64(r.loadedMed)/float64(r.idleMed), "x-idle")
+			b.ReportMetric(float64(r.idleMed.Microseconds()), "idle-p99-med-µs")
+			b.ReportMetric(float64(r.loadedMed.Microseconds()), "loaded-p99-med-µs")
 			b.ReportMetric(float64(r.idle50.Microseconds()), "idle-p50-µs")
 			b.ReportMetric(float64(r.loaded50.Microseconds()), "loaded-p50-µs")
 			b.ReportMetric(r.bulk/1e6, "bulk-MB/s")
@@ -458,13 +468,14 @@ func BenchmarkPriorityShapedLink(b *testing.B) {
 
 // result is one mode's measurement.
 type result struct {
-	idle, loaded     time.Duration // interactive p99
-	idle50, loaded50 time.Duration // and p50
-	bulk             float64       // bytes/s the trainer moved
+	idle, loaded       time.Duration // interactive p99 over all calls
+	idleMed, loadedMed time.Duration // the median of the phases' p99s
+	idle50, loaded50   time.Duration // p50 over all calls
+	bulk               float64       // bytes/s the trainer moved
 }
 
 // calls is how many interactive calls each p99 is taken over, in rounds
-// of idle and loaded phases.
+// of an idle and a loaded phase each.
 const calls, rounds = 1000, 5
 
 func measure(b *testing.B, nsA, nsB, link, pace string) (result, error) {
@@ -486,24 +497,30 @@ func measure(b *testing.B, nsA, nsB, link, pace string) (result, error) {
 	}
 	// Idle and loaded phases alternate, so that whatever else the machine
 	// does falls on both alike.
-	var idle, loaded []time.Duration
-	sample := func(into *[]time.Duration) error {
+	var idle, loaded []time.Duration         // every call
+	var idleP99s, loadedP99s []time.Duration // each phase's p99
+	sample := func(into, p99s *[]time.Duration) error {
 		laptop.say(fmt.Sprintf("MEASURE %d", calls/rounds))
 		line, err := laptop.until("SAMPLES")
 		if err != nil {
 			return err
 		}
+		var phase []time.Duration
 		for _, f := range strings.Fields(line)[1:] {
 			us, err := strconv.ParseInt(f, 10, 64)
 			if err != nil {
 				return fmt.Errorf("laptop said %q", line)
 			}
-			*into = append(*into, time.Duration(us)*time.Microsecond)
+			phase = append(phase, time.Duration(us)*time.Microsecond)
 		}
+		*into = append(*into, phase...)
+		slices.Sort(phase)
+		*p99s = append(*p99s, phase[len(phase)*99/100])
+		b.Logf("pacing %s: %d calls: p50 %v p99 %v max %v", pace, len(phase), phase[len(phase)/2], phase[len(phase)*99/100], phase[len(phase)-1])
 		return nil
 	}
 	for round := range rounds {
-		if err := sample(&idle); err != nil {
+		if err := sample(&idle, &idleP99s); err != nil {
 			return result{}, err
 		}
 		if round == 0 {
@@ -518,7 +535,7 @@ func measure(b *testing.B, nsA, nsB, link, pace string) (result, error) {
 				b.Logf("pacing %s: host egress under load:\n%s", pace, out)
 			}
 		}
-		if err := sample(&loaded); err != nil {
+		if err := sample(&loaded, &loadedP99s); err != nil {
 			return result{}, err
 		}
 		trainer.say("PAUSE")
@@ -544,11 +561,13 @@ func measure(b *testing.B, nsA, nsB, link, pace string) (result, error) {
 		return result{}, errors.Join(fmt.Errorf("trainer said %q", line), err)
 	}
 	hostStats(b, host)
-	slices.Sort(idle)
-	slices.Sort(loaded)
-	q := func(ds []time.Duration, p int) time.Duration { return ds[len(ds)*p/100] }
+	q := func(ds []time.Duration, p int) time.Duration {
+		slices.Sort(ds)
+		return ds[len(ds)*p/100]
+	}
 	return result{
 		idle: q(idle, 99), loaded: q(loaded, 99),
+		idleMed: q(idleP99s, 50), loadedMed: q(loadedP99s, 50),
 		idle50: q(idle, 50), loaded50: q(loaded, 50),
 		bulk: float64(moved) / secs,
 	}, nil
