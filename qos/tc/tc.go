@@ -149,8 +149,10 @@ type Shaper struct {
 	link   int    // ifindex
 	root   uint32 // HTB handle
 
-	mu sync.Mutex
-	h  *netlink.Handle // nil once closed; guarded by mu
+	mu     sync.Mutex
+	h      *netlink.Handle // nil once closed; guarded by mu
+	routes []PeerRoute     // the installed peer routes; guarded by mu
+	slot   int             // index into peerPrios of the routes' filters; guarded by mu
 }
 
 // populate validates cfg and fills in defaults, on a copy.

@@ -126,7 +126,7 @@ func install(h *netlink.Handle, cfg Config) (_ *Shaper, err error) {
 }
 
 // dscpFilters returns u32 filters sending IPv4 and IPv6 packets with dscp
-// (ECN bits ignored) to class.
+// (ECN bits ignored) to class, at priorities after the peer routes'.
 func dscpFilters(link int, parent, class uint32, dscp uint8) []netlink.Filter {
 	mk := func(proto uint16, prio uint16, key netlink.TcU32Key) netlink.Filter {
 		return &netlink.U32{
@@ -137,9 +137,9 @@ func dscpFilters(link int, parent, class uint32, dscp uint8) []netlink.Filter {
 	}
 	return []netlink.Filter{
 		// IPv4: the TOS byte is the second byte of the header.
-		mk(ethIPv4, 1, netlink.TcU32Key{Off: 0, Mask: 0x00fc0000, Val: uint32(dscp) << 18}),
+		mk(ethIPv4, prioDSCP4, netlink.TcU32Key{Off: 0, Mask: 0x00fc0000, Val: uint32(dscp) << 18}),
 		// IPv6: the traffic class straddles the first two bytes.
-		mk(ethIPv6, 2, netlink.TcU32Key{Off: 0, Mask: 0x0fc00000, Val: uint32(dscp) << 22}),
+		mk(ethIPv6, prioDSCP6, netlink.TcU32Key{Off: 0, Mask: 0x0fc00000, Val: uint32(dscp) << 22}),
 	}
 }
 
@@ -186,7 +186,7 @@ func (s *Shaper) Close() error {
 		return net.ErrClosed
 	}
 	h := s.h
-	s.h = nil
+	s.h, s.routes = nil, nil // deleting the root qdisc deletes its filters
 	defer h.Close()
 	q := netlink.NewHtb(netlink.QdiscAttrs{LinkIndex: s.link, Parent: netlink.HANDLE_ROOT, Handle: s.root})
 	if err := h.QdiscDel(q); err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.EINVAL) {

@@ -24,3 +24,8 @@ func (s *Shaper) Stats() ([]ClassStats, error) {
 
 // Close is implemented on Linux only.
 func (s *Shaper) Close() error { return nil }
+
+// Route is implemented on Linux only.
+func (s *Shaper) Route(routes []PeerRoute) error {
+	return fmt.Errorf("tc: route: %w", errors.ErrUnsupported)
+}
