@@ -120,6 +120,9 @@ func StartHost(ctx context.Context, cfg HostConfig) (_ *Host, err error) {
 	if qp.sched != nil {
 		scfg.WrapConn = qp.wrapConn(cfg.Policy)
 	}
+	if pp, ok := cfg.Overlay.(overlay.PeerPather); ok {
+		qp.routePeers(wctx, pp, cfg.Overlay, cfg.Policy)
+	}
 	srv, err := gpusvc.NewServer(scfg)
 	if err != nil {
 		return nil, err

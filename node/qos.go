@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/overlay"
@@ -30,20 +32,14 @@ type QoSConfig struct {
 	// from sysfs.
 	ShapeRate int64
 	// LinkRate paces the host's GPU traffic, all classes together, to this
-	// many bytes/s (qos.Options.LinkRate): set it to the narrowest link's
-	// rate, or a little less, so bulk bytes wait in the scheduler where
-	// interactive calls overtake them, not in the buffers below. 0 means
-	// linkShare of the installed shaping rate when shaping, else no
-	// pacing; a negative value turns pacing off even when shaping.
+	// many bytes/s (qos.Options.LinkRate): set it to the rate of a link
+	// beyond this host that its traffic saturates (a router's uplink), or
+	// a little less, so bulk bytes wait in the scheduler, where interactive
+	// calls overtake them, not in that link's FIFO. 0 means no pacing. With
+	// ShapeLink the host's own HTB tree already puts each peer's packets in
+	// its class, so the shaped link needs no pacing.
 	LinkRate int64
 }
-
-// linkShare is the part of the shaped rate the scheduler paces to when
-// LinkRate is not set. The scheduler counts the bytes the node writes;
-// the link also carries the headers of TCP, IP, WireGuard, UDP and
-// Ethernet, about a tenth more on the overlay's 1280-byte packets, so
-// pacing to 85% keeps the HTB root, and its queue, just short of full.
-const linkShare = 0.85
 
 // defaultClass takes traffic of callers whose rule names no class.
 const defaultClass = "default"
@@ -55,7 +51,84 @@ type qosParts struct {
 	shaper *tc.Shaper
 
 	log       *slog.Logger
-	innerOnce sync.Once // logs that inner marking is not possible
+	innerOnce sync.Once      // logs that inner marking is not possible
+	wg        sync.WaitGroup // routePeers
+}
+
+// routeEvery is how often the host looks again at where its peers' packets
+// go; a peer that roams, or a policy that changes its class, is shaped by
+// its new route within this time.
+const routeEvery = 2 * time.Second
+
+// routePeers keeps the host's shaping classifying each peer's WireGuard
+// packets by the peer's class: every peer's packets leave from one UDP
+// socket with one DSCP, so the DSCP filters alone would put all callers in
+// one class, where an interactive caller's packets wait behind a bulk
+// caller's. Peers relayed through DERP keep the DSCP classification. It
+// runs until ctx ends; close waits for it.
+func (p *qosParts) routePeers(ctx context.Context, pp overlay.PeerPather, ov overlay.Overlay, store *policy.Store) {
+	if p.shaper == nil {
+		return
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		var last []tc.PeerRoute
+		t := time.NewTicker(routeEvery)
+		defer t.Stop()
+		for {
+			routes, err := peerRoutes(ctx, pp, ov, store)
+			switch {
+			case errors.Is(err, errors.ErrUnsupported):
+				return
+			case err != nil:
+				if ctx.Err() == nil {
+					p.log.Warn("shaping by peer: " + err.Error())
+				}
+			case !slices.Equal(routes, last):
+				if err := p.shaper.Route(routes); err != nil {
+					p.log.Warn("shaping by peer: " + err.Error())
+				} else {
+					last = routes
+					p.log.Info("shaping by peer", "routes", len(routes))
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+// peerRoutes maps each directly reached peer's WireGuard endpoint to its
+// class: that of its allow rule for the built-in kernels, as wrapConn
+// picks it, or the default class.
+func peerRoutes(ctx context.Context, pp overlay.PeerPather, ov overlay.Overlay, store *policy.Store) ([]tc.PeerRoute, error) {
+	paths, err := pp.PeerPaths(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pol := store.Current()
+	var routes []tc.PeerRoute
+	for _, path := range paths {
+		if !path.Endpoint.IsValid() {
+			continue
+		}
+		id, err := ov.WhoIs(ctx, netip.AddrPortFrom(path.Addr, 0).String())
+		if err != nil {
+			continue // gone since; the next pass sees
+		}
+		class := defaultClass
+		d := pol.EvaluateAny(gpusvc.Subject(id), policy.Request{}, policy.BuiltinKernels())
+		if _, ok := pol.Class(d.Class); ok && d.Allow {
+			class = d.Class
+		}
+		routes = append(routes, tc.PeerRoute{Addr: path.Endpoint, Class: class})
+	}
+	slices.SortFunc(routes, func(a, b tc.PeerRoute) int { return a.Addr.Compare(b.Addr) })
+	return routes, nil
 }
 
 // startQoS builds the scheduler from the policy's classes, marks the
@@ -87,9 +160,6 @@ func startQoS(ctx context.Context, cfg *QoSConfig, pol *policy.Policy, log *slog
 		}
 	}
 	opts := qos.Options{Slots: 2, LinkRate: max(cfg.LinkRate, 0)}
-	if cfg.LinkRate == 0 && p.shaper != nil {
-		opts.LinkRate = int64(float64(p.shaper.Report().Rate) * linkShare)
-	}
 	sched, err := qos.NewScheduler(classes, opts)
 	if err != nil {
 		p.close()
@@ -139,6 +209,7 @@ func (p *qosParts) wrapConn(store *policy.Store) func(net.Conn, overlay.Identity
 }
 
 func (p *qosParts) close() {
+	p.wg.Wait() // routePeers ends with the host's context
 	if p.marker != nil {
 		p.marker.Close()
 	}
@@ -157,6 +228,9 @@ type QoSStatus struct {
 	Shaping  string           // the installed tc tree, or "" when none
 	// ShapingStats are the kernel's counters of the tc classes.
 	ShapingStats []tc.ClassStats
+	// Routes are the peers' WireGuard endpoints the tc tree classifies
+	// by peer (the others by DSCP).
+	Routes []tc.PeerRoute
 }
 
 // QoSStatus reports the host's marking, scheduling and shaping.
@@ -174,6 +248,7 @@ func (h *Host) QoSStatus() QoSStatus {
 	if h.qos.shaper != nil {
 		st.Shaping = h.qos.shaper.Report().String()
 		st.ShapingStats, _ = h.qos.shaper.Stats()
+		st.Routes = h.qos.shaper.Routes()
 	}
 	return st
 }

@@ -62,3 +62,19 @@ func (id Identity) String() string {
 	}
 	return id.StableID
 }
+
+// PeerPath is where the overlay sends one peer's packets.
+type PeerPath struct {
+	// Addr is the peer's overlay address, as WhoIs takes it.
+	Addr netip.Addr
+	// Endpoint is the peer's WireGuard endpoint on the underlay network,
+	// where its encrypted packets go; not valid while they go through a
+	// relay (DERP), which carries many peers' packets.
+	Endpoint netip.AddrPort
+}
+
+// PeerPather is an Overlay that can say where it sends each peer's
+// packets, so that a host's egress shaping can classify them by peer.
+type PeerPather interface {
+	PeerPaths(ctx context.Context) ([]PeerPath, error)
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -34,6 +35,14 @@ type joined struct {
 	addrs   func() []netip.Addr
 	udpPort uint16 // the tailnet's WireGuard port to mark; 0 for --wg (its Bind marks)
 	desc    string
+}
+
+// PeerPaths passes on the overlay's peer paths where it has them.
+func (j *joined) PeerPaths(ctx context.Context) ([]overlay.PeerPath, error) {
+	if pp, ok := j.Overlay.(overlay.PeerPather); ok {
+		return pp.PeerPaths(ctx)
+	}
+	return nil, errors.ErrUnsupported
 }
 
 // joinOverlay brings this node up on the tailnet, or on the WireGuard mesh

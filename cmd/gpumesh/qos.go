@@ -245,6 +245,14 @@ func printLiveQoS(out io.Writer, st liveQoS) {
 		fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\t%d\t%d\t%d B\n", c.Name, c.ClassID, c.Bytes, c.Packets, c.Drops, c.Overlimits, c.Backlog)
 	}
 	tw.Flush()
+	if len(st.Routes) == 0 {
+		fmt.Fprintln(out, "  by peer: none (every packet classified by its DSCP)")
+		return
+	}
+	fmt.Fprintln(out, "  by peer (WireGuard endpoint -> class; others by DSCP):")
+	for _, r := range st.Routes {
+		fmt.Fprintf(out, "    %s -> %s\n", r.Addr, r.Class)
+	}
 }
 
 // waitStr prints a queue delay to the microsecond.

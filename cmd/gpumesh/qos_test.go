@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -49,6 +50,10 @@ func fakeQoS(t *testing.T) node.QoSStatus {
 		ShapingStats: []tc.ClassStats{
 			{Name: "interactive", ClassID: "9d:10", Bytes: 1100000, Packets: 800},
 			{Name: "bulk", ClassID: "9d:11", Bytes: 53000000, Packets: 36000, Drops: 12, Overlimits: 4000, Backlog: 3000},
+		},
+		Routes: []tc.PeerRoute{
+			{Addr: netip.MustParseAddrPort("192.0.2.2:41641"), Class: "interactive"},
+			{Addr: netip.MustParseAddrPort("[2001:db8::3]:41641"), Class: "bulk"},
 		},
 	}
 }

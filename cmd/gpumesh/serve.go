@@ -152,7 +152,7 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 	cmd.Flags().StringVar(&dscp, "dscp", "AF41", `DSCP for the overlay's outer UDP packets (name or 0-63; "off" to leave them unmarked)`)
 	cmd.Flags().StringVar(&shapeLink, "shape-link", "", "shape this interface's egress by QoS class with tc/HTB (needs CAP_NET_ADMIN)")
 	cmd.Flags().StringVar(&shapeRate, "shape-rate", "", "usable egress rate of --shape-link, e.g. 900Mbit/s or 100MB/s (default: the link speed)")
-	cmd.Flags().StringVar(&linkRate, "link-rate", "", "pace GPU traffic to this egress rate so interactive calls overtake bulk ones, e.g. 100Mbit/s: the narrowest link's rate or a little less (default: 85% of the shaping rate with --shape-link, leaving room for headers, else no pacing; \"off\": none)")
+	cmd.Flags().StringVar(&linkRate, "link-rate", "", "pace GPU traffic to this rate, e.g. 100Mbit/s: the rate of a link beyond this host that it saturates, or a little less, so interactive calls overtake bulk ones in gpumesh, not in that link's queue (default: no pacing)")
 	for _, h := range serveHooks {
 		if h.flags != nil {
 			h.flags(cmd.Flags())
@@ -179,11 +179,7 @@ func qosConfig(dscp, link, rate, linkRate string) (*node.QoSConfig, error) {
 		}
 		cfg.ShapeRate = r
 	}
-	switch linkRate {
-	case "":
-	case "off":
-		cfg.LinkRate = -1
-	default:
+	if linkRate != "" {
 		r, err := policy.ParseRate(linkRate)
 		if err != nil {
 			return nil, fmt.Errorf("--link-rate: %w", err)

@@ -306,6 +306,33 @@ func (n *Node) WhoIs(ctx context.Context, remoteAddr string) (overlay.Identity, 
 	return id, nil
 }
 
+var _ overlay.PeerPather = (*Node)(nil)
+
+// PeerPaths reports each online peer's tailnet address and, when the path
+// to it is direct, its current WireGuard endpoint (it changes as peers
+// roam; ask again).
+func (n *Node) PeerPaths(ctx context.Context) ([]overlay.PeerPath, error) {
+	if n.lc == nil {
+		return nil, errors.New("tsnet: PeerPaths before Up")
+	}
+	st, err := n.lc.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("tsnet: peer paths: %w", err)
+	}
+	var out []overlay.PeerPath
+	for _, p := range st.Peer {
+		if len(p.TailscaleIPs) == 0 {
+			continue
+		}
+		pp := overlay.PeerPath{Addr: p.TailscaleIPs[0]}
+		if ep, err := netip.ParseAddrPort(p.CurAddr); err == nil {
+			pp.Endpoint = ep
+		}
+		out = append(out, pp)
+	}
+	return out, nil
+}
+
 // Addrs returns the node's own tailnet addresses.
 func (n *Node) Addrs() []netip.Addr {
 	v4, v6 := n.srv.TailscaleIPs()
