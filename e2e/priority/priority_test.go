@@ -5,8 +5,17 @@
 // (the node's --shape-link and --shape-rate), so the link, not the CPU, is
 // the bottleneck, as a real uplink would be. The laptop's saxpy calls
 // (class interactive) are timed idle and while the trainer reads a
-// resident buffer in a loop (class bulk); the benchmark reports both p99s
-// with the host's pacing on (the default with shaping) and off.
+// resident buffer in a loop (class bulk), in three modes:
+//
+//   - fifo: the tc tree classifies by DSCP only; the node's one WireGuard
+//     socket gives every caller's packets the same DSCP, so they share one
+//     HTB class, a FIFO.
+//   - paced: the same, with the scheduler pacing all classes to 85% of the
+//     link (--link-rate), so the queue forms where interactive calls
+//     overtake bulk ones.
+//   - routed: the node routes each peer's WireGuard endpoint to its class
+//     in the tc tree (the default with shaping), so the kernel serves the
+//     laptop's packets before the trainer's.
 //
 // Needs root and ip (iproute2); skips otherwise. The addresses are
 // TEST-NET-1 on the benchmark's own veth: nothing leaves its namespaces.
@@ -19,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"slices"
@@ -34,6 +44,7 @@ import (
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/overlay/overlaytest"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
 	"github.com/gpumesh/gpumesh/policy"
@@ -83,7 +94,7 @@ func TestMain(m *testing.M) {
 	case "":
 		os.Exit(m.Run())
 	case "host":
-		err = runHost(os.Getenv("GPUMESH_PRIO_LINK"), os.Getenv("GPUMESH_PRIO_PACE") != "off")
+		err = runHost(os.Getenv("GPUMESH_PRIO_LINK"), os.Getenv("GPUMESH_PRIO_MODE"))
 	case "laptop":
 		err = runLaptop(os.Getenv("GPUMESH_PRIO_CONTROL"))
 	case "trainer":
@@ -97,9 +108,11 @@ func TestMain(m *testing.M) {
 }
 
 // runHost runs the dev tailnet's servers and the GPU host, shaping link to
-// linkRate, paced or not; prints the control URL and serves until stdin
-// closes. On "STATS" it prints the scheduler's per-class counters.
-func runHost(link string, paced bool) error {
+// linkRate, in one of the modes (see BenchmarkPriorityShapedLink); prints
+// the control URL and serves until stdin closes. On "STATS" it prints the
+// scheduler's and tc's per-class counters, on "QUIET" it answers once
+// nothing is on its way out, on "ROUTED" once both clients have routes.
+func runHost(link, mode string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	tn, err := overlaytest.Start(overlaytest.Options{Addr: hostAddr})
@@ -131,15 +144,23 @@ func runHost(link string, paced bool) error {
 		return err
 	}
 	qc := &node.QoSConfig{UDPPort: n.UDPPort(), DSCP: qos.DSCPAF41, ShapeLink: link, ShapeRate: linkRate}
-	if !paced {
-		qc.LinkRate = -1
+	var ov overlay.Overlay = n
+	switch mode {
+	case "routed":
+	case "fifo", "paced":
+		// Hide the node's peer paths: every packet is classified by its
+		// DSCP, the one the socket gives them all.
+		ov = struct{ overlay.Overlay }{n}
+		if mode == "paced" {
+			qc.LinkRate = linkRate * 85 / 100 // room for the headers
+		}
+	default:
+		return fmt.Errorf("mode %q", mode)
 	}
-	// GPUMESH_PRIO_SHARE=0.7 paces to that part of the shaped rate instead
-	// of the node's default, to see the trade between latency and bulk.
-	if f, _ := strconv.ParseFloat(os.Getenv("GPUMESH_PRIO_SHARE"), 64); f > 0 && paced {
-		qc.LinkRate = int64(f * linkRate)
-	}
-	host, err := node.StartHost(ctx, node.HostConfig{Overlay: n, Name: "gpu-host", Policy: store, QoS: qc})
+	host, err := node.StartHost(ctx, node.HostConfig{
+		Overlay: ov, Name: "gpu-host", Policy: store, QoS: qc,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})),
+	})
 	if err != nil {
 		return err
 	}
@@ -148,8 +169,8 @@ func runHost(link string, paced bool) error {
 	if st.Shaping == "" {
 		return fmt.Errorf("no tc tree on %s", link)
 	}
-	if paced != (st.LinkRate > 0) {
-		return fmt.Errorf("paced=%v but the scheduler's link rate is %d", paced, st.LinkRate)
+	if (mode == "paced") != (st.LinkRate > 0) {
+		return fmt.Errorf("mode %s but the scheduler's link rate is %d", mode, st.LinkRate)
 	}
 	fmt.Printf("CONTROL %s\nREADY\n", tn.ControlURL)
 	// sent counts the bytes the scheduler admitted and the bytes tc sent:
@@ -166,6 +187,13 @@ func runHost(link string, paced bool) error {
 	}
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
+		if sc.Text() == "ROUTED" {
+			for len(host.QoSStatus().Routes) < 2 {
+				time.Sleep(50 * time.Millisecond) // polling the host's routes
+			}
+			fmt.Println("ROUTED")
+			continue
+		}
 		if sc.Text() == "QUIET" {
 			// Bytes the trainer's cancelled reads left in the host's
 			// buffers and queues still drain; an idle phase waits until
@@ -433,18 +461,14 @@ func BenchmarkPriorityShapedLink(b *testing.B) {
 		run(b, "ip", "-n", x[0], "link", "set", x[1], "up")
 	}
 	results := map[string]result{}
-	for _, mode := range []string{"unpaced", "paced"} {
+	for _, mode := range []string{"fifo", "paced", "routed"} {
 		b.Run(mode, func(b *testing.B) {
 			// The testing package runs this once with b.N = 1 and again
 			// with the real N: measure once, report both times.
 			r, ok := results[mode]
 			if !ok {
-				pace := "on"
-				if mode == "unpaced" {
-					pace = "off"
-				}
 				var err error
-				if r, err = measure(b, nsA, nsB, vA, pace); err != nil {
+				if r, err = measure(b, nsA, nsB, vA, mode); err != nil {
 					b.Fatal(err)
 				}
 				results[mode] = r
@@ -478,8 +502,8 @@ type result struct {
 // of an idle and a loaded phase each.
 const calls, rounds = 1000, 5
 
-func measure(b *testing.B, nsA, nsB, link, pace string) (result, error) {
-	host := start(b, nsA, "GPUMESH_PRIO_LINK="+link, "GPUMESH_PRIO_PACE="+pace, "GPUMESH_PRIO_ROLE=host")
+func measure(b *testing.B, nsA, nsB, link, mode string) (result, error) {
+	host := start(b, nsA, "GPUMESH_PRIO_LINK="+link, "GPUMESH_PRIO_MODE="+mode, "GPUMESH_PRIO_ROLE=host")
 	line, err := host.until("CONTROL ")
 	if err != nil {
 		return result{}, err
@@ -492,6 +516,12 @@ func measure(b *testing.B, nsA, nsB, link, pace string) (result, error) {
 	trainer := start(b, nsB, "GPUMESH_PRIO_CONTROL="+control, "GPUMESH_PRIO_ROLE=trainer")
 	for _, p := range []*proc{laptop, trainer} {
 		if _, err := p.until("READY"); err != nil {
+			return result{}, err
+		}
+	}
+	if mode == "routed" {
+		host.say("ROUTED")
+		if _, err := host.until("ROUTED"); err != nil {
 			return result{}, err
 		}
 	}
@@ -516,7 +546,7 @@ func measure(b *testing.B, nsA, nsB, link, pace string) (result, error) {
 		*into = append(*into, phase...)
 		slices.Sort(phase)
 		*p99s = append(*p99s, phase[len(phase)*99/100])
-		b.Logf("pacing %s: %d calls: p50 %v p99 %v max %v", pace, len(phase), phase[len(phase)/2], phase[len(phase)*99/100], phase[len(phase)-1])
+		b.Logf("%s: %d calls: p50 %v p99 %v max %v", mode, len(phase), phase[len(phase)/2], phase[len(phase)*99/100], phase[len(phase)-1])
 		return nil
 	}
 	for round := range rounds {
@@ -532,7 +562,7 @@ func measure(b *testing.B, nsA, nsB, link, pace string) (result, error) {
 		}
 		if round == 0 {
 			if out, err := exec.Command("ip", "netns", "exec", nsA, "tc", "-s", "qdisc", "show", "dev", link).CombinedOutput(); err == nil {
-				b.Logf("pacing %s: host egress under load:\n%s", pace, out)
+				b.Logf("%s: host egress under load:\n%s", mode, out)
 			}
 		}
 		if err := sample(&loaded, &loadedP99s); err != nil {
