@@ -41,13 +41,12 @@ import (
 
 	"tailscale.com/ipn/store/mem"
 
+	"github.com/gpumesh/gpumesh/e2e/internal/e2etest"
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/overlay"
-	"github.com/gpumesh/gpumesh/overlay/overlaytest"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
-	"github.com/gpumesh/gpumesh/policy"
 	"github.com/gpumesh/gpumesh/qos"
 )
 
@@ -115,51 +114,23 @@ func TestMain(m *testing.M) {
 func runHost(link, mode string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	tn, err := overlaytest.Start(overlaytest.Options{Addr: hostAddr})
-	if err != nil {
-		return err
-	}
-	defer tn.Close()
-	cfg := tn.NodeConfig("gpu-host")
-	cfg.Port = hostPort
-	n, err := tsnet.New(cfg)
-	if err != nil {
-		return err
-	}
-	defer n.Close()
-	if _, err := n.Up(ctx); err != nil {
-		return err
-	}
-	dir, err := os.MkdirTemp("", "prio-policy-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	path := dir + "/policy.hcl"
-	if err := os.WriteFile(path, []byte(prioPolicy), 0o600); err != nil {
-		return err
-	}
-	store, err := policy.NewStore(path, nil)
-	if err != nil {
-		return err
-	}
-	qc := &node.QoSConfig{UDPPort: n.UDPPort(), DSCP: qos.DSCPAF41, ShapeLink: link, ShapeRate: linkRate}
-	var ov overlay.Overlay = n
-	switch mode {
-	case "routed":
-	case "fifo", "paced":
-		// Hide the node's peer paths: every packet is classified by its
-		// DSCP, the one the socket gives them all.
-		ov = struct{ overlay.Overlay }{n}
-		if mode == "paced" {
-			qc.LinkRate = linkRate * 85 / 100 // room for the headers
-		}
-	default:
+	if mode != "fifo" && mode != "paced" && mode != "routed" {
 		return fmt.Errorf("mode %q", mode)
 	}
-	host, err := node.StartHost(ctx, node.HostConfig{
-		Overlay: ov, Name: "gpu-host", Policy: store, QoS: qc,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})),
+	host, err := e2etest.StartHost(ctx, e2etest.HostOptions{
+		Addr: hostAddr, Port: hostPort, Policy: prioPolicy,
+		Config: func(n *tsnet.Node, cfg *node.HostConfig) {
+			cfg.QoS = &node.QoSConfig{UDPPort: n.UDPPort(), DSCP: qos.DSCPAF41, ShapeLink: link, ShapeRate: linkRate}
+			if mode != "routed" {
+				// Hide the node's peer paths: every packet is classified
+				// by its DSCP, the one the socket gives them all.
+				cfg.Overlay = struct{ overlay.Overlay }{n}
+			}
+			if mode == "paced" {
+				cfg.QoS.LinkRate = linkRate * 85 / 100 // room for the headers
+			}
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+		},
 	})
 	if err != nil {
 		return err
@@ -172,7 +143,7 @@ func runHost(link, mode string) error {
 	if (mode == "paced") != (st.LinkRate > 0) {
 		return fmt.Errorf("mode %s but the scheduler's link rate is %d", mode, st.LinkRate)
 	}
-	fmt.Printf("CONTROL %s\nREADY\n", tn.ControlURL)
+	fmt.Printf("CONTROL %s\nREADY\n", host.ControlURL)
 	// sent counts the bytes the scheduler admitted and the bytes tc sent:
 	// while either grows, bulk bytes are still on their way out.
 	sent := func() (n int64) {
@@ -429,37 +400,12 @@ func hostStats(b *testing.B, host *proc) {
 	}
 }
 
-func run(b *testing.B, args ...string) {
-	b.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		b.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-}
-
 // BenchmarkPriorityShapedLink: interactive saxpy p99 from the laptop, idle
 // and while the trainer saturates the host's shaped egress, with the
 // host's pacing off and on. Goal: loaded ≤ 2× idle with pacing.
 func BenchmarkPriorityShapedLink(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root to create network namespaces")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		b.Skip("needs ip (iproute2)")
-	}
-	id := os.Getpid() % 100000
-	nsA, nsB := fmt.Sprintf("gmp%d-a", id), fmt.Sprintf("gmp%d-b", id)
-	vA, vB := fmt.Sprintf("gmp%da", id), fmt.Sprintf("gmp%db", id)
-	run(b, "ip", "netns", "add", nsA)
-	b.Cleanup(func() { exec.Command("ip", "netns", "del", nsA).Run() })
-	run(b, "ip", "netns", "add", nsB)
-	b.Cleanup(func() { exec.Command("ip", "netns", "del", nsB).Run() })
-	run(b, "ip", "link", "add", vA, "netns", nsA, "type", "veth", "peer", "name", vB, "netns", nsB)
-	for _, x := range [][3]string{{nsA, vA, hostAddr}, {nsB, vB, peerAddr}} {
-		run(b, "ip", "-n", x[0], "link", "set", "lo", "up")
-		run(b, "ip", "netns", "exec", x[0], "sysctl", "-qw", "net.ipv6.conf."+x[1]+".disable_ipv6=1")
-		run(b, "ip", "-n", x[0], "addr", "add", x[2]+"/24", "dev", x[1])
-		run(b, "ip", "-n", x[0], "link", "set", x[1], "up")
-	}
+	pair := e2etest.NewPair(b, "gmp", hostAddr, peerAddr)
+	nsA, nsB, vA := pair.NSA, pair.NSB, pair.LinkA
 	results := map[string]result{}
 	for _, mode := range []string{"fifo", "paced", "routed"} {
 		b.Run(mode, func(b *testing.B) {

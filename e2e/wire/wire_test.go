@@ -23,11 +23,10 @@ import (
 
 	"tailscale.com/ipn/store/mem"
 
+	"github.com/gpumesh/gpumesh/e2e/internal/e2etest"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
 	"github.com/gpumesh/gpumesh/node"
-	"github.com/gpumesh/gpumesh/overlay/overlaytest"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
-	"github.com/gpumesh/gpumesh/policy"
 	"github.com/gpumesh/gpumesh/qos"
 )
 
@@ -75,36 +74,12 @@ func TestMain(m *testing.M) {
 func runHost() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	tn, err := overlaytest.Start(overlaytest.Options{Addr: hostAddr})
-	if err != nil {
-		return err
-	}
-	defer tn.Close()
-	cfg := tn.NodeConfig("gpu-host")
-	cfg.Port = hostPort
-	n, err := tsnet.New(cfg)
-	if err != nil {
-		return err
-	}
-	defer n.Close()
-	if _, err := n.Up(ctx); err != nil {
-		return err
-	}
-	pol, err := os.CreateTemp("", "wire-policy-*.hcl")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(pol.Name())
-	pol.WriteString(demoPolicy)
-	pol.Close()
-	store, err := policy.NewStore(pol.Name(), nil)
-	if err != nil {
-		return err
-	}
-	host, err := node.StartHost(ctx, node.HostConfig{
-		Overlay: n, Name: "gpu-host", Policy: store,
-		QoS: &node.QoSConfig{UDPPort: n.UDPPort(), DSCP: qos.DSCPAF41,
-			ShapeLink: os.Getenv("GPUMESH_WIRE_LINK"), ShapeRate: 100 << 20},
+	host, err := e2etest.StartHost(ctx, e2etest.HostOptions{
+		Addr: hostAddr, Port: hostPort, Policy: demoPolicy,
+		Config: func(n *tsnet.Node, cfg *node.HostConfig) {
+			cfg.QoS = &node.QoSConfig{UDPPort: n.UDPPort(), DSCP: qos.DSCPAF41,
+				ShapeLink: os.Getenv("GPUMESH_WIRE_LINK"), ShapeRate: 100 << 20}
+		},
 	})
 	if err != nil {
 		return err
@@ -113,7 +88,7 @@ func runHost() error {
 	if host.QoSStatus().Shaping == "" {
 		return fmt.Errorf("no tc tree on %s", os.Getenv("GPUMESH_WIRE_LINK"))
 	}
-	fmt.Printf("CONTROL %s\nREADY\n", tn.ControlURL)
+	fmt.Printf("CONTROL %s\nREADY\n", host.ControlURL)
 	// Until the parent closes stdin: on "STATS", print the tc classes' counters.
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
@@ -172,40 +147,16 @@ func runLaptop(controlURL string) error {
 	return nil
 }
 
-func run(t *testing.T, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-}
-
 func TestOuterDSCPBetweenNamespaces(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
-	for _, tool := range []string{"ip", "tcpdump"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s", tool)
-		}
+	if _, err := exec.LookPath("tcpdump"); err != nil {
+		t.Skip("needs tcpdump")
 	}
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := os.Getpid() % 100000
-	nsA, nsB := fmt.Sprintf("gmx%d-a", id), fmt.Sprintf("gmx%d-b", id)
-	vA, vB := fmt.Sprintf("gmx%da", id), fmt.Sprintf("gmx%db", id)
-	run(t, "ip", "netns", "add", nsA)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", nsA).Run() })
-	run(t, "ip", "netns", "add", nsB)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", nsB).Run() })
-	run(t, "ip", "link", "add", vA, "netns", nsA, "type", "veth", "peer", "name", vB, "netns", nsB)
-	for _, x := range [][3]string{{nsA, vA, hostAddr}, {nsB, vB, laptopAddr}} {
-		run(t, "ip", "-n", x[0], "link", "set", "lo", "up")
-		run(t, "ip", "netns", "exec", x[0], "sysctl", "-qw", "net.ipv6.conf."+x[1]+".disable_ipv6=1")
-		run(t, "ip", "-n", x[0], "addr", "add", x[2]+"/24", "dev", x[1])
-		run(t, "ip", "-n", x[0], "link", "set", x[1], "up")
-	}
+	pair := e2etest.NewPair(t, "gmx", hostAddr, laptopAddr)
+	nsA, nsB, vA, vB := pair.NSA, pair.NSB, pair.LinkA, pair.LinkB
 
 	// The host, in namespace A.
 	host := exec.Command("ip", "netns", "exec", nsA, self, "-test.run=^$")
