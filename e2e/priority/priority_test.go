@@ -352,7 +352,7 @@ type proc struct {
 	out *bufio.Scanner
 }
 
-func start(b *testing.B, ns string, env ...string) *proc {
+func start(b testing.TB, ns string, env ...string) *proc {
 	b.Helper()
 	self, err := os.Executable()
 	if err != nil {
@@ -393,7 +393,7 @@ func (p *proc) until(prefix string) (string, error) {
 func (p *proc) say(line string) { fmt.Fprintln(p.in, line) }
 
 // hostStats logs the host's scheduler and tc counters.
-func hostStats(b *testing.B, host *proc) {
+func hostStats(b testing.TB, host *proc) {
 	host.say("STATS")
 	for line, err := host.until("CLASS "); err == nil && line != "END"; line, err = host.until("") {
 		b.Log(line)
@@ -547,4 +547,72 @@ func measure(b *testing.B, nsA, nsB, link, mode string) (result, error) {
 		idle50: q(idle, 50), loaded50: q(loaded, 50),
 		bulk: float64(moved) / secs,
 	}, nil
+}
+
+// TestRoutedClasses: with routes, the host's tc tree counts the trainer's
+// download in the bulk class and the laptop's replies in the interactive
+// class, though the socket gives both the same DSCP.
+func TestRoutedClasses(t *testing.T) {
+	pair := e2etest.NewPair(t, "gmr", hostAddr, peerAddr)
+	host := start(t, pair.NSA, "GPUMESH_PRIO_LINK="+pair.LinkA, "GPUMESH_PRIO_MODE=routed", "GPUMESH_PRIO_ROLE=host")
+	line, err := host.until("CONTROL ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	control := strings.TrimPrefix(line, "CONTROL ")
+	laptop := start(t, pair.NSB, "GPUMESH_PRIO_CONTROL="+control, "GPUMESH_PRIO_ROLE=laptop")
+	trainer := start(t, pair.NSB, "GPUMESH_PRIO_CONTROL="+control, "GPUMESH_PRIO_ROLE=trainer")
+	for _, p := range []*proc{host, laptop, trainer} {
+		if _, err := p.until("READY"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	host.say("ROUTED")
+	if _, err := host.until("ROUTED"); err != nil {
+		t.Fatal(err)
+	}
+	before := tcPackets(t, host)
+	const calls = 50
+	trainer.say("GO")
+	if _, err := trainer.until("FLOWING"); err != nil { // 1 MiB has arrived
+		t.Fatal(err)
+	}
+	laptop.say(fmt.Sprintf("MEASURE %d", calls))
+	if _, err := laptop.until("SAMPLES"); err != nil {
+		t.Fatal(err)
+	}
+	trainer.say("PAUSE")
+	if _, err := trainer.until("PAUSED"); err != nil {
+		t.Fatal(err)
+	}
+	after := tcPackets(t, host)
+	bulk, inter := after["bulk"]-before["bulk"], after["interactive"]-before["interactive"]
+	// 1 MiB needs at least 800 packets of 1280 bytes; each call is answered
+	// in at least one packet.
+	if bulk < 800 || inter < calls {
+		t.Errorf("tc packets while the trainer read and the laptop called: bulk %d (want ≥ 800), interactive %d (want ≥ %d); all: %v",
+			bulk, inter, calls, after)
+	}
+	t.Logf("tc packets: bulk %d, interactive %d", bulk, inter)
+}
+
+// tcPackets asks the host for its tc classes' packet counters.
+func tcPackets(t *testing.T, host *proc) map[string]int64 {
+	t.Helper()
+	host.say("STATS")
+	out := map[string]int64{}
+	for {
+		line, err := host.until("")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if line == "END" {
+			return out
+		}
+		var name string
+		var bytes, packets int64
+		if _, err := fmt.Sscanf(line, "CLASS tc:%s bytes=%d packets=%d", &name, &bytes, &packets); err == nil {
+			out[name] = packets
+		}
+	}
 }
