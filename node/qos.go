@@ -102,9 +102,22 @@ func (p *qosParts) routePeers(ctx context.Context, pp overlay.PeerPather, ov ove
 	}()
 }
 
+// classOf is the QoS class of a caller and its DSCP: the class of its allow
+// rule for the built-in kernels (classes are per rule), or the default
+// class.
+func classOf(pol *policy.Policy, id overlay.Identity) (string, uint8) {
+	d := pol.EvaluateAny(gpusvc.Subject(id), policy.Request{}, policy.BuiltinKernels())
+	if pc, ok := pol.Class(d.Class); ok && d.Allow {
+		return d.Class, pc.DSCP
+	}
+	if pc, ok := pol.Class(defaultClass); ok { // the policy declares it itself
+		return defaultClass, pc.DSCP
+	}
+	return defaultClass, qos.DSCPAF41 // as QoSClasses adds it
+}
+
 // peerRoutes maps each directly reached peer's WireGuard endpoint to its
-// class: that of its allow rule for the built-in kernels, as wrapConn
-// picks it, or the default class.
+// class (classOf).
 func peerRoutes(ctx context.Context, pp overlay.PeerPather, ov overlay.Overlay, store *policy.Store) ([]tc.PeerRoute, error) {
 	paths, err := pp.PeerPaths(ctx)
 	if err != nil {
@@ -120,11 +133,7 @@ func peerRoutes(ctx context.Context, pp overlay.PeerPather, ov overlay.Overlay, 
 		if err != nil {
 			continue // gone since; the next pass sees
 		}
-		class := defaultClass
-		d := pol.EvaluateAny(gpusvc.Subject(id), policy.Request{}, policy.BuiltinKernels())
-		if _, ok := pol.Class(d.Class); ok && d.Allow {
-			class = d.Class
-		}
+		class, _ := classOf(pol, id)
 		routes = append(routes, tc.PeerRoute{Addr: path.Endpoint, Class: class})
 	}
 	slices.SortFunc(routes, func(a, b tc.PeerRoute) int { return a.Addr.Compare(b.Addr) })
@@ -188,16 +197,11 @@ func QoSClasses(pcs []policy.Class) []qos.Class {
 	return out
 }
 
-// wrapConn schedules a connection's writes in its caller's class: the class
-// of the caller's allow rule for the built-in kernels (classes are per rule).
+// wrapConn schedules a connection's writes in its caller's class (classOf)
+// and marks its inner packets with the class's DSCP.
 func (p *qosParts) wrapConn(store *policy.Store) func(net.Conn, overlay.Identity) net.Conn {
 	return func(c net.Conn, id overlay.Identity) net.Conn {
-		class, dscp := defaultClass, qos.DSCPAF41
-		pol := store.Current()
-		d := pol.EvaluateAny(gpusvc.Subject(id), policy.Request{}, policy.BuiltinKernels())
-		if pc, ok := pol.Class(d.Class); ok && d.Allow {
-			class, dscp = d.Class, pc.DSCP
-		}
+		class, dscp := classOf(store.Current(), id)
 		// The inner packets carry the class too: the far end's stack and,
 		// in the WireGuard TUN mode, the kernel see it. Before wrapping:
 		// the scheduler's Conn hides the connection underneath.
