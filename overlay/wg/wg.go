@@ -159,6 +159,46 @@ func (n *Node) Addrs() []netip.Addr {
 	return out
 }
 
+var _ overlay.PeerPather = (*Node)(nil)
+
+// PeerPaths reports each peer's first overlay address (from its AllowedIPs)
+// and the endpoint the device sends its packets to now: the configured
+// one, or the one its last authenticated packet came from. A peer with no
+// endpoint yet has none.
+func (n *Node) PeerPaths(ctx context.Context) ([]overlay.PeerPath, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case n.closed:
+		return nil, net.ErrClosed
+	case n.dev == nil:
+		return nil, ErrNotUp
+	}
+	s, err := n.dev.IpcGet()
+	if err != nil {
+		return nil, fmt.Errorf("wg: peer paths: %w", err)
+	}
+	var out []overlay.PeerPath
+	var cur *overlay.PeerPath
+	for _, line := range strings.Split(s, "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		switch k {
+		case "public_key":
+			out = append(out, overlay.PeerPath{})
+			cur = &out[len(out)-1]
+		case "endpoint":
+			if ep, err := netip.ParseAddrPort(v); err == nil && cur != nil {
+				cur.Endpoint = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+			}
+		case "allowed_ip":
+			if p, err := netip.ParsePrefix(v); err == nil && cur != nil && !cur.Addr.IsValid() {
+				cur.Addr = p.Addr()
+			}
+		}
+	}
+	return slices.DeleteFunc(out, func(p overlay.PeerPath) bool { return !p.Addr.IsValid() }), nil
+}
+
 // PublicKey returns the node's public key.
 func (n *Node) PublicKey() wgconfig.Key { return n.file.Interface.PrivateKey.PublicKey() }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -61,6 +62,19 @@ func TestLoopbackNetstack(t *testing.T) {
 	}
 	if _, err := srv.WhoIs(ctx, "10.77.0.9:1234"); !errors.Is(err, overlay.ErrUnknownPeer) {
 		t.Errorf("WhoIs(unknown) err = %v, want ErrUnknownPeer", err)
+	}
+	// Each side knows where the other's packets go: the client from its
+	// configuration, the server from the client's handshake.
+	for _, tt := range []struct {
+		n    *Node
+		peer string
+		port uint16
+	}{{srv, "10.77.0.2", cli.ListenPort()}, {cli, "10.77.0.1", srv.ListenPort()}} {
+		paths, err := tt.n.PeerPaths(ctx)
+		want := []overlay.PeerPath{{Addr: netip.MustParseAddr(tt.peer), Endpoint: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), tt.port)}}
+		if err != nil || !slices.Equal(paths, want) {
+			t.Errorf("PeerPaths = %v, %v; want %v", paths, err, want)
+		}
 	}
 }
 
