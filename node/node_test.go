@@ -51,21 +51,8 @@ rule "laptop" {
 func TestReloadUnderLoad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	tn, err := overlaytest.Start(overlaytest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tn.Close()
-	hostNode, err := tn.Join(ctx, "gpu-host")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hostNode.Close()
-	laptopNode, err := tn.Join(ctx, "laptop")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer laptopNode.Close()
+	_, nodes := overlaytest.StartNodes(t, "gpu-host", "laptop")
+	hostNode, laptopNode := nodes[0], nodes[1]
 
 	path := filepath.Join(t.TempDir(), "policy.hcl")
 	write := func(src string) {

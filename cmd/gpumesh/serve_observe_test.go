@@ -107,21 +107,8 @@ func TestObserveOnTailnet(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	tn, err := overlaytest.Start(overlaytest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tn.Close()
-	hostNode, err := tn.Join(ctx, "gpu-host")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hostNode.Close()
-	laptop, err := tn.Join(ctx, "laptop")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer laptop.Close()
+	_, nodes := overlaytest.StartNodes(t, "gpu-host", "laptop")
+	hostNode, laptop := nodes[0], nodes[1]
 
 	dir := t.TempDir()
 	polPath := filepath.Join(dir, "policy.hcl")

@@ -14,6 +14,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"testing"
+	"time"
 
 	"tailscale.com/derp/derpserver"
 	"tailscale.com/envknob"
@@ -186,6 +188,30 @@ func (t *Tailnet) Join(ctx context.Context, hostname string, tags ...string) (*t
 		return nil, err
 	}
 	return n, nil
+}
+
+// StartNodes starts a tailnet and joins one node per name to it, for a
+// test: it fails tb on error, and closes the nodes and the tailnet at
+// cleanup. The nodes are in the order of names.
+func StartNodes(tb testing.TB, names ...string) (*Tailnet, []*tsnet.Node) {
+	tb.Helper()
+	tn, err := Start(Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { tn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	nodes := make([]*tsnet.Node, len(names))
+	for i, name := range names {
+		n, err := tn.Join(ctx, name)
+		if err != nil {
+			tb.Fatalf("join %s: %v", name, err)
+		}
+		tb.Cleanup(func() { n.Close() })
+		nodes[i] = n
+	}
+	return tn, nodes
 }
 
 // Close stops the control, DERP and STUN servers. A second Close returns
