@@ -100,31 +100,13 @@ func (p *Policy) Evaluate(s Subject, r Request) Decision {
 			if allow.rule != nil && !better(e, allow) {
 				continue
 			}
-			if e.cap != "" && !capPermits(s.Caps[e.cap], r.Kernel, gpu, r.GPUUUID) {
+			if e.cap != "" && !s.capPermits(e.cap, r.Kernel, gpu, r.GPUUUID) {
 				continue
 			}
 			allow = e
 		}
 	}
-	if s.Node != "" {
-		if s.WireGuard {
-			consider(p.idx.wg[lower(s.Node)])
-		} else {
-			consider(p.idx.nodes[lower(s.Node)])
-		}
-	}
-	if s.User != "" {
-		consider(p.idx.users[lower(s.User)])
-	}
-	for _, t := range s.Tags {
-		consider(p.idx.tags[lower(t)])
-	}
-	if len(p.idx.caps) > 0 {
-		for c := range s.Caps {
-			consider(p.idx.caps[c])
-		}
-	}
-	consider(p.idx.any)
+	s.forEachKey(p, consider)
 
 	on := r.Kernel + " on gpu " + gpu
 	switch {
@@ -167,6 +149,38 @@ type capValue struct {
 	GPUs    *[]string `json:"gpus"`
 }
 
+// capDecoded is one capability value, decoded (ok) or not decodable.
+type capDecoded struct {
+	v  capValue
+	ok bool
+}
+
+// capPermits reports whether s's capability name permits the request,
+// using the values Prepare decoded when there are some.
+func (s Subject) capPermits(name, kernel, gpu, uuid string) bool {
+	ds, ok := s.decoded[name]
+	if !ok {
+		return capPermits(s.Caps[name], kernel, gpu, uuid)
+	}
+	if len(ds) == 0 {
+		return true
+	}
+	for _, d := range ds {
+		if d.ok && d.v.permits(kernel, gpu, uuid) {
+			return true
+		}
+	}
+	return false
+}
+
+// permits reports whether one decoded capability value permits the request.
+func (v capValue) permits(kernel, gpu, uuid string) bool {
+	if v.Kernels != nil && !listCoversKernel(*v.Kernels, kernel) {
+		return false
+	}
+	return v.GPUs == nil || listCoversGPU(*v.GPUs, gpu, uuid)
+}
+
 // capPermits reports whether an app capability's values permit the request.
 // No values: the capability is granted without restriction. Otherwise at
 // least one value must permit it. A value that is not a JSON object, has
@@ -177,17 +191,9 @@ func capPermits(values []json.RawMessage, kernel, gpu, uuid string) bool {
 		return true
 	}
 	for _, raw := range values {
-		v, ok := decodeCapValue(raw)
-		if !ok {
-			continue
+		if v, ok := decodeCapValue(raw); ok && v.permits(kernel, gpu, uuid) {
+			return true
 		}
-		if v.Kernels != nil && !listCoversKernel(*v.Kernels, kernel) {
-			continue
-		}
-		if v.GPUs != nil && !listCoversGPU(*v.GPUs, gpu, uuid) {
-			continue
-		}
-		return true
 	}
 	return false
 }
@@ -208,7 +214,7 @@ func decodeCapValue(raw json.RawMessage) (capValue, bool) {
 
 func listCoversKernel(list []string, kernel string) bool {
 	for _, k := range list {
-		if k == kernel || k == "*" && kernel != "" && !isCustom(kernel) {
+		if k == kernel || k == "*" && isBuiltin(kernel) {
 			return true
 		}
 	}
@@ -244,4 +250,99 @@ func (p *Policy) EvaluateAny(s Subject, r Request, kernels []string) Decision {
 		return p.Evaluate(s, r)
 	}
 	return denied
+}
+
+// Admits reports whether the policy gives s any right at all: some allow
+// rule names s (for any kernel, right or GPU) and no deny block covering
+// every kernel and every GPU names s. A server asks it once per connection,
+// before reading any request, so that a peer the policy gives nothing is
+// refused before it can hold memory or streams; each call is still decided
+// by Evaluate. The decision's Rule and Reason say why; Limits and Class are
+// those of the most specific allow rule naming s.
+func (p *Policy) Admits(s Subject) Decision {
+	if p == nil {
+		return Decision{Reason: "no policy is in force (deny all)"}
+	}
+	if s.empty() {
+		return Decision{Reason: "the caller has no identity (default deny)"}
+	}
+	var allow, deny entry
+	consider := func(es []entry) {
+		for _, e := range es {
+			if e.rule.deny {
+				if e.rule.coversEverything() && (deny.rule == nil || better(e, deny)) {
+					deny = e
+				}
+				continue
+			}
+			if e.cap != "" && !s.capGrantsAnything(e.cap) {
+				continue
+			}
+			if allow.rule == nil || better(e, allow) {
+				allow = e
+			}
+		}
+	}
+	s.forEachKey(p, consider)
+	switch {
+	case deny.rule != nil:
+		return Decision{Rule: deny.rule.name, Reason: "deny " + quote(deny.rule.name) + " forbids " + deny.who() + " everything"}
+	case allow.rule != nil:
+		return Decision{
+			Allow: true, Rule: allow.rule.name,
+			Reason: "rule " + quote(allow.rule.name) + " grants " + allow.who() + " some rights",
+			Limits: allow.rule.limits, Class: allow.rule.class,
+		}
+	}
+	return Decision{Reason: "no rule names " + s.String() + " (default deny)"}
+}
+
+// forEachKey passes consider the index entries of every key s matches:
+// its node or WireGuard peer, user, tags, capabilities and "*".
+func (s Subject) forEachKey(p *Policy, consider func([]entry)) {
+	if s.Node != "" {
+		if s.WireGuard {
+			consider(p.idx.wg[lower(s.Node)])
+		} else {
+			consider(p.idx.nodes[lower(s.Node)])
+		}
+	}
+	if s.User != "" {
+		consider(p.idx.users[lower(s.User)])
+	}
+	for _, t := range s.Tags {
+		consider(p.idx.tags[lower(t)])
+	}
+	if len(p.idx.caps) > 0 {
+		for c := range s.Caps {
+			consider(p.idx.caps[c])
+		}
+	}
+	consider(p.idx.any)
+}
+
+// capGrantsAnything reports whether capability name has at least one value
+// that could permit something: no values, or one that decodes.
+func (s Subject) capGrantsAnything(name string) bool {
+	if ds, ok := s.decoded[name]; ok {
+		if len(ds) == 0 {
+			return true
+		}
+		for _, d := range ds {
+			if d.ok {
+				return true
+			}
+		}
+		return false
+	}
+	values := s.Caps[name]
+	if len(values) == 0 {
+		return true
+	}
+	for _, raw := range values {
+		if _, ok := decodeCapValue(raw); ok {
+			return true
+		}
+	}
+	return false
 }

@@ -50,7 +50,7 @@ func (p *Policy) Explain(s Subject, r Request) Explanation {
 		case !coversGPU(rl.allGPUs, rl.gpus, gpu, r.GPUUUID):
 			st.Via, st.Kind = via, k.String()
 			st.Outcome = fmt.Sprintf("names %s but not gpu %s", s.String(), gpu)
-		case !rl.deny && capName != "" && !capPermits(s.Caps[capName], r.Kernel, gpu, r.GPUUUID):
+		case !rl.deny && capName != "" && !s.capPermits(capName, r.Kernel, gpu, r.GPUUUID):
 			st.Via, st.Kind = via, k.String()
 			st.Outcome = fmt.Sprintf("matches through capability %q, whose values do not permit %s on gpu %s", capName, r.Kernel, gpu)
 		case rl.deny:

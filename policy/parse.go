@@ -461,7 +461,7 @@ func (c *compiler) rule(b *hcl.Block, deny bool) {
 			switch k := e.s; {
 			case k == "*":
 				r.allBuiltins = true
-			case k == KernelCustomPTX || k == KernelCustomCUDA:
+			case k == KernelCustomPTX || k == KernelCustomCUDA || k == RightMetrics:
 				r.kernels[k] = true
 			case isCustom(k):
 				c.errorf(e.rng, "Unknown kernel", "%q: custom code rights are %q and %q, each granted by name.", k, KernelCustomPTX, KernelCustomCUDA)

@@ -23,6 +23,27 @@ type Subject struct {
 	Tags      []string                     // "tag:ci"
 	Caps      map[string][]json.RawMessage // tailnet app capabilities, e.g. "gpumesh.dev/cap/gpu" -> [{"kernels":["matrix_mul"],"gpus":["0"]}]
 	WireGuard bool                         // identity from a static WireGuard peer (subject kind "wg:NAME")
+
+	// decoded holds Caps' values decoded by Prepare, so that evaluation
+	// does not decode the same JSON on every call; nil until then.
+	decoded map[string][]capDecoded
+}
+
+// Prepare returns s with its capability values decoded once, for a
+// subject that is evaluated many times (a server caches it per identity
+// lookup). Evaluating a prepared or an unprepared subject gives the same
+// decision; the prepared one is faster. Changing s.Caps afterwards needs
+// another Prepare.
+func (s Subject) Prepare() Subject {
+	s.decoded = make(map[string][]capDecoded, len(s.Caps))
+	for name, values := range s.Caps {
+		ds := make([]capDecoded, len(values))
+		for i, raw := range values {
+			ds[i].v, ds[i].ok = decodeCapValue(raw)
+		}
+		s.decoded[name] = ds
+	}
+	return s
 }
 
 // String names the subject the way decisions' reasons do: "wg:NAME" for a
@@ -185,11 +206,15 @@ func AllowAllForTest() *Policy {
 	return p
 }
 
-// The custom-code rights. A rule's kernels = ["*"] covers every built-in but
-// neither of these: running caller-supplied code must be granted by name.
+// The rights beyond the built-in kernels. A rule's kernels = ["*"] covers
+// every built-in but none of these: each must be granted by name.
 const (
+	// KernelCustomPTX and KernelCustomCUDA let a caller load and launch
+	// its own code.
 	KernelCustomPTX  = "custom:ptx"
 	KernelCustomCUDA = "custom:cuda"
+	// RightMetrics lets a caller read the host's metrics over the overlay.
+	RightMetrics = "observe:metrics"
 )
 
 var builtinKernels = []string{"matrix_mul", "reduce_sum", "relu", "saxpy", "softmax", "transpose"}
@@ -222,6 +247,9 @@ func (r *rule) covers(kernel, gpu, uuid string) bool {
 		coversGPU(r.allGPUs, r.gpus, gpu, uuid)
 }
 
+// coversEverything reports whether r names every kernel, right and GPU.
+func (r *rule) coversEverything() bool { return r.allKernels && r.allGPUs }
+
 func coversKernel(all, builtins bool, names map[string]bool, kernel string) bool {
 	if kernel == "" {
 		return false
@@ -229,7 +257,7 @@ func coversKernel(all, builtins bool, names map[string]bool, kernel string) bool
 	if all || names[kernel] {
 		return true
 	}
-	return builtins && !isCustom(kernel)
+	return builtins && isBuiltin(kernel)
 }
 
 func coversGPU(all bool, ids map[string]bool, gpu, uuid string) bool {
