@@ -51,6 +51,15 @@ proto: ## Regenerate gRPC code from gpusvc/gpumeshpb/gpumesh.proto (needs protoc
 	protoc -I gpusvc/gpumeshpb --go_out=gpusvc/gpumeshpb --go_opt=paths=source_relative \
 		--go-grpc_out=gpusvc/gpumeshpb --go-grpc_opt=paths=source_relative gpumesh.proto
 
+.PHONY: proto-cuda
+proto-cuda: ## Regenerate gpusvc/cudapb from examples/cuda/cuda.proto (needs protoc, protoc-gen-go, protoc-gen-go-grpc, libprotobuf-dev)
+	protoc -I examples/cuda -I $(PROTOBUF_INCLUDE) --go_out=gpusvc/cudapb --go_opt=paths=source_relative \
+		--go-grpc_out=gpusvc/cudapb --go-grpc_opt=paths=source_relative cuda.proto
+
+# Where google/protobuf/struct.proto lives (Debian: libprotobuf-dev).
+PROTOBUF_INCLUDE ?= /usr/include
+export PROTOBUF_INCLUDE
+
 .PHONY: python-stubs
 python-stubs: ## Regenerate examples/python stubs (needs protobuf-compiler, protobuf-compiler-grpc)
 	./examples/python/gen_stubs.sh
