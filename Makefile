@@ -61,8 +61,8 @@ PROTOBUF_INCLUDE ?= /usr/include
 export PROTOBUF_INCLUDE
 
 .PHONY: python-stubs
-python-stubs: ## Regenerate examples/python stubs (needs protobuf-compiler, protobuf-compiler-grpc)
-	./examples/python/gen_stubs.sh
+python-stubs: ## Regenerate the Python stubs of gpumesh.proto and cuda.proto (examples/python, python/gpumesh, examples/cuda; needs protobuf-compiler, protobuf-compiler-grpc, libprotobuf-dev)
+	./scripts/gen-python-stubs.sh
 
 .PHONY: clean
 clean: ## Remove built binaries
