@@ -198,7 +198,7 @@ func paramValues(name string, names []string, s *structpb.Struct) (values []*str
 		}
 		keys = append(keys, k)
 	}
-	slices.Sort(keys) // a stable first error
+	slices.Sort(keys)                            // a stable first error
 	byName := make(map[string]string, len(keys)) // canonical -> key as sent
 	for _, k := range keys {
 		c := strings.ToLower(k)
