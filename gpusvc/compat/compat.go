@@ -198,8 +198,9 @@ func paramValues(name string, names []string, s *structpb.Struct) (values []*str
 		}
 		keys = append(keys, k)
 	}
-	slices.Sort(keys)                            // a stable first error
-	byName := make(map[string]string, len(keys)) // canonical -> key as sent
+	slices.Sort(keys) // so that the first error is the same every time
+	// byName maps each canonical (lower-case) name to the key as sent.
+	byName := make(map[string]string, len(keys))
 	for _, k := range keys {
 		c := strings.ToLower(k)
 		if prev, ok := byName[c]; ok {
