@@ -46,7 +46,7 @@ import (
 const DefaultMaxElements = 1 << 20
 
 const (
-	// maxParams bounds the keys of params, and the entries of "args".
+	// maxParams bounds the keys of params.
 	maxParams = 16
 	// maxName bounds the kernel, gpu, dtype and key strings.
 	maxName = 128
@@ -234,8 +234,8 @@ func paramValues(name string, names []string, s *structpb.Struct) (values []*str
 		if !isList {
 			return nil, nil, 0, invalid("%s: params.%s: %s; want a list of the arguments", name, k, kindOf(fields[k]))
 		}
-		if n := len(lv.ListValue.GetValues()); n > maxParams {
-			return nil, nil, 0, invalid("%s: params.%s has %d entries; at most %d", name, k, n, maxParams)
+		if n := len(lv.ListValue.GetValues()); n != len(names) {
+			return nil, nil, 0, invalid("%s: params.%s has %d entries; %s", name, k, n, want())
 		}
 		values = lv.ListValue.GetValues()
 		for i := range values {
