@@ -30,7 +30,7 @@ test: ## Run all tests: go vet, gofmt, then every Go test (root-only ones skip w
 
 .PHONY: bench
 bench: ## Benchmarks, each printed with its ratio to the raw path measured in the same run
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./gpusvc/ ./gpusvc/cpu/ ./policy/ ./overlay/forward/ ./qos/ ./node/ ./e2e/priority/
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./gpusvc/ ./gpusvc/cpu/ ./gpusvc/compat/ ./policy/ ./overlay/forward/ ./qos/ ./node/ ./e2e/priority/
 
 # A count, not a duration: with a duration, Go 1.26's fuzz coordinator can
 # fail a target with a bare "context deadline exceeded" as the time runs
@@ -51,12 +51,21 @@ proto: ## Regenerate gRPC code from gpusvc/gpumeshpb/gpumesh.proto (needs protoc
 	protoc -I gpusvc/gpumeshpb --go_out=gpusvc/gpumeshpb --go_opt=paths=source_relative \
 		--go-grpc_out=gpusvc/gpumeshpb --go-grpc_opt=paths=source_relative gpumesh.proto
 
+.PHONY: proto-cuda
+proto-cuda: ## Regenerate gpusvc/cudapb from examples/cuda/cuda.proto (needs protoc, protoc-gen-go, protoc-gen-go-grpc, libprotobuf-dev)
+	protoc -I examples/cuda -I $(PROTOBUF_INCLUDE) --go_out=gpusvc/cudapb --go_opt=paths=source_relative \
+		--go-grpc_out=gpusvc/cudapb --go-grpc_opt=paths=source_relative cuda.proto
+
+# Where google/protobuf/struct.proto lives (Debian: libprotobuf-dev).
+PROTOBUF_INCLUDE ?= /usr/include
+export PROTOBUF_INCLUDE
+
 .PHONY: python-stubs
-python-stubs: ## Regenerate examples/python stubs (needs protobuf-compiler, protobuf-compiler-grpc)
-	./examples/python/gen_stubs.sh
+python-stubs: ## Regenerate the Python stubs of gpumesh.proto and cuda.proto (examples/python, python/gpumesh, examples/cuda; needs protobuf-compiler, protobuf-compiler-grpc, libprotobuf-dev)
+	./scripts/gen-python-stubs.sh
 
 .PHONY: clean
 clean: ## Remove built binaries
 	rm -rf $(BIN)
 
--include Makefile.gpu Makefile.headscale
+-include Makefile.gpu Makefile.headscale Makefile.grpcurl

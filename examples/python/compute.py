@@ -12,7 +12,14 @@ sees the call come from the cloud node's tailnet identity.
 It needs only Debian's python3-grpcio and python3-protobuf (no numpy):
 tensors are packed as little-endian float32 with `struct`.
 
-Exit status: 0 when every result checks out, 1 otherwise.
+What the host's policy does not allow this node (asked with Explain before
+each kernel, or refused with PERMISSION_DENIED) is reported with the
+policy's reason and skipped: under a least-privilege policy the script
+checks what it may do and says what it may not.
+
+Exit status: 0 when every check the policy allows ran and checked out (at
+least one); 1 when a result was wrong, a call failed otherwise, or the
+policy allowed nothing.
 """
 
 import argparse
@@ -56,19 +63,68 @@ def close(got, want, tol=1e-3):
         abs(g - w) <= tol * max(1.0, abs(w)) for g, w in zip(got, want))
 
 
-def check_matmul(stub, size, timeout):
-    # The worked example first: [[1 2 3] [4 5 6]] × [[7 8] [9 10] [11 12]].
-    res = stub.Compute(pb.ComputeRequest(
-        kernel="matrix_mul",
-        args=[pb.Arg(tensor=tensor([2, 3], [1, 2, 3, 4, 5, 6])),
-              pb.Arg(tensor=tensor([3, 2], [7, 8, 9, 10, 11, 12]))],
-    ), timeout=timeout)
+class Report:
+    """Counts the checks that passed, failed, and were refused by the policy."""
+
+    def __init__(self):
+        self.passed = self.failed = self.refused = 0
+
+    def ok(self, line):
+        print(line)
+        self.passed += 1
+
+    def fail(self, line):
+        print(line)
+        self.failed += 1
+
+    def refuse(self, what, reason):
+        print("%s: refused by the host's policy: %s" % (what, reason))
+        self.refused += 1
+
+
+def denied(err):
+    return isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def unimplemented(err):
+    return isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def refusal(stub, kernel, timeout):
+    """The policy's reason when it does not allow this node kernel, else None.
+    Asking first keeps refused calls out of the host's audit log."""
+    try:
+        ex = stub.Explain(pb.ExplainRequest(kernel=kernel), timeout=timeout)
+    except grpc.RpcError as err:
+        if unimplemented(err):
+            return None  # an older host: just try
+        raise
+    return None if ex.allow else ex.reason
+
+
+def check_matmul(stub, size, timeout, report):
+    reason = refusal(stub, "matrix_mul", timeout)
+    if reason is not None:
+        report.refuse("matrix_mul", reason)
+        return
+    try:
+        # The worked example first: [[1 2 3] [4 5 6]] × [[7 8] [9 10] [11 12]].
+        res = stub.Compute(pb.ComputeRequest(
+            kernel="matrix_mul",
+            args=[pb.Arg(tensor=tensor([2, 3], [1, 2, 3, 4, 5, 6])),
+                  pb.Arg(tensor=tensor([3, 2], [7, 8, 9, 10, 11, 12]))],
+        ), timeout=timeout)
+    except grpc.RpcError as err:
+        if denied(err):
+            report.refuse("matrix_mul", err.details())
+            return
+        raise
     out = res.outputs[0]
     if list(out.shape) != [2, 2] or floats(out) != [58, 64, 139, 154]:
-        print("matrix_mul 2x3 @ 3x2: got shape %s %s; want [2, 2] [58, 64, 139, 154]"
-              % (list(out.shape), floats(out)))
-        return False
-    print("matrix_mul 2x3 @ 3x2 = %s ok" % floats(out))
+        report.fail("matrix_mul 2x3 @ 3x2: got shape %s %s; want [2, 2] [58, 64, 139, 154]"
+                    % (list(out.shape), floats(out)))
+        return
+    report.ok("matrix_mul 2x3 @ 3x2 = %s ok" % floats(out))
 
     # Then a random square one, checked against Python's own arithmetic.
     rnd = random.Random(42)
@@ -84,24 +140,22 @@ def check_matmul(stub, size, timeout):
     b32 = floats(tensor([size * size], b))
     want = matmul(a32, b32, size, size, size)
     if not close(floats(res.outputs[0]), want):
-        print("matrix_mul %dx%d: result differs from the local computation" % (size, size))
-        return False
-    print("matrix_mul %dx%d ok (%.3f ms on the host)" % (size, size, res.compute_nanos / 1e6))
-    return True
+        report.fail("matrix_mul %dx%d: result differs from the local computation" % (size, size))
+        return
+    report.ok("matrix_mul %dx%d ok (%.3f ms on the host)" % (size, size, res.compute_nanos / 1e6))
 
 
-def unimplemented(err):
-    return isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
-def check_buffers(stub, timeout):
+def check_buffers(stub, timeout, report):
     """Upload a vector into a GPU buffer, read it back, compute on it."""
     try:
         session = stub.OpenSession(pb.OpenSessionRequest(), timeout=timeout).session
     except grpc.RpcError as err:
         if unimplemented(err):
             print("buffers: skipped, the host does not support sessions yet (%s)" % err.details())
-            return True
+            return
+        if denied(err):
+            report.refuse("buffers", err.details())
+            return
         raise
     try:
         values = [float(i % 7 - 3) for i in range(1024)]
@@ -121,41 +175,52 @@ def check_buffers(stub, timeout):
         except grpc.RpcError as err:
             if unimplemented(err):
                 print("buffers: skipped, the host does not support uploads yet (%s)" % err.details())
-                return True
+                return
             raise
         if wrote.bytes != len(data):
-            print("buffers: Write reports %d bytes; want %d" % (wrote.bytes, len(data)))
-            return False
+            report.fail("buffers: Write reports %d bytes; want %d" % (wrote.bytes, len(data)))
+            return
         back = b"".join(r.data for r in stub.Read(
             pb.ReadRequest(session=session, buffer=wrote.buffer, chunk_bytes=1500), timeout=timeout))
         if back != data:
-            print("buffers: read back %d bytes that differ from the %d uploaded" % (len(back), len(data)))
-            return False
-        print("buffers: uploaded and read back %d bytes in buffer %d ok" % (len(data), wrote.buffer))
+            report.fail("buffers: read back %d bytes that differ from the %d uploaded" % (len(back), len(data)))
+            return
+        report.ok("buffers: uploaded and read back %d bytes in buffer %d ok" % (len(data), wrote.buffer))
 
-        try:
-            res = stub.Compute(pb.ComputeRequest(
-                kernel="relu", session=session,
-                args=[pb.Arg(buffer=pb.BufferRef(id=wrote.buffer, dtype=pb.DTYPE_FLOAT32, shape=[len(values)]))],
-            ), timeout=timeout)
-        except grpc.RpcError as err:
-            if unimplemented(err):
-                print("buffers: compute on a resident buffer skipped (%s)" % err.details())
-            else:
-                raise
-        else:
-            want = [max(v, 0.0) for v in values]
-            if floats(res.outputs[0]) != want:
-                print("buffers: relu of the resident buffer is wrong")
-                return False
-            print("buffers: relu on the resident buffer ok")
+        check_relu(stub, session, wrote.buffer, values, timeout, report)
         stub.Free(pb.FreeRequest(session=session, buffer=wrote.buffer), timeout=timeout)
-        return True
     finally:
         try:
             stub.CloseSession(pb.CloseSessionRequest(session=session), timeout=timeout)
         except grpc.RpcError:
             pass
+
+
+def check_relu(stub, session, buffer, values, timeout, report):
+    """relu on the resident buffer, if the policy allows relu."""
+    what = "buffers: relu on the resident buffer"
+    reason = refusal(stub, "relu", timeout)
+    if reason is not None:
+        report.refuse(what, reason)
+        return
+    try:
+        res = stub.Compute(pb.ComputeRequest(
+            kernel="relu", session=session,
+            args=[pb.Arg(buffer=pb.BufferRef(id=buffer, dtype=pb.DTYPE_FLOAT32, shape=[len(values)]))],
+        ), timeout=timeout)
+    except grpc.RpcError as err:
+        if unimplemented(err):
+            print("%s skipped (%s)" % (what, err.details()))
+            return
+        if denied(err):
+            report.refuse(what, err.details())
+            return
+        raise
+    want = [max(v, 0.0) for v in values]
+    if floats(res.outputs[0]) != want:
+        report.fail("%s is wrong" % what)
+        return
+    report.ok("%s ok" % what)
 
 
 def main():
@@ -166,22 +231,31 @@ def main():
     p.add_argument("--timeout", type=float, default=30, help="seconds per call")
     args = p.parse_args()
 
+    report = Report()
     with grpc.insecure_channel(args.target) as channel:
         stub = pb_grpc.GPUStub(channel)
         try:
             dev = stub.Devices(pb.DevicesRequest(), timeout=args.timeout)
             print("host %s, backend %s, %d GPU(s); the host sees me as %s"
                   % (dev.host, dev.backend, len(dev.devices), dev.caller))
-            ok = check_matmul(stub, args.size, args.timeout)
-            ok = check_buffers(stub, args.timeout) and ok
+            check_matmul(stub, args.size, args.timeout, report)
+            check_buffers(stub, args.timeout, report)
         except grpc.RpcError as err:
             print("gpumesh call failed: %s: %s" % (err.code().name, err.details()), file=sys.stderr)
             if err.code() == grpc.StatusCode.UNAVAILABLE:
                 print("is `gpumesh up --forward %s=GPU-HOST` running, and the host up?" % args.target,
                       file=sys.stderr)
             return 1
-    print("OK" if ok else "FAILED")
-    return 0 if ok else 1
+    summary = "%d checks passed, %d refused by the host's policy, %d failed" % (
+        report.passed, report.refused, report.failed)
+    if report.failed:
+        print("FAILED: " + summary)
+        return 1
+    if not report.passed:
+        print("NOTHING CHECKED: the host's policy allows this node none of these calls (%s)" % summary)
+        return 1
+    print("OK: " + summary)
+    return 0
 
 
 if __name__ == "__main__":

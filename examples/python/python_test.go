@@ -1,14 +1,12 @@
 package python_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/gpusvc/cpu"
+	"github.com/gpumesh/gpumesh/internal/testtools"
 	"github.com/gpumesh/gpumesh/overlay/forward"
 	"github.com/gpumesh/gpumesh/overlay/overlaytest"
 	"github.com/gpumesh/gpumesh/policy"
@@ -52,16 +51,28 @@ func python(t *testing.T) string {
 	return ""
 }
 
+// leastPrivilegePolicy lets cloud multiply matrices, and nothing else.
+const leastPrivilegePolicy = `
+version = 1
+
+rule "cloud" {
+  subjects = ["cloud"]
+  gpus     = ["*"]
+  kernels  = ["matrix_mul"]
+}
+`
+
 // gpuHost is an embedded tailnet with a GPU host serving the CPU backend
-// to the node "cloud", recording who called what.
+// under a policy, recording who called what.
 type gpuHost struct {
 	tn *overlaytest.Tailnet
 
 	mu      sync.Mutex
 	callers map[string]int // "method caller" -> calls; guarded by mu
+	kernels map[string]int // "kernel caller" -> Compute calls; guarded by mu
 }
 
-func startGPUHost(ctx context.Context, t *testing.T) *gpuHost {
+func startGPUHost(ctx context.Context, t *testing.T, policySrc string) *gpuHost {
 	t.Helper()
 	tn, err := overlaytest.Start(overlaytest.Options{})
 	if err != nil {
@@ -73,11 +84,11 @@ func startGPUHost(ctx context.Context, t *testing.T) *gpuHost {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { host.Close() })
-	pol, err := policy.Parse("cloud.hcl", []byte(cloudPolicy))
+	pol, err := policy.Parse("cloud.hcl", []byte(policySrc))
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &gpuHost{tn: tn, callers: map[string]int{}}
+	h := &gpuHost{tn: tn, callers: map[string]int{}, kernels: map[string]int{}}
 	srv, err := gpusvc.NewServer(gpusvc.Config{
 		Backend: cpu.New(),
 		WhoIs:   host.WhoIs,
@@ -86,6 +97,9 @@ func startGPUHost(ctx context.Context, t *testing.T) *gpuHost {
 		OnCall: func(r gpusvc.CallRecord) {
 			h.mu.Lock()
 			h.callers[r.Method+" "+r.Caller.Node]++
+			if r.Method == "Compute" {
+				h.kernels[r.Kernel+" "+r.Caller.Node]++
+			}
 			h.mu.Unlock()
 		},
 	})
@@ -142,7 +156,7 @@ func runComputePy(ctx context.Context, t *testing.T, py, target string) {
 		"matrix_mul 16x16 ok",
 		"buffers: uploaded and read back 4096 bytes",
 		"buffers: relu on the resident buffer ok",
-		"\nOK\n",
+		"\nOK: 4 checks passed, 0 refused by the host's policy, 0 failed\n",
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("compute.py output lacks %q", want)
@@ -157,7 +171,7 @@ func TestComputePy(t *testing.T) {
 	py := python(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	h := startGPUHost(ctx, t)
+	h := startGPUHost(ctx, t, cloudPolicy)
 	cloud, err := h.tn.Join(ctx, "cloud")
 	if err != nil {
 		t.Fatal(err)
@@ -182,73 +196,14 @@ func TestComputePyThroughGpumeshUp(t *testing.T) {
 		t.Skip("builds the gpumesh binary")
 	}
 	py := python(t)
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("no go command to build gpumesh with")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	bin := filepath.Join(t.TempDir(), "gpumesh")
-	if out, err := exec.CommandContext(ctx, goBin, "build", "-o", bin, "github.com/gpumesh/gpumesh/cmd/gpumesh").CombinedOutput(); err != nil {
-		t.Fatalf("go build gpumesh: %v\n%s", err, out)
-	}
-	h := startGPUHost(ctx, t)
-
-	up := exec.CommandContext(ctx, bin, "up", "--control-url", h.tn.ControlURL, "--state-dir", t.TempDir(),
-		"--hostname", "cloud", "--ephemeral", "--forward", "127.0.0.1:0=gpu-host")
-	// As overlaytest does in-process: a namespace with only loopback still
-	// counts as a network that is up.
-	up.Env = append(os.Environ(), "TS_ASSUME_NETWORK_UP_FOR_TEST=1")
-	up.Stderr = os.Stderr
-	stdout, err := up.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := up.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	rest := make(chan string, 1)
-	lines := bufio.NewScanner(stdout)
-	forwarding := regexp.MustCompile(`^gpumesh: forwarding (127\.0\.0\.1:\d+) -> gpu-host:50051$`)
-	var addr string
-	var output []string
-	for lines.Scan() {
-		output = append(output, lines.Text())
-		if m := forwarding.FindStringSubmatch(lines.Text()); m != nil {
-			addr = m[1]
-		}
-		if strings.Contains(lines.Text(), "ready") {
-			break
-		}
-	}
-	go func() {
-		var more []string
-		for lines.Scan() {
-			more = append(more, lines.Text())
-		}
-		rest <- strings.Join(more, "\n")
-		exited <- up.Wait()
-	}()
-	if addr == "" {
-		up.Process.Kill()
-		<-rest
-		t.Fatalf("gpumesh up printed %q, no forwarding line (exit: %v)", output, <-exited)
-	}
-
-	runComputePy(ctx, t, py, addr)
+	bin := testtools.BuildGpumesh(ctx, t)
+	h := startGPUHost(ctx, t, cloudPolicy)
+	up := testtools.StartUp(ctx, t, bin, h.tn.ControlURL, "cloud", "gpu-host")
+	runComputePy(ctx, t, py, up.Addr)
 	h.checkCallers(t)
-
-	if err := up.Process.Signal(os.Interrupt); err != nil {
-		t.Fatal(err)
-	}
-	more := <-rest
-	if err := <-exited; err != nil {
-		t.Errorf("gpumesh up after an interrupt: %v", err)
-	}
-	if !strings.Contains(more, "shutting down") {
-		t.Errorf("gpumesh up ended without saying so: %q", more)
-	}
+	up.Stop(t)
 }
 
 // TestComputePyHostUnreachable: when the forwarder cannot reach the host,
@@ -282,5 +237,81 @@ func TestComputePyHostUnreachable(t *testing.T) {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("compute.py output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestComputePyLeastPrivilege runs compute.py as a node whose policy allows
+// matrix_mul only: it checks what it may do, reports what the policy
+// refuses with the policy's reason (asking Explain first, so no refused
+// call reaches the host), and passes. A node the policy allows nothing
+// learns why, and the script fails: nothing was checked.
+func TestComputePyLeastPrivilege(t *testing.T) {
+	py := python(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	h := startGPUHost(ctx, t, leastPrivilegePolicy)
+	script, err := filepath.Abs("compute.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(name string) (string, error) {
+		n, err := h.tn.Join(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close()
+		fwd, err := forward.Start(forward.Config{
+			Dial:  n.Dial,
+			Rules: []forward.Rule{{Listen: "127.0.0.1:0", Target: "gpu-host:50051"}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fwd.Close()
+		cmd := exec.CommandContext(ctx, py, script, "--target", fwd.Addr(0).String(), "--size", "8")
+		cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
+		out, err := cmd.CombinedOutput()
+		t.Logf("compute.py as %s:\n%s", name, out)
+		return string(out), err
+	}
+
+	out, err := run("cloud")
+	if err != nil {
+		t.Fatalf("compute.py under a policy that allows matrix_mul: %v; want exit status 0", err)
+	}
+	for _, want := range []string{
+		"matrix_mul 2x3 @ 3x2 = [58.0, 64.0, 139.0, 154.0] ok",
+		"matrix_mul 8x8 ok",
+		"buffers: uploaded and read back 4096 bytes",
+		"buffers: relu on the resident buffer: refused by the host's policy: no rule allows cloud to call relu on gpu 0 (default deny)",
+		"\nOK: 3 checks passed, 1 refused by the host's policy, 0 failed\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("compute.py output lacks %q", want)
+		}
+	}
+
+	out, err = run("stranger")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("compute.py as a node the policy allows nothing: %v; want exit status 1", err)
+	}
+	for _, want := range []string{
+		"matrix_mul: refused by the host's policy: no rule allows stranger to call matrix_mul on gpu 0 (default deny)",
+		"buffers: refused by the host's policy: gpumesh: denied by gpu-host's policy: no rule allows stranger",
+		"NOTHING CHECKED: the host's policy allows this node none of these calls (0 checks passed, 2 refused",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("compute.py output lacks %q", want)
+		}
+	}
+
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if n := h.kernels["relu cloud"] + h.kernels["matrix_mul stranger"]; n != 0 {
+		t.Errorf("the host saw %d calls the policy refuses; Explain should have kept them home (%v)", n, h.kernels)
+	}
+	if h.kernels["matrix_mul cloud"] != 2 {
+		t.Errorf("the host saw %v; want 2 matrix_mul calls from cloud", h.kernels)
 	}
 }
