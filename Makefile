@@ -29,7 +29,7 @@ SKIP_ALLOWLIST ?= .ci/allowed-skips
 TESTREPORT     ?= .tools/bin/testreport
 
 .PHONY: test
-test: headscale ## Run all tests: go vet, gofmt, every Go test (builds Headscale once; root runs the network-namespace tests too), then every skip and its reason
+test: headscale ## Run all tests (vet, gofmt, every Go test; root runs the netns tests too), then list every skip and why
 	$(GO) vet ./...
 	@files=$$(git ls-files --cached --others --exclude-standard '*.go' | grep -v '\.pb\.go$$'); \
 	  bad=$$(gofmt -l $$files); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
