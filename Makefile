@@ -23,10 +23,11 @@ demo: build ## Run gpumesh end to end on an embedded tailnet (no account needed)
 
 # `make test` ends with every skipped test and its reason, checked against
 # the allowlist of skips that are decisions; SKIPS=strict (CI) also fails
-# when a test skipped for a reason not on it.
+# when a test skipped for a reason not on it. TESTPKGS narrows the packages.
 SKIPS          ?= report
 SKIP_ALLOWLIST ?= .ci/allowed-skips
 TESTREPORT     ?= .tools/bin/testreport
+TESTPKGS       ?= ./...
 
 .PHONY: test
 test: headscale ## Run all tests (vet, gofmt, every Go test; root runs the netns tests too), then list every skip and why
@@ -35,7 +36,7 @@ test: headscale ## Run all tests (vet, gofmt, every Go test; root runs the netns
 	  bad=$$(gofmt -l $$files); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) build -o $(TESTREPORT) ./internal/cmd/testreport
 	GPUMESH_HEADSCALE=$(abspath $(HEADSCALE)) $(TESTREPORT) -allow $(SKIP_ALLOWLIST) $(if $(filter strict,$(SKIPS)),-strict) \
-		-- $(GO) test -json $(TESTFLAGS) ./...
+		-- $(GO) test -json $(TESTFLAGS) $(TESTPKGS)
 
 .PHONY: bench
 bench: ## Benchmarks, each printed with its ratio to the raw path measured in the same run
