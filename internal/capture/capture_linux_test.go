@@ -347,16 +347,16 @@ func TestLifecycle(t *testing.T) {
 	if _, err := c.Wait(ctx, 1); !errors.Is(err, context.Canceled) {
 		t.Errorf("Wait with a cancelled context: %v, want context.Canceled", err)
 	}
-	for _, msg := range []string{"one", "two"} {
+	for _, msg := range []string{"one", "three"} {
 		if _, err := a.WriteToUDPAddrPort([]byte(msg), pa); err != nil {
 			t.Fatal(err)
 		}
 	}
 	wctx, wcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer wcancel()
-	p, err := c.WaitFor(wctx, func(p Packet) bool { return p.Payload == len("two") && c.Len() == 2 })
-	if err != nil || p.Payload != 3 {
-		t.Fatalf("WaitFor = %v, %v", p, err)
+	p, err := c.WaitFor(wctx, func(p Packet) bool { return p.Payload == len("three") })
+	if err != nil || p.Payload != 5 || c.Len() != 2 {
+		t.Fatalf("WaitFor = %v, %v (%d packets kept); want the second packet", p, err, c.Len())
 	}
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
