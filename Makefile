@@ -21,12 +21,22 @@ build: ## Build bin/gpumesh (the one binary)
 demo: build ## Run gpumesh end to end on an embedded tailnet (no account needed)
 	$(BIN)/gpumesh demo
 
+# `make test` ends with every skipped test and its reason, checked against
+# the allowlist of skips that are decisions; SKIPS=strict (CI) also fails
+# when a test skipped for a reason not on it. TESTPKGS narrows the packages.
+SKIPS          ?= report
+SKIP_ALLOWLIST ?= .ci/allowed-skips
+TESTREPORT     ?= .tools/bin/testreport
+TESTPKGS       ?= ./...
+
 .PHONY: test
-test: ## Run all tests: go vet, gofmt, then every Go test (root-only ones skip when not root)
+test: headscale grpcurl ## Run all tests (vet, gofmt, every Go test; root runs the netns tests too), then list every skip and why
 	$(GO) vet ./...
 	@files=$$(git ls-files --cached --others --exclude-standard '*.go' | grep -v '\.pb\.go$$'); \
 	  bad=$$(gofmt -l $$files); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
-	$(GO) test $(TESTFLAGS) ./...
+	$(GO) build -o $(TESTREPORT) ./internal/cmd/testreport
+	GPUMESH_HEADSCALE=$(abspath $(HEADSCALE)) $(TESTREPORT) -allow $(SKIP_ALLOWLIST) $(if $(filter strict,$(SKIPS)),-strict) \
+		-- $(GO) test -json $(TESTFLAGS) $(TESTPKGS)
 
 .PHONY: bench
 bench: ## Benchmarks, each printed with its ratio to the raw path measured in the same run

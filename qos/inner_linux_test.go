@@ -3,7 +3,6 @@ package qos
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -14,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gpumesh/gpumesh/internal/capture"
 	"github.com/gpumesh/gpumesh/qos/internal/nstest"
 )
 
@@ -126,18 +126,17 @@ func TestSetConnDSCPKernelErrors(t *testing.T) {
 // captured at the dialler, carry DSCP 0 before SetConnDSCP and EF after,
 // with the kernel's ECT(0) kept throughout.
 func TestSetConnDSCPOnTheWire(t *testing.T) {
-	nstest.Require(t, "tcpdump")
 	p := nstest.NewPair(t)
 	// The dialler asks for ECN; the acceptor's default (2) grants it.
 	if err := p.A.Do(func() error { return os.WriteFile("/proc/sys/net/ipv4/tcp_ecn", []byte("1"), 0) }); err != nil {
 		t.Fatal(err)
 	}
 	for _, fam := range []struct {
-		name, network, filter string
-		addr                  net.IP
+		name, network string
+		addr          net.IP
 	}{
-		{"ipv4", "tcp4", "ip", p.AddrB},
-		{"ipv6", "tcp6", "ip6", p.Addr6B},
+		{"ipv4", "tcp4", p.AddrB},
+		{"ipv6", "tcp6", p.Addr6B},
 	} {
 		t.Run(fam.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -166,32 +165,20 @@ func TestSetConnDSCPOnTheWire(t *testing.T) {
 			}
 			defer server.Close()
 
-			// capture returns count data segments the server sends,
-			// writing until the capture has them. Each chunk is read
-			// back before the next is written, so none is in flight
-			// when capture returns.
-			capture := func(count int) []nstest.Packet {
-				filter := fmt.Sprintf("%s and tcp src port %d and greater 500", fam.filter, port)
-				wait := p.A.Capture(ctx, t, p.LinkA, filter, count)
-				res := make(chan []nstest.Packet, 1)
-				errc := make(chan error, 1)
-				go func() {
-					pkts, err := wait()
-					if err != nil {
-						errc <- err
-						return
-					}
-					res <- pkts
-				}()
-				var pkts []nstest.Packet
+			// dataSegments returns the first count data segments the
+			// server sends, writing until a capture has them. Each chunk
+			// is read back before the next is written, so none is in
+			// flight when it returns.
+			dataSegments := func(count int) []capture.Packet {
+				c := p.A.Capture(t, p.LinkA, func(pkt capture.Packet) bool {
+					return pkt.IPv6() == (fam.network == "tcp6") && pkt.Protocol == capture.ProtoTCP &&
+						pkt.SrcPort == uint16(port) && pkt.Payload > 0
+				})
+				defer c.Close()
 				chunk := make([]byte, 2000)
 				err := nstest.Every(ctx, 10*time.Millisecond, func() bool {
-					select {
-					case pkts = <-res:
+					if c.Len() >= count {
 						return true
-					case err := <-errc:
-						t.Fatal(err)
-					default:
 					}
 					if _, err := server.Write(chunk); err != nil {
 						t.Fatal(err)
@@ -204,11 +191,15 @@ func TestSetConnDSCPOnTheWire(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				pkts, err := c.Wait(ctx, count)
+				if err != nil {
+					t.Fatal(err)
+				}
 				return pkts
 			}
 
-			for _, pkt := range capture(3) {
-				t.Logf("before: ipv6=%v tos=%#02x", pkt.IPv6, pkt.TOS)
+			for _, pkt := range dataSegments(3) {
+				t.Logf("before: %v", pkt)
 				if pkt.DSCP() != 0 || pkt.ECN() != 2 {
 					t.Fatalf("unmarked segment tos %#02x, want 0x02 (ECT(0))", pkt.TOS)
 				}
@@ -216,8 +207,8 @@ func TestSetConnDSCPOnTheWire(t *testing.T) {
 			if err := SetConnDSCP(server, DSCPEF); err != nil {
 				t.Fatal(err)
 			}
-			for _, pkt := range capture(3) {
-				t.Logf("after: ipv6=%v tos=%#02x dscp=%s ecn=%d", pkt.IPv6, pkt.TOS, DSCPName(pkt.DSCP()), pkt.ECN())
+			for _, pkt := range dataSegments(3) {
+				t.Logf("after: %v dscp=%s ecn=%d", pkt, DSCPName(pkt.DSCP()), pkt.ECN())
 				if pkt.DSCP() != DSCPEF || pkt.ECN() != 2 {
 					t.Errorf("marked segment tos %#02x, want %#02x (EF + ECT(0))", pkt.TOS, DSCPEF<<2|2)
 				}

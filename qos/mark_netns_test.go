@@ -5,13 +5,13 @@ package qos_test
 import (
 	"context"
 	"net"
-	"strconv"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gpumesh/gpumesh/internal/capture"
 	"github.com/gpumesh/gpumesh/qos"
 	"github.com/gpumesh/gpumesh/qos/internal/nstest"
 )
@@ -38,7 +38,6 @@ func setECT0(t *testing.T, c syscall.Conn, v6 bool) {
 // MarkUDPPort, sent across a veth into another namespace, are captured
 // there with the configured DSCP and the sender's ECT(0) unchanged.
 func TestMarkUDPPortOnTheWire(t *testing.T) {
-	nstest.Require(t, "tcpdump")
 	p := nstest.NewPair(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -55,32 +54,15 @@ func TestMarkUDPPortOnTheWire(t *testing.T) {
 	// One capture per family: IPv6 neighbour discovery on a fresh veth
 	// can take a second, long after the IPv4 packets arrived.
 	const count = 3
-	type result struct {
-		pkts []nstest.Packet
-		err  error
+	fromPort := func(v6 bool) func(capture.Packet) bool {
+		return func(pkt capture.Packet) bool {
+			return pkt.IPv6() == v6 && pkt.Protocol == capture.ProtoUDP && pkt.SrcPort == uint16(port)
+		}
 	}
-	resc := make(chan result, 2)
-	for _, fam := range []string{"ip", "ip6"} {
-		wait := p.B.Capture(ctx, t, p.LinkB, fam+" and udp and src port "+strconv.Itoa(port), count)
-		go func() { pkts, err := wait(); resc <- result{pkts, err} }()
-	}
-	var pkts []nstest.Packet
-	done := 0
+	caps := []*capture.Capture{p.B.Capture(t, p.LinkB, fromPort(false)), p.B.Capture(t, p.LinkB, fromPort(true))}
 	// Send until both captures have their packets.
 	err := nstest.Every(ctx, 20*time.Millisecond, func() bool {
-		for drained := false; !drained; {
-			select {
-			case res := <-resc:
-				if res.err != nil {
-					t.Fatal(res.err)
-				}
-				pkts = append(pkts, res.pkts...)
-				done++
-			default:
-				drained = true
-			}
-		}
-		if done == 2 {
+		if caps[0].Len() >= count && caps[1].Len() >= count {
 			return true
 		}
 		v4.WriteTo([]byte("gpu"), &net.UDPAddr{IP: p.AddrB, Port: 9})
@@ -88,21 +70,18 @@ func TestMarkUDPPortOnTheWire(t *testing.T) {
 		return false
 	})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("captured %d IPv4 and %d IPv6 packets, want %d of each: %v", caps[0].Len(), caps[1].Len(), count, err)
 	}
-	var fams [2]int
-	for _, pkt := range pkts {
-		t.Logf("captured ipv6=%v tos=%#02x dscp=%s ecn=%d sport=%d", pkt.IPv6, pkt.TOS, qos.DSCPName(pkt.DSCP()), pkt.ECN(), pkt.SrcPort)
-		if pkt.DSCP() != qos.DSCPAF41 || pkt.ECN() != 2 {
-			t.Errorf("packet tos %#02x: want DSCP AF41 with ECT(0) (0x8a)", pkt.TOS)
+	for _, c := range caps {
+		pkts, err := c.Wait(ctx, count)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if pkt.IPv6 {
-			fams[1]++
-		} else {
-			fams[0]++
+		for _, pkt := range pkts {
+			t.Logf("captured %v dscp=%s ecn=%d", pkt, qos.DSCPName(pkt.DSCP()), pkt.ECN())
+			if pkt.DSCP() != qos.DSCPAF41 || pkt.ECN() != 2 || pkt.Dir != capture.In {
+				t.Errorf("packet %v: want DSCP AF41 with ECT(0) (tos 0x8a), arriving", pkt)
+			}
 		}
-	}
-	if fams[0] != count || fams[1] != count {
-		t.Errorf("captured %d IPv4 and %d IPv6 packets, want %d of each", fams[0], fams[1], count)
 	}
 }

@@ -4,7 +4,6 @@ package qos_test
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpumesh/gpumesh/internal/capture"
 	"github.com/gpumesh/gpumesh/overlay/overlaytest"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
 	"github.com/gpumesh/gpumesh/qos"
@@ -42,7 +42,6 @@ func TestTsnetOuterDSCP(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a tailnet (-short)")
 	}
-	nstest.Require(t, "tcpdump")
 	ns := nstest.NewNS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -88,13 +87,9 @@ func tsnetOuterDSCPChild(t *testing.T, ns *nstest.NS) {
 
 	// Direct UDP from gpu-host to the laptop (DERP runs over TCP).
 	const count = 5
-	wait := ns.Capture(ctx, t, "lo", fmt.Sprintf("udp and src port %d and dst port %d", e2ePortA, e2ePortB), count)
-	type result struct {
-		pkts []nstest.Packet
-		err  error
-	}
-	resc := make(chan result, 1)
-	go func() { pkts, err := wait(); resc <- result{pkts, err} }()
+	direct := ns.Capture(t, "lo", func(p capture.Packet) bool {
+		return p.Protocol == capture.ProtoUDP && p.SrcPort == e2ePortA && p.DstPort == e2ePortB
+	})
 
 	ln, err := host.Listen("tcp", ":8080")
 	if err != nil {
@@ -117,27 +112,25 @@ func tsnetOuterDSCPChild(t *testing.T, ns *nstest.NS) {
 		t.Fatalf("dial gpu-host: %v", err)
 	}
 	// Keep data flowing (gpu-host answers with ACKs) until disco has moved
-	// the path from DERP to direct UDP and tcpdump has its packets.
-	var res result
+	// the path from DERP to direct UDP and the capture has its packets.
 	buf := make([]byte, 4096)
 	if err := nstest.Every(ctx, 20*time.Millisecond, func() bool {
-		select {
-		case res = <-resc:
+		if direct.Len() >= count {
 			return true
-		default:
 		}
 		c.Write(buf)
 		return false
 	}); err != nil {
-		t.Fatalf("no direct UDP packets from gpu-host: %v", err)
+		t.Fatalf("%d direct UDP packets from gpu-host, want %d: %v", direct.Len(), count, err)
 	}
 	c.Close()
 	<-accepted
-	if res.err != nil {
-		t.Fatal(res.err)
+	pkts, err := direct.Wait(ctx, count)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, p := range res.pkts {
-		t.Logf("captured %d -> %d tos=%#02x dscp=%s ecn=%d", p.SrcPort, p.DstPort, p.TOS, qos.DSCPName(p.DSCP()), p.ECN())
+	for _, p := range pkts {
+		t.Logf("captured %v dscp=%s ecn=%d", p, qos.DSCPName(p.DSCP()), p.ECN())
 		if p.DSCP() != qos.DSCPAF41 || p.ECN() != 0 {
 			t.Errorf("packet tos %#02x, want AF41 with magicsock's Not-ECT (0x88)", p.TOS)
 		}

@@ -45,7 +45,7 @@ func testMain(m *testing.M) int {
 	case testing.Short():
 		skipReason = "end-to-end Headscale tests do not run with -short"
 	case !isExecutable(headscaleBin):
-		skipReason = fmt.Sprintf("needs Headscale at %s: run `make headscale` (or set GPUMESH_HEADSCALE)", headscaleBin)
+		skipReason = fmt.Sprintf("needs Headscale at %s: run `make headscale` (make test does; or set GPUMESH_HEADSCALE)", headscaleBin)
 	}
 	if skipReason != "" {
 		return m.Run()
@@ -56,6 +56,11 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	// Other users may run the binary (TestUnwritableStateDir runs it as nobody).
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	gpumeshBin = filepath.Join(dir, "gpumesh")
 	build := exec.Command("go", "build", "-o", gpumeshBin, "./cmd/gpumesh")
 	build.Dir = root
@@ -155,9 +160,18 @@ type proc struct {
 
 func startProc(t *testing.T, name string, env []string, bin string, args ...string) *proc {
 	t.Helper()
+	return startProcAs(t, nil, name, env, bin, args...)
+}
+
+// startProcAs starts a process as the user cred names (nil: this one).
+func startProcAs(t *testing.T, cred *syscall.Credential, name string, env []string, bin string, args ...string) *proc {
+	t.Helper()
 	p := &proc{name: name, out: newOutput(), done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = env
+	if cred != nil {
+		p.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)

@@ -19,6 +19,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -594,29 +595,41 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-// TestUnwritableStateDir: a state dir the process may not write is refused
-// before joining. Root writes anywhere, so it runs only for other users.
+// TestUnwritableStateDir: a state dir the process may not write (another
+// user's, read-only) is refused before joining, with an error naming it.
+// The process runs as nobody (uid 65534), so the test needs root: a dir
+// the process owns it could make writable, and root writes anywhere.
 func TestUnwritableStateDir(t *testing.T) {
 	need(t)
-	if os.Geteuid() == 0 {
-		t.Skip("root ignores directory permissions (TestBadInput covers a state dir under a file)")
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (runs gpumesh as nobody against a state dir root owns)")
 	}
 	t.Parallel()
-	base := t.TempDir()
+	// nobody must reach the policy: t.TempDir's parent is 0700.
+	base, err := os.MkdirTemp("", "gpumesh-e2e-ro-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	policyPath := filepath.Join(base, "policy.hcl")
-	if err := os.WriteFile(policyPath, []byte(hostPolicy), 0o600); err != nil {
+	if err := os.WriteFile(policyPath, []byte(hostPolicy), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(base, "ro")
-	if err := os.Mkdir(dir, 0o500); err != nil {
+	if err := os.Mkdir(dir, 0o555); err != nil {
 		t.Fatal(err)
 	}
-	p := startProc(t, "gpumesh", childEnv(t), gpumeshBin, "serve", "--policy", policyPath,
-		"--control-url", "http://127.0.0.1:9", "--authkey", "x", "--state-dir", dir)
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	p := startProcAs(t, nobody, "gpumesh", append(childEnv(t), "HOME="+base), gpumeshBin, "serve",
+		"--policy", policyPath, "--control-url", "http://127.0.0.1:9", "--authkey", "x", "--state-dir", dir)
 	if code := p.wait(t, time.Minute); code == 0 {
 		t.Fatal("exit 0 with a read-only state dir")
 	}
-	if !strings.Contains(p.out.String(), "not writable") {
-		t.Errorf("no clear error:\n%s", p.out.String())
+	// Refused at the state dir, not after trying the (closed) control port.
+	if out := p.out.String(); !strings.Contains(out, "state dir") || !strings.Contains(out, dir) {
+		t.Errorf("no error naming the state dir %s:\n%s", dir, out)
 	}
 }

@@ -2,27 +2,35 @@
 //
 // The demo runs in a network namespace whose only route off loopback is a
 // default route into a veth; the other end of the veth, in a second
-// namespace, is captured with tcpdump. A positive control (one UDP packet
-// sent into the veth before the demo) shows the capture sees what leaves.
-// Needs root, ip (iproute2) and tcpdump; skips otherwise.
+// namespace, is captured (internal/capture: an AF_PACKET socket, no
+// tcpdump). Two positive controls, a UDP packet sent into the veth before
+// the demo starts and another after it ends, show that the capture sees
+// what leaves for the demo's whole run, and the kernel's counters show it
+// dropped nothing. Every other frame that arrives, except ARP, is a leak.
+// Needs root and ip (iproute2); skips otherwise.
 package offline
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gpumesh/gpumesh/internal/capture"
 )
 
 const (
 	hostAddr = "192.0.2.1" // TEST-NET-1: the demo's namespace
 	peerAddr = "192.0.2.2" // the capturing namespace
+	// The control packets' destination ports on the peer.
+	beforePort = 9
+	afterPort  = 10
 )
 
 // TestMain doubles as the positive control's sender: run inside the demo's
@@ -48,10 +56,8 @@ func need(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces")
 	}
-	for _, tool := range []string{"ip", "tcpdump"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s", tool)
-		}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs ip (iproute2)")
 	}
 }
 
@@ -96,51 +102,38 @@ func TestDemoSendsNothingBeyondLoopback(t *testing.T) {
 	run(t, "ip", "-n", nsB, "link", "set", vethB, "up")
 	run(t, "ip", "-n", nsA, "route", "add", "default", "via", peerAddr)
 
-	pcap := filepath.Join(dir, "leak.pcap")
-	capture := exec.Command("ip", "netns", "exec", nsB, "tcpdump", "-i", vethB, "-n", "-U", "--immediate-mode", "-w", pcap, "ip6 or (ip and not src host "+peerAddr+")")
-	stderr, err := capture.StderrPipe()
+	// Every frame that crosses the peer's end of the veth, from now on.
+	c, err := capture.Start(capture.Config{Netns: "/run/netns/" + nsB, Interface: vethB})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := capture.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		capture.Process.Signal(os.Interrupt)
-		capture.Wait()
-	}
-	t.Cleanup(stop)
-	// Wait until tcpdump listens.
-	sc := bufio.NewScanner(stderr)
-	for sc.Scan() {
-		t.Logf("tcpdump: %s", sc.Text())
-		if strings.Contains(sc.Text(), "listening on") {
-			break
+	t.Cleanup(func() { c.Close() })
+	host, peer := netip.MustParseAddr(hostAddr), netip.MustParseAddr(peerAddr)
+	isControl := func(port uint16) func(capture.Packet) bool {
+		return func(p capture.Packet) bool {
+			return p.Dir == capture.In && p.Protocol == capture.ProtoUDP &&
+				p.Src == host && p.Dst == peer && p.DstPort == port
 		}
 	}
-	go func() {
-		for sc.Scan() {
-			t.Logf("tcpdump: %s", sc.Text())
-		}
-	}()
-
-	// Positive control: one packet to the peer must show in the capture.
-	control := peerAddr + ":9"
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	send := exec.CommandContext(ctx, "ip", "netns", "exec", nsA, self)
-	send.Env = append(os.Environ(), "GPUMESH_OFFLINE_SEND="+control)
-	if out, err := send.CombinedOutput(); err != nil {
-		t.Fatalf("control packet: %v\n%s", err, out)
+	// control sends one UDP packet from the demo's namespace to the peer's
+	// port and waits until the capture has it.
+	control := func(port uint16) {
+		t.Helper()
+		send := exec.CommandContext(ctx, "ip", "netns", "exec", nsA, self)
+		send.Env = append(os.Environ(), fmt.Sprintf("GPUMESH_OFFLINE_SEND=%s:%d", peerAddr, port))
+		if out, err := send.CombinedOutput(); err != nil {
+			t.Fatalf("control packet: %v\n%s", err, out)
+		}
+		if _, err := c.WaitFor(ctx, isControl(port)); err != nil {
+			t.Fatalf("the capture missed the control packet to port %d, so it proves nothing: %v", port, err)
+		}
 	}
 
+	control(beforePort)
 	demo := exec.CommandContext(ctx, "ip", "netns", "exec", nsA, bin, "demo")
 	demo.Env = append(os.Environ(), "HOME="+dir)
 	out, err := demo.CombinedOutput()
@@ -150,29 +143,32 @@ func TestDemoSendsNothingBeyondLoopback(t *testing.T) {
 	if !strings.Contains(string(out), "demo: PASS") {
 		t.Fatalf("demo did not pass:\n%s", out)
 	}
-	stop()
+	control(afterPort)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st := c.Stats()
+	if st.Dropped != 0 {
+		t.Fatalf("the kernel dropped %d frames before the capture read them, so it proves nothing (%+v)", st.Dropped, st)
+	}
 
-	dump, err := exec.Command("tcpdump", "-n", "-r", pcap).CombinedOutput()
-	if err != nil {
-		t.Fatalf("read capture: %v\n%s", err, dump)
-	}
-	var controlSeen bool
 	var leaks []string
-	for _, line := range strings.Split(string(dump), "\n") {
-		if !strings.Contains(line, " IP") {
-			continue
+	controls := map[uint16]int{}
+	for _, p := range c.Packets() {
+		switch {
+		case p.Dir != capture.In, p.EtherType == capture.EtherTypeARP:
+			// The peer's own replies; address resolution for the controls.
+		case isControl(beforePort)(p), isControl(afterPort)(p):
+			controls[p.DstPort]++
+		default:
+			leaks = append(leaks, p.String())
 		}
-		if strings.Contains(line, "> "+peerAddr+".9: UDP") {
-			controlSeen = true
-			continue
-		}
-		leaks = append(leaks, line)
 	}
-	if !controlSeen {
-		t.Fatalf("the capture missed the control packet, so it proves nothing:\n%s", dump)
+	if controls[beforePort] != 1 || controls[afterPort] != 1 {
+		t.Errorf("control packets seen %v, want one to each of ports %d and %d", controls, beforePort, afterPort)
 	}
 	if len(leaks) > 0 {
 		t.Fatalf("%d packet(s) left the demo's namespace:\n%s\ndemo output:\n%s", len(leaks), strings.Join(leaks, "\n"), out)
 	}
-	t.Logf("demo passed in the namespace; the capture saw the control packet and nothing else:\n%s", out)
+	t.Logf("demo passed in the namespace; the capture saw %d frames: the two control packets, no leak:\n%s", st.Frames, out)
 }

@@ -4,7 +4,7 @@
 // veth shows the host's WireGuard UDP packets carrying the configured DSCP
 // (AF41) with the ECN bits as the sender left them.
 //
-// Needs root, ip (iproute2) and tcpdump; skips otherwise. The addresses are
+// Needs root and ip (iproute2); skips otherwise. The addresses are
 // TEST-NET-1 on the test's own veth: nothing leaves its namespaces.
 package wire
 
@@ -12,11 +12,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +23,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/e2e/internal/e2etest"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
+	"github.com/gpumesh/gpumesh/internal/capture"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
 	"github.com/gpumesh/gpumesh/qos"
@@ -148,9 +147,6 @@ func runLaptop(controlURL string) error {
 }
 
 func TestOuterDSCPBetweenNamespaces(t *testing.T) {
-	if _, err := exec.LookPath("tcpdump"); err != nil {
-		t.Skip("needs tcpdump")
-	}
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -192,32 +188,14 @@ func TestOuterDSCPBetweenNamespaces(t *testing.T) {
 	}
 
 	// The capture, in namespace B: the host's WireGuard packets as they arrive.
-	pcap := filepath.Join(t.TempDir(), "wire.pcap")
-	capture := exec.Command("ip", "netns", "exec", nsB, "tcpdump", "-i", vB, "-n", "-U", "--immediate-mode", "-w", pcap,
-		fmt.Sprintf("udp and src host %s and src port %d", hostAddr, hostPort))
-	cerr, err := capture.StderrPipe()
+	host4 := netip.MustParseAddr(hostAddr)
+	wg, err := capture.Start(capture.Config{Netns: "/run/netns/" + nsB, Interface: vB, Match: func(p capture.Packet) bool {
+		return p.Protocol == capture.ProtoUDP && p.Src == host4 && p.SrcPort == hostPort
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := capture.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stopped := false
-	stop := func() {
-		if !stopped {
-			stopped = true
-			capture.Process.Signal(os.Interrupt)
-			capture.Wait()
-		}
-	}
-	t.Cleanup(stop)
-	csc := bufio.NewScanner(cerr)
-	for csc.Scan() && !strings.Contains(csc.Text(), "listening on") {
-	}
-	go func() {
-		for csc.Scan() {
-		}
-	}()
+	t.Cleanup(func() { wg.Close() })
 
 	// The laptop, in namespace B.
 	laptop := exec.Command("ip", "netns", "exec", nsB, self, "-test.run=^$")
@@ -227,29 +205,20 @@ func TestOuterDSCPBetweenNamespaces(t *testing.T) {
 		t.Fatalf("laptop: %v\n%s", err, out)
 	}
 	t.Logf("laptop: %s", strings.TrimSpace(string(out)))
-	stop()
-
-	dump, err := exec.Command("tcpdump", "-v", "-n", "-r", pcap).CombinedOutput()
-	if err != nil {
-		t.Fatalf("read capture: %v\n%s", err, dump)
+	if err := wg.Close(); err != nil {
+		t.Fatal(err)
 	}
-	tosRE := regexp.MustCompile(`\(tos 0x([0-9a-f]+)`)
-	var n, marked int
-	for _, line := range strings.Split(string(dump), "\n") {
-		m := tosRE.FindStringSubmatch(line)
-		if m == nil {
-			continue
-		}
-		n++
-		tos, _ := strconv.ParseUint(m[1], 16, 8)
-		if dscp, ecn := tos>>2, tos&3; dscp == uint64(qos.DSCPAF41) && ecn == 0 {
+	pkts := wg.Packets()
+	n, marked := len(pkts), 0
+	for _, p := range pkts {
+		if p.Dir == capture.In && p.DSCP() == qos.DSCPAF41 && p.ECN() == 0 {
 			marked++
 		} else {
-			t.Errorf("packet with TOS %#02x (DSCP %d, ECN %d); want DSCP %d (AF41), ECN 0 as sent: %s", tos, dscp, ecn, qos.DSCPAF41, line)
+			t.Errorf("packet %v (DSCP %d, ECN %d); want arriving with DSCP %d (AF41), ECN 0 as sent", p, p.DSCP(), p.ECN(), qos.DSCPAF41)
 		}
 	}
 	if n < 10 {
-		t.Fatalf("captured %d WireGuard packets from the host; want at least 10:\n%s", n, dump)
+		t.Fatalf("captured %d WireGuard packets from the host; want at least 10: %v", n, pkts)
 	}
 	t.Logf("%d of %d WireGuard UDP packets from the host carried AF41 on the veth", marked, n)
 
@@ -259,9 +228,9 @@ func TestOuterDSCPBetweenNamespaces(t *testing.T) {
 	packets := map[string]uint64{}
 	for sc.Scan() && sc.Text() != "END" {
 		var name string
-		var bytes, pkts uint64
-		if _, err := fmt.Sscanf(sc.Text(), "CLASS %s %d %d", &name, &bytes, &pkts); err == nil {
-			packets[name] = pkts
+		var bytes, count uint64
+		if _, err := fmt.Sscanf(sc.Text(), "CLASS %s %d %d", &name, &bytes, &count); err == nil {
+			packets[name] = count
 		}
 	}
 	if packets["gpu"] < uint64(n) {

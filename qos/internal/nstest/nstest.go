@@ -1,31 +1,28 @@
 //go:build linux
 
 // Package nstest builds throwaway network namespaces joined by a veth pair
-// for qos tests, and captures packets in them with tcpdump. Every name
+// for qos tests, and captures packets in them (internal/capture). Every name
 // starts with "gmq" and carries a random suffix, so parallel tests and
 // other engineers' namespaces do not collide. Tests using it skip when
 // not root or when ip(8) is missing.
 package nstest
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/gpumesh/gpumesh/internal/capture"
 )
 
 // NS is a named network namespace (/run/netns/Name).
@@ -137,123 +134,16 @@ func (n *NS) ListenUDP(t testing.TB, network string, laddr *net.UDPAddr) *net.UD
 	return c
 }
 
-// Packet is the IP header part of one captured packet.
-type Packet struct {
-	IPv6     bool
-	TOS      byte // IPv4 TOS or IPv6 traffic class: DSCP<<2 | ECN
-	Protocol byte
-	SrcPort  uint16
-	DstPort  uint16
-}
-
-// DSCP returns the packet's code point.
-func (p Packet) DSCP() uint8 { return p.TOS >> 2 }
-
-// ECN returns the packet's two ECN bits.
-func (p Packet) ECN() uint8 { return p.TOS & 3 }
-
-// Capture runs tcpdump on link in ns for count packets matching filter and
-// returns once tcpdump is listening. wait blocks until tcpdump has its
-// packets (or ctx ends) and returns them parsed.
-func (n *NS) Capture(ctx context.Context, t testing.TB, link, filter string, count int) (wait func() ([]Packet, error)) {
+// Capture starts a capture on link in n that keeps the packets match
+// selects (nil: every frame), and closes it at cleanup.
+func (n *NS) Capture(t testing.TB, link string, match func(capture.Packet) bool) *capture.Capture {
 	t.Helper()
-	Require(t, "tcpdump")
-	file := filepath.Join(t.TempDir(), "capture.pcap")
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", n.Name,
-		"tcpdump", "-i", link, "-n", "-U", "-c", fmt.Sprint(count), "-w", file, filter)
-	stderr, err := cmd.StderrPipe()
+	c, err := capture.Start(capture.Config{Netns: n.Path(), Interface: link, Match: match})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// tcpdump says "listening on LINK" once its capture is open.
-	var log strings.Builder
-	sc := bufio.NewScanner(stderr)
-	for sc.Scan() {
-		log.WriteString(sc.Text() + "\n")
-		if strings.Contains(sc.Text(), "listening on") {
-			break
-		}
-	}
-	done := make(chan error, 1)
-	go func() {
-		io.Copy(io.Discard, stderr)
-		done <- cmd.Wait()
-	}()
-	t.Cleanup(func() { cmd.Process.Kill(); <-done })
-	return func() ([]Packet, error) {
-		select {
-		case err := <-done:
-			done <- err // for the cleanup
-			if err != nil {
-				return nil, fmt.Errorf("nstest: tcpdump: %w\n%s", err, log.String())
-			}
-		case <-ctx.Done():
-			return nil, fmt.Errorf("nstest: tcpdump did not get %d packets: %w", count, ctx.Err())
-		}
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return nil, err
-		}
-		return ParsePcap(b)
-	}
-}
-
-// ParsePcap decodes a classic pcap file of Ethernet frames.
-func ParsePcap(b []byte) ([]Packet, error) {
-	if len(b) < 24 {
-		return nil, errors.New("nstest: short pcap header")
-	}
-	var bo binary.ByteOrder
-	switch binary.LittleEndian.Uint32(b) {
-	case 0xa1b2c3d4, 0xa1b23c4d:
-		bo = binary.LittleEndian
-	case 0xd4c3b2a1, 0x4d3cb2a1:
-		bo = binary.BigEndian
-	default:
-		return nil, errors.New("nstest: not a pcap file")
-	}
-	if lt := bo.Uint32(b[20:]); lt != 1 {
-		return nil, fmt.Errorf("nstest: link type %d, want Ethernet", lt)
-	}
-	var out []Packet
-	for b = b[24:]; len(b) >= 16; {
-		incl := int(bo.Uint32(b[8:]))
-		if len(b) < 16+incl {
-			return out, errors.New("nstest: truncated pcap record")
-		}
-		frame := b[16 : 16+incl]
-		b = b[16+incl:]
-		if len(frame) < 14 {
-			continue
-		}
-		eth, ip := binary.BigEndian.Uint16(frame[12:]), frame[14:]
-		var p Packet
-		var l4 []byte
-		switch {
-		case eth == 0x0800 && len(ip) >= 20:
-			ihl := int(ip[0]&0x0f) * 4
-			if ihl < 20 || ihl > len(ip) {
-				continue
-			}
-			p.TOS, p.Protocol = ip[1], ip[9]
-			l4 = ip[ihl:]
-		case eth == 0x86dd && len(ip) >= 40:
-			p.IPv6 = true
-			p.TOS = byte(binary.BigEndian.Uint16(ip) >> 4)
-			p.Protocol = ip[6]
-			l4 = ip[40:]
-		default:
-			continue
-		}
-		if len(l4) >= 4 {
-			p.SrcPort, p.DstPort = binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:])
-		}
-		out = append(out, p)
-	}
-	return out, nil
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 // Every calls fn every interval until it returns true or ctx ends (for

@@ -1,0 +1,6 @@
+// Package good passes.
+package good
+
+import "testing"
+
+func TestGood(t *testing.T) {}
