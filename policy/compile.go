@@ -308,8 +308,8 @@ func (c *compiler) rule(b *hcl.Block, deny bool) {
 			case isBuiltin(k):
 				r.kernels[k] = true
 			default:
-				msg := fmt.Sprintf("%q is not a built-in kernel (built-ins: %s)", k, strings.Join(builtinKernels, ", "))
-				if s := suggest(k, builtinKernels); s != "" {
+				msg := fmt.Sprintf("%q is not a built-in kernel (built-ins: %s)", k, strings.Join(BuiltinKernels(), ", "))
+				if s := suggest(k, BuiltinKernels()); s != "" {
 					msg += fmt.Sprintf("; did you mean %q?", s)
 				} else {
 					msg += "."

@@ -28,11 +28,3 @@ func parseGPU(s string) (string, bool) {
 	return "", false
 }
 
-func isBuiltin(k string) bool {
-	for _, b := range builtinKernels {
-		if b == k {
-			return true
-		}
-	}
-	return false
-}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/gpumesh/gpumesh/kernelname"
 )
 
 // ErrDenied is the sentinel a server wraps when a call is refused by policy.
@@ -217,10 +219,11 @@ const (
 	RightMetrics = "observe:metrics"
 )
 
-var builtinKernels = []string{"matrix_mul", "reduce_sum", "relu", "saxpy", "softmax", "transpose"}
+// BuiltinKernels returns the built-in kernel names a policy may name,
+// sorted: kernelname's list, which gpusvc/kernel implements.
+func BuiltinKernels() []string { return kernelname.Builtins() }
 
-// BuiltinKernels returns the built-in kernel names a policy may name, sorted.
-func BuiltinKernels() []string { return slices.Clone(builtinKernels) }
+func isBuiltin(k string) bool { return kernelname.IsBuiltin(k) }
 
 // rule is a compiled rule or deny block.
 type rule struct {
