@@ -299,6 +299,11 @@ func (c *compiler) rule(b *hcl.Block, deny bool) {
 		elems, listOK := c.strList(a)
 		for _, e := range elems {
 			switch k := e.s; {
+			case k == "*" && deny:
+				// A deny's "*" is everything a caller could get:
+				// built-ins, custom code, observe:metrics, and so
+				// resident buffers, which follow from any kernel.
+				r.allKernels = true
 			case k == "*":
 				r.allBuiltins = true
 			case k == KernelCustomPTX || k == KernelCustomCUDA || k == RightMetrics:

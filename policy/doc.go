@@ -57,7 +57,7 @@
 //	rule "team" {
 //	  subjects       = ["group:ml", "tag:ci"]
 //	  gpus           = ["0"]                     # index, UUID ("GPU-…"), or "*"
-//	  kernels        = ["matrix_mul", "saxpy"]   # built-ins, "*", "custom:ptx", "custom:cuda"
+//	  kernels        = ["matrix_mul", "saxpy"]   # built-ins, "*", or a right by name
 //	  max_memory     = "2GiB"   # device memory the caller may hold
 //	  max_concurrent = 4        # calls in flight
 //	  rate           = 50       # calls per second …
@@ -68,15 +68,31 @@
 //	}
 //
 // subjects, gpus and kernels are required; the limits are optional and mean
-// "unlimited" (or the server's default) when left out. kernels = ["*"] is
-// every built-in kernel but NOT custom code: running caller-supplied PTX or
-// CUDA is a separate right, granted only by naming "custom:ptx" or
-// "custom:cuda". A request for GPU "" means GPU "0".
+// "unlimited" (or the server's default) when left out. A request for GPU ""
+// means GPU "0".
+//
+// # What "*" means in kernels
+//
+// A caller can get: the built-in kernels; three rights, each granted only by
+// naming it ("custom:ptx" and "custom:cuda" to load and launch its own code,
+// "observe:metrics" to read the host's metrics over the overlay); and
+// resident buffers on a GPU, which the server grants whenever the policy
+// allows the caller any built-in or custom kernel on that GPU.
+//
+//   - In an allow rule, kernels = ["*"] is every built-in kernel and nothing
+//     more: no custom code, no metrics. Rights are granted by name only.
+//   - In a deny block, kernels = ["*"] is everything a caller could get:
+//     every built-in, every right, and so resident buffers too. A deny
+//     without kernels means the same.
+//
+// observe:metrics concerns the whole host, not one GPU: a rule's gpus do
+// not narrow it, and any deny whose kernels cover it refuses it, whatever
+// GPUs that deny names.
 //
 //	deny "stranger" {
 //	  subjects = ["stranger", "tag:quarantine"]
 //	  # gpus and kernels are optional here; left out they mean everything,
-//	  # custom code included.
+//	  # custom code, metrics and buffers included (as does kernels = ["*"]).
 //	}
 //
 // # How rules combine

@@ -178,7 +178,7 @@ func (v capValue) permits(kernel, gpu, uuid string) bool {
 	if v.Kernels != nil && !listCoversKernel(*v.Kernels, kernel) {
 		return false
 	}
-	return v.GPUs == nil || listCoversGPU(*v.GPUs, gpu, uuid)
+	return v.GPUs == nil || hostWide(kernel) || listCoversGPU(*v.GPUs, gpu, uuid)
 }
 
 // capPermits reports whether an app capability's values permit the request.

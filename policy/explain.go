@@ -47,7 +47,7 @@ func (p *Policy) Explain(s Subject, r Request) Explanation {
 			if isCustom(r.Kernel) && rl.allBuiltins {
 				st.Outcome += ` ("*" covers built-ins only; custom code is granted by name)`
 			}
-		case !coversGPU(rl.allGPUs, rl.gpus, gpu, r.GPUUUID):
+		case !rl.coversGPU(r.Kernel, gpu, r.GPUUUID):
 			st.Via, st.Kind = via, k.String()
 			st.Outcome = fmt.Sprintf("names %s but not gpu %s", s.String(), gpu)
 		case !rl.deny && capName != "" && !s.capPermits(capName, r.Kernel, gpu, r.GPUUUID):

@@ -208,8 +208,9 @@ func AllowAllForTest() *Policy {
 	return p
 }
 
-// The rights beyond the built-in kernels. A rule's kernels = ["*"] covers
-// every built-in but none of these: each must be granted by name.
+// The rights beyond the built-in kernels. An allow rule's kernels = ["*"]
+// covers every built-in but none of these: each must be granted by name.
+// A deny's kernels = ["*"] (or a deny without kernels) covers them all.
 const (
 	// KernelCustomPTX and KernelCustomCUDA let a caller load and launch
 	// its own code.
@@ -235,9 +236,9 @@ type rule struct {
 	allGPUs bool
 	gpus    map[string]bool // lower-case GPU ids
 
-	allKernels  bool            // deny without kernels: everything, custom code included
-	allBuiltins bool            // "*"
-	kernels     map[string]bool // named built-ins and custom:… rights
+	allKernels  bool            // a deny's "*" or a deny without kernels: every built-in and every right
+	allBuiltins bool            // an allow rule's "*": every built-in, no right
+	kernels     map[string]bool // named built-ins and rights (custom:…, observe:metrics)
 
 	limits Limits
 	class  string
@@ -247,8 +248,18 @@ type rule struct {
 // covers reports whether the rule's GPU and kernel lists include the request.
 func (r *rule) covers(kernel, gpu, uuid string) bool {
 	return coversKernel(r.allKernels, r.allBuiltins, r.kernels, kernel) &&
-		coversGPU(r.allGPUs, r.gpus, gpu, uuid)
+		r.coversGPU(kernel, gpu, uuid)
 }
+
+// coversGPU reports whether the rule's GPU list includes the request's GPU.
+// A host-wide right (observe:metrics) is on no GPU: gpus do not narrow it.
+func (r *rule) coversGPU(kernel, gpu, uuid string) bool {
+	return hostWide(kernel) || coversGPU(r.allGPUs, r.gpus, gpu, uuid)
+}
+
+// hostWide reports whether kernel names a right that concerns the whole
+// host rather than one GPU.
+func hostWide(kernel string) bool { return kernel == RightMetrics }
 
 // coversEverything reports whether r names every kernel, right and GPU.
 func (r *rule) coversEverything() bool { return r.allKernels && r.allGPUs }
