@@ -279,9 +279,9 @@ func (c *compiler) rule(b *hcl.Block, deny bool) {
 		r.gpus = map[string]bool{}
 		elems, listOK := c.strList(a)
 		for _, e := range elems {
-			switch id, ok := parseGPU(e.s); {
-			case !ok:
-				c.errorf(e.rng, "Invalid GPU", `GPU %q: want an index such as "0", a UUID such as "GPU-8f6c…", or "*".`, e.s)
+			switch id, err := parseGPU(e.s); {
+			case err != nil:
+				c.errorf(e.rng, "Invalid GPU", "%s", sentence(err.Error()))
 			case id == "*":
 				r.allGPUs = true
 			default:

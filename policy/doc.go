@@ -68,8 +68,16 @@
 //	}
 //
 // subjects, gpus and kernels are required; the limits are optional and mean
-// "unlimited" (or the server's default) when left out. A request for GPU ""
-// means GPU "0".
+// "unlimited" (or the server's default) when left out.
+//
+// A GPU is named one way: an index in decimal without sign, spaces or
+// leading zeros ("0", "12"; the file refuses "00" or "+1" and says how to
+// write it), or its UUID as NVML reports it ("GPU-…", "MIG-…", compared in
+// lower case). A rule may name a GPU either way and means the same device:
+// the server resolves each request to the GPU's index and UUID before
+// asking (Request.GPU and Request.GPUUUID). A request for GPU "" means GPU
+// "0"; a request GPU in any other form ("00", "+0", "-0", " 0") matches no
+// rule, "*" included, and is denied.
 //
 // # What "*" means in kernels
 //

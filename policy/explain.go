@@ -24,10 +24,10 @@ type Step struct {
 // (`gpumesh policy explain`), not for the call path.
 func (p *Policy) Explain(s Subject, r Request) Explanation {
 	ex := Explanation{Decision: p.Evaluate(s, r), Steps: []Step{}}
-	if p == nil || s.empty() {
+	gpu, uuid, ok := r.canonicalGPU()
+	if p == nil || s.empty() || !ok {
 		return ex
 	}
-	gpu := r.gpu()
 	groups := map[string]*group{}
 	for i := range p.groups {
 		groups[p.groups[i].name] = &p.groups[i]
@@ -43,16 +43,16 @@ func (p *Policy) Explain(s Subject, r Request) Explanation {
 			st.Outcome = "decides: " + ex.Decision.Reason
 		case !coversKernel(rl.allKernels, rl.allBuiltins, rl.kernels, r.Kernel):
 			st.Via, st.Kind = via, k.String()
-			st.Outcome = fmt.Sprintf("names %s but not kernel %s", s.String(), r.Kernel)
+			st.Outcome = fmt.Sprintf("names %s but not kernel %s", s.String(), clip(r.Kernel))
 			if isCustom(r.Kernel) && rl.allBuiltins {
 				st.Outcome += ` ("*" covers built-ins only; custom code is granted by name)`
 			}
-		case !rl.coversGPU(r.Kernel, gpu, r.GPUUUID):
+		case !rl.coversGPU(r.Kernel, gpu, uuid):
 			st.Via, st.Kind = via, k.String()
 			st.Outcome = fmt.Sprintf("names %s but not gpu %s", s.String(), gpu)
-		case !rl.deny && capName != "" && !s.capPermits(capName, r.Kernel, gpu, r.GPUUUID):
+		case !rl.deny && capName != "" && !s.capPermits(capName, r.Kernel, gpu, uuid):
 			st.Via, st.Kind = via, k.String()
-			st.Outcome = fmt.Sprintf("matches through capability %q, whose values do not permit %s on gpu %s", capName, r.Kernel, gpu)
+			st.Outcome = fmt.Sprintf("matches through capability %q, whose values do not permit %s on gpu %s", capName, clip(r.Kernel), gpu)
 		case rl.deny:
 			st.Via, st.Kind = via, k.String()
 			st.Outcome = "matches; another deny decided"

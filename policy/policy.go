@@ -70,23 +70,22 @@ func (s Subject) empty() bool {
 
 // Request is what they ask for.
 type Request struct {
-	Kernel string // built-in name ("matrix_mul", "saxpy", ...), or "custom:ptx" / "custom:cuda"
-	GPU    string // "0", "1", a GPU UUID, or "" meaning the default GPU 0
-	// GPUUUID optionally gives the UUID of the same GPU when GPU is an
-	// index, so that rules naming either form match. May be empty.
+	// Kernel is a built-in name ("matrix_mul", "saxpy", ...) or a right
+	// ("custom:ptx", "custom:cuda", "observe:metrics").
+	Kernel string
+	// GPU is the GPU in canonical form: an index without sign or leading
+	// zeros ("0", "1"), a GPU or MIG UUID, or "" meaning GPU 0. A GPU in
+	// any other form ("00", "+0", " 0") matches no rule and is denied.
+	GPU string
+	// GPUUUID is the UUID of the same GPU when GPU is an index. A server
+	// resolves the caller's GPU first and passes both, so that rules naming
+	// the GPU either way match; with only one of them, a rule written with
+	// the other form cannot match.
 	GPUUUID string
 	// Bytes is the request size in bytes (0 when unknown). Evaluate does
 	// not deny on size: the server compares it with Limits.MaxRequestBytes
 	// and answers with a quota error naming the limit.
 	Bytes int64
-}
-
-// gpu returns the requested GPU with "" mapped to the default "0".
-func (r Request) gpu() string {
-	if r.GPU == "" {
-		return "0"
-	}
-	return r.GPU
 }
 
 // Limits are the quotas a decision grants. Zero means unlimited (or, where
