@@ -276,7 +276,8 @@ func newPolicyExplainCmd() *cobra.Command {
 		Long: `Evaluate one request against a policy and explain the decision rule by rule.
 
 --as names the caller: a tailnet node name ("laptop"), "wg:NAME" for a static
-WireGuard peer, or a login ("alice@example.com") for a caller known only by user.
+WireGuard peer, or a login ("alice@example.com", or "user:alice" for a login
+without a domain) for a caller known only by user.
 --cap NAME=JSON gives an app capability with one value (repeat for more values
 or capabilities); --cap NAME alone gives it without values.`,
 		Example: `  gpumesh policy explain examples/policy.hcl --as laptop --kernel matrix_mul
@@ -355,6 +356,8 @@ func policyExplainSubject(as, user string, tags, caps []string) (policy.Subject,
 	switch {
 	case strings.HasPrefix(as, "wg:"):
 		s.Node, s.WireGuard = strings.TrimPrefix(as, "wg:"), true
+	case strings.HasPrefix(as, "user:") && user == "":
+		s.User = strings.TrimPrefix(as, "user:")
 	case strings.Contains(as, "@") && user == "":
 		s.User = as
 	default:
