@@ -249,6 +249,7 @@ func (c *compiler) rule(b *hcl.Block, deny bool) {
 			r.order++
 		}
 	}
+	var subjectRanges []hcl.Range // parallel to r.subjects, for warnings
 	if a := attrs["subjects"]; a != nil {
 		elems, listOK := c.strList(a)
 		for _, e := range elems {
@@ -270,6 +271,7 @@ func (c *compiler) rule(b *hcl.Block, deny bool) {
 				}
 			}
 			r.subjects = append(r.subjects, ref)
+			subjectRanges = append(subjectRanges, e.rng)
 		}
 		if len(elems) == 0 && listOK {
 			c.errorf(a.Expr.Range(), "Empty subjects", "A rule must name at least one subject.")
@@ -330,6 +332,7 @@ func (c *compiler) rule(b *hcl.Block, deny bool) {
 	}
 	if !deny {
 		c.limits(r, attrs)
+		c.warnNodeNames(r, subjectRanges)
 	}
 	c.p.rules = append(c.p.rules, r)
 }

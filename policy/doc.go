@@ -24,7 +24,8 @@
 //
 //	"laptop", "node:laptop"      a tailnet node, by short name
 //	"alice@example.com",
-//	"user:alice@example.com"     a login (a bare entry containing "@" is a user)
+//	"user:alice@example.com"     a user, by the login the control server reports
+//	"alice@", "user:alice"       a user whose login has no domain
 //	"tag:ci"                     nodes carrying a tailnet tag
 //	"group:ml"                   the members of a group defined in this file
 //	"cap:gpumesh.dev/cap/gpu"    callers the tailnet grants this app capability
@@ -34,6 +35,30 @@
 // Names, logins and tags compare case-insensitively; capability names
 // exactly. WireGuard peers are their own namespace: "laptop" never matches a
 // WireGuard peer called laptop, only "wg:laptop" does.
+//
+// A user entry matches the login the control server reports for the
+// caller's (untagged) node. Tailscale reports an email-like login
+// ("alice@example.com", "alice@github"); Headscale reports the user's email
+// when it has one (OIDC, or `users create --email`), else its bare name
+// ("alice" for `headscale users create alice`). Write a login with a domain
+// as it is; a login without one as "user:alice" or, as Headscale's own
+// policy spells it, "alice@" (the trailing "@" is dropped). An entry is a
+// user when it has the user: prefix or contains "@"; a bare word without
+// "@" ("alice") is always a node name, never a user.
+//
+// # Node names can be reused
+//
+// A node name is whatever device holds it now. Control servers keep names
+// unique only among the nodes that exist: when a node is deleted or
+// expires, another device, possibly someone else's, can join under the
+// freed name and inherit every rule that names it. A node can also rename
+// itself, so a deny by node name is not a revocation (expire or delete the
+// node in the control server for that). For anything sensitive (custom
+// code, resident buffers, observe:metrics, generous limits) name callers by
+// tag (assigned by the tailnet's admins), user or capability, which a new
+// device cannot take over by choosing a name; `gpumesh policy check` warns
+// when a rule grants such rights through a node name. "wg:" peers are bound
+// to their keys in the WireGuard configuration and are not affected.
 //
 //	group "ml" {
 //	  members = ["alice@example.com", "laptop", "tag:ml-runner"]

@@ -129,7 +129,20 @@ type Policy struct {
 	rules   []*rule // allow rules then deny rules, each in file order
 	tests   []testCase
 
-	idx index
+	warnings hcl.Diagnostics // see Warnings
+	idx      index
+}
+
+// Warnings are the policy's warnings: things that compile but that a
+// careful author would change, each with its file:line:col (today: rules
+// that grant custom code, resident buffers or observe:metrics to callers
+// named only by node name, which a new device can take over). They do not
+// stop a policy from being served.
+func (p *Policy) Warnings() hcl.Diagnostics {
+	if p == nil {
+		return nil
+	}
+	return slices.Clone(p.warnings)
 }
 
 // group is a named set of subjects.

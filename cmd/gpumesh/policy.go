@@ -105,11 +105,15 @@ It does not run the file's tests; 'gpumesh policy test' does.`,
 			}
 			if asJSON {
 				return policyWriteJSON(cmd.OutOrStdout(), struct {
-					File    string `json:"file"`
-					OK      bool   `json:"ok"`
-					Digest  string `json:"digest"`
-					Summary any    `json:"policy"`
-				}{args[0], true, p.Digest(), p.Summary()})
+					File     string           `json:"file"`
+					OK       bool             `json:"ok"`
+					Digest   string           `json:"digest"`
+					Warnings []policyDiagJSON `json:"warnings"`
+					Summary  any              `json:"policy"`
+				}{args[0], true, p.Digest(), policyDiagsJSON(p.Warnings()), p.Summary()})
+			}
+			for _, w := range p.Warnings() {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s: %s: %s\n", policy.Pos(*w.Subject), w.Summary, w.Detail)
 			}
 			return writePolicySummary(cmd.OutOrStdout(), p)
 		},
