@@ -299,6 +299,7 @@ or capabilities); --cap NAME alone gives it without values.`,
 			}
 			r := policy.Request{Kernel: kernel, GPU: gpu, GPUUUID: gpuUUID}
 			ex := p.Explain(s, r)
+			d := p.ExplainDecision(s, r) // a refusal also says which capabilities the caller holds
 			out := cmd.OutOrStdout()
 			if asJSON {
 				return policyWriteJSON(out, struct {
@@ -308,9 +309,9 @@ or capabilities); --cap NAME alone gives it without values.`,
 					GPU      string             `json:"gpu"`
 					Decision policyDecisionJSON `json:"decision"`
 					Steps    []policy.Step      `json:"steps"`
-				}{args[0], s.String(), kernel, policyGPU(gpu), toPolicyDecisionJSON(ex.Decision), ex.Steps})
+					Caps     []policy.HeldCap   `json:"caps"`
+				}{args[0], s.String(), kernel, policyGPU(gpu), toPolicyDecisionJSON(d), ex.Steps, ex.Caps})
 			}
-			d := ex.Decision
 			verdict := "DENY"
 			if d.Allow {
 				verdict = "ALLOW"
