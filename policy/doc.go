@@ -24,7 +24,8 @@
 //
 //	"laptop", "node:laptop"      a tailnet node, by short name
 //	"alice@example.com",
-//	"user:alice@example.com"     a login (a bare entry containing "@" is a user)
+//	"user:alice@example.com"     a user, by the login the control server reports
+//	"alice@", "user:alice"       a user whose login has no domain
 //	"tag:ci"                     nodes carrying a tailnet tag
 //	"group:ml"                   the members of a group defined in this file
 //	"cap:gpumesh.dev/cap/gpu"    callers the tailnet grants this app capability
@@ -34,6 +35,30 @@
 // Names, logins and tags compare case-insensitively; capability names
 // exactly. WireGuard peers are their own namespace: "laptop" never matches a
 // WireGuard peer called laptop, only "wg:laptop" does.
+//
+// A user entry matches the login the control server reports for the
+// caller's (untagged) node. Tailscale reports an email-like login
+// ("alice@example.com", "alice@github"); Headscale reports the user's email
+// when it has one (OIDC, or `users create --email`), else its bare name
+// ("alice" for `headscale users create alice`). Write a login with a domain
+// as it is; a login without one as "user:alice" or, as Headscale's own
+// policy spells it, "alice@" (the trailing "@" is dropped). An entry is a
+// user when it has the user: prefix or contains "@"; a bare word without
+// "@" ("alice") is always a node name, never a user.
+//
+// # Node names can be reused
+//
+// A node name is whatever device holds it now. Control servers keep names
+// unique only among the nodes that exist: when a node is deleted or
+// expires, another device, possibly someone else's, can join under the
+// freed name and inherit every rule that names it. A node can also rename
+// itself, so a deny by node name is not a revocation (expire or delete the
+// node in the control server for that). For anything sensitive (custom
+// code, resident buffers, observe:metrics, generous limits) name callers by
+// tag (assigned by the tailnet's admins), user or capability, which a new
+// device cannot take over by choosing a name; `gpumesh policy check` warns
+// when a rule grants such rights through a node name. "wg:" peers are bound
+// to their keys in the WireGuard configuration and are not affected.
 //
 //	group "ml" {
 //	  members = ["alice@example.com", "laptop", "tag:ml-runner"]
@@ -57,7 +82,7 @@
 //	rule "team" {
 //	  subjects       = ["group:ml", "tag:ci"]
 //	  gpus           = ["0"]                     # index, UUID ("GPU-…"), or "*"
-//	  kernels        = ["matrix_mul", "saxpy"]   # built-ins, "*", "custom:ptx", "custom:cuda"
+//	  kernels        = ["matrix_mul", "saxpy"]   # built-ins, "*", or a right by name
 //	  max_memory     = "2GiB"   # device memory the caller may hold
 //	  max_concurrent = 4        # calls in flight
 //	  rate           = 50       # calls per second …
@@ -68,15 +93,39 @@
 //	}
 //
 // subjects, gpus and kernels are required; the limits are optional and mean
-// "unlimited" (or the server's default) when left out. kernels = ["*"] is
-// every built-in kernel but NOT custom code: running caller-supplied PTX or
-// CUDA is a separate right, granted only by naming "custom:ptx" or
-// "custom:cuda". A request for GPU "" means GPU "0".
+// "unlimited" (or the server's default) when left out.
+//
+// A GPU is named one way: an index in decimal without sign, spaces or
+// leading zeros ("0", "12"; the file refuses "00" or "+1" and says how to
+// write it), or its UUID as NVML reports it ("GPU-…", "MIG-…", compared in
+// lower case). A rule may name a GPU either way and means the same device:
+// the server resolves each request to the GPU's index and UUID before
+// asking (Request.GPU and Request.GPUUUID). A request for GPU "" means GPU
+// "0"; a request GPU in any other form ("00", "+0", "-0", " 0") matches no
+// rule, "*" included, and is denied.
+//
+// # What "*" means in kernels
+//
+// A caller can get: the built-in kernels; three rights, each granted only by
+// naming it ("custom:ptx" and "custom:cuda" to load and launch its own code,
+// "observe:metrics" to read the host's metrics over the overlay); and
+// resident buffers on a GPU, which the server grants whenever the policy
+// allows the caller any built-in or custom kernel on that GPU.
+//
+//   - In an allow rule, kernels = ["*"] is every built-in kernel and nothing
+//     more: no custom code, no metrics. Rights are granted by name only.
+//   - In a deny block, kernels = ["*"] is everything a caller could get:
+//     every built-in, every right, and so resident buffers too. A deny
+//     without kernels means the same.
+//
+// observe:metrics concerns the whole host, not one GPU: a rule's gpus do
+// not narrow it, and any deny whose kernels cover it refuses it, whatever
+// GPUs that deny names.
 //
 //	deny "stranger" {
 //	  subjects = ["stranger", "tag:quarantine"]
 //	  # gpus and kernels are optional here; left out they mean everything,
-//	  # custom code included.
+//	  # custom code, metrics and buffers included (as does kernels = ["*"]).
 //	}
 //
 // # How rules combine

@@ -84,11 +84,14 @@ func (p *Policy) Evaluate(s Subject, r Request) Decision {
 	if s.empty() {
 		return Decision{Reason: "the caller has no identity (default deny)"}
 	}
-	gpu := r.gpu()
+	gpu, uuid, ok := r.canonicalGPU()
+	if !ok {
+		return Decision{Reason: "gpu " + clip(r.GPU) + gpuUUIDText(r) + " is not a GPU index or UUID in canonical form (default deny)"}
+	}
 	var allow, deny entry
 	consider := func(es []entry) {
 		for _, e := range es {
-			if !e.rule.covers(r.Kernel, gpu, r.GPUUUID) {
+			if !e.rule.covers(r.Kernel, gpu, uuid) {
 				continue
 			}
 			if e.rule.deny {
@@ -100,7 +103,7 @@ func (p *Policy) Evaluate(s Subject, r Request) Decision {
 			if allow.rule != nil && !better(e, allow) {
 				continue
 			}
-			if e.cap != "" && !s.capPermits(e.cap, r.Kernel, gpu, r.GPUUUID) {
+			if e.cap != "" && !s.capPermits(e.cap, r.Kernel, gpu, uuid) {
 				continue
 			}
 			allow = e
@@ -108,7 +111,7 @@ func (p *Policy) Evaluate(s Subject, r Request) Decision {
 	}
 	s.forEachKey(p, consider)
 
-	on := r.Kernel + " on gpu " + gpu
+	on := clip(r.Kernel) + " on gpu " + gpu
 	switch {
 	case deny.rule != nil:
 		return Decision{
@@ -125,6 +128,14 @@ func (p *Policy) Evaluate(s Subject, r Request) Decision {
 		}
 	}
 	return Decision{Reason: "no rule allows " + s.String() + " to call " + on + " (default deny)"}
+}
+
+// gpuUUIDText is " (uuid …)" for a request that gives a GPU UUID.
+func gpuUUIDText(r Request) string {
+	if r.GPUUUID == "" {
+		return ""
+	}
+	return " (uuid " + clip(r.GPUUUID) + ")"
 }
 
 // who names the subject entry that matched, for reasons.
@@ -178,7 +189,7 @@ func (v capValue) permits(kernel, gpu, uuid string) bool {
 	if v.Kernels != nil && !listCoversKernel(*v.Kernels, kernel) {
 		return false
 	}
-	return v.GPUs == nil || listCoversGPU(*v.GPUs, gpu, uuid)
+	return v.GPUs == nil || hostWide(kernel) || listCoversGPU(*v.GPUs, gpu, uuid)
 }
 
 // capPermits reports whether an app capability's values permit the request.

@@ -1,12 +1,18 @@
 package policy
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // Explanation is a decision with the reasoning behind it: how each rule in
 // the file related to the request.
 type Explanation struct {
 	Decision Decision `json:"decision"`
 	Steps    []Step   `json:"steps"`
+	// Caps are the app capabilities the caller holds now, of those the
+	// policy names in cap: entries, with their values.
+	Caps []HeldCap `json:"caps"`
 }
 
 // Step says how one rule related to the request.
@@ -23,11 +29,12 @@ type Step struct {
 // one did or did not decide. It walks every rule, so it is for people
 // (`gpumesh policy explain`), not for the call path.
 func (p *Policy) Explain(s Subject, r Request) Explanation {
-	ex := Explanation{Decision: p.Evaluate(s, r), Steps: []Step{}}
-	if p == nil || s.empty() {
+	ex := Explanation{Decision: p.Evaluate(s, r), Steps: []Step{}, Caps: []HeldCap{}}
+	gpu, uuid, ok := r.canonicalGPU()
+	if p == nil || s.empty() || !ok {
 		return ex
 	}
-	gpu := r.gpu()
+	ex.Caps = append(ex.Caps, p.heldCaps(s)...)
 	groups := map[string]*group{}
 	for i := range p.groups {
 		groups[p.groups[i].name] = &p.groups[i]
@@ -38,21 +45,24 @@ func (p *Policy) Explain(s Subject, r Request) Explanation {
 		switch {
 		case !ok:
 			st.Outcome = "does not name " + s.String()
+			if c := capsNotHeld(rl, s, groups); c != "" {
+				st.Outcome += " (it grants through " + c + ", which " + s.String() + " does not hold now)"
+			}
 		case ex.Decision.Rule == rl.name:
 			st.Via, st.Kind = via, k.String()
 			st.Outcome = "decides: " + ex.Decision.Reason
 		case !coversKernel(rl.allKernels, rl.allBuiltins, rl.kernels, r.Kernel):
 			st.Via, st.Kind = via, k.String()
-			st.Outcome = fmt.Sprintf("names %s but not kernel %s", s.String(), r.Kernel)
+			st.Outcome = fmt.Sprintf("names %s but not kernel %s", s.String(), clip(r.Kernel))
 			if isCustom(r.Kernel) && rl.allBuiltins {
 				st.Outcome += ` ("*" covers built-ins only; custom code is granted by name)`
 			}
-		case !coversGPU(rl.allGPUs, rl.gpus, gpu, r.GPUUUID):
+		case !rl.coversGPU(r.Kernel, gpu, uuid):
 			st.Via, st.Kind = via, k.String()
 			st.Outcome = fmt.Sprintf("names %s but not gpu %s", s.String(), gpu)
-		case !rl.deny && capName != "" && !s.capPermits(capName, r.Kernel, gpu, r.GPUUUID):
+		case !rl.deny && capName != "" && !s.capPermits(capName, r.Kernel, gpu, uuid):
 			st.Via, st.Kind = via, k.String()
-			st.Outcome = fmt.Sprintf("matches through capability %q, whose values do not permit %s on gpu %s", capName, r.Kernel, gpu)
+			st.Outcome = fmt.Sprintf("matches through capability %q, whose values do not permit %s on gpu %s", capName, clip(r.Kernel), gpu)
 		case rl.deny:
 			st.Via, st.Kind = via, k.String()
 			st.Outcome = "matches; another deny decided"
@@ -119,4 +129,22 @@ func refNames(ref subjectRef, s Subject) bool {
 		return has
 	}
 	return false
+}
+
+// capsNotHeld lists the cap: entries of rl (groups expanded) whose
+// capability s does not hold, "" when there are none.
+func capsNotHeld(rl *rule, s Subject, groups map[string]*group) string {
+	var out []string
+	for _, ref := range rl.subjects {
+		refs := []subjectRef{ref}
+		if g := groups[ref.name]; ref.kind == kindGroup && g != nil {
+			refs = g.members
+		}
+		for _, m := range refs {
+			if _, held := s.Caps[m.name]; m.kind == kindCap && !held {
+				out = append(out, "cap:"+m.name)
+			}
+		}
+	}
+	return strings.Join(out, ", ")
 }

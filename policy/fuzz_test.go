@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/hcl/v2"
 )
 
 // FuzzParse feeds arbitrary bytes to both syntaxes. A parse either fails
@@ -54,6 +57,11 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("summary: %v", err)
 		}
 		p.RunTests()
+		for _, w := range p.Warnings() {
+			if w.Severity != hcl.DiagWarning || w.Subject == nil || w.Subject.Filename != name || w.Subject.Start.Line < 1 {
+				t.Fatalf("warning without a position: %s", formatDiag(w))
+			}
+		}
 		for _, s := range gridSubjects() {
 			for _, r := range gridRequests()[:12] {
 				d := p.Evaluate(s, r)
@@ -69,6 +77,44 @@ func FuzzParse(f *testing.F) {
 				if ex := p.Explain(s, r); ex.Decision != d {
 					t.Fatalf("Explain %+v != Evaluate %+v", ex.Decision, d)
 				}
+				if ed := p.ExplainDecision(s, r); ed.Allow != d.Allow || ed.Rule != d.Rule || !strings.HasPrefix(ed.Reason, d.Reason) {
+					t.Fatalf("ExplainDecision %+v disagrees with Evaluate %+v", ed, d)
+				}
+			}
+		}
+	})
+}
+
+// FuzzRequestGPU: whatever GPU, UUID and kernel strings a caller sends, a
+// request is allowed only when its GPU is in canonical form, a deny on GPU
+// 0 (by index or UUID) is never bypassed, and the reason stays short.
+func FuzzRequestGPU(f *testing.F) {
+	for _, g := range []string{"", "0", "00", "+0", "-0", " 0", "1", uuid0, "gpu-", "*", "٠"} {
+		f.Add(g, "", "relu")
+		f.Add(g, uuid0, "custom:ptx")
+	}
+	p, err := Parse("gpus.hcl", []byte(gpuPolicy))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, gpu, uuid, kernel string) {
+		r := Request{Kernel: kernel, GPU: gpu, GPUUUID: uuid}
+		for _, node := range []string{"laptop", "desk", "lab"} {
+			d := p.Evaluate(Subject{Node: node}, r)
+			if len(d.Reason) > 400 {
+				t.Fatalf("reason of %d bytes", len(d.Reason))
+			}
+			if !d.Allow {
+				continue
+			}
+			g, u, ok := r.canonicalGPU()
+			switch {
+			case !ok:
+				t.Fatalf("%s allowed a request naming GPU %q (uuid %q)", node, gpu, uuid)
+			case node == "laptop" && g == "0":
+				t.Fatalf("laptop's deny on GPU 0 bypassed by %q: %s", gpu, d.Reason)
+			case node == "desk" && (g == strings.ToLower(uuid0) || u == strings.ToLower(uuid0)):
+				t.Fatalf("desk's deny on GPU 0's UUID bypassed by %q/%q: %s", gpu, uuid, d.Reason)
 			}
 		}
 	})

@@ -349,13 +349,20 @@ func TestSubjectSyntax(t *testing.T) {
 		{"user:Bob@Example.com", "user:bob@example.com"}, {"tag:CI", "tag:ci"}, {"group:ml", "group:ml"},
 		{"cap:gpumesh.dev/cap/gpu", "cap:gpumesh.dev/cap/gpu"}, {"wg:workstation", "wg:workstation"}, {"*", "*"},
 		{"alice@github", "user:alice@github"},
+		// Logins without a domain (Headscale users made on its CLI): the
+		// user: prefix, or Headscale's own spelling with a trailing "@".
+		{"user:alice", "user:alice"}, {"alice@", "user:alice"}, {"user:Alice@", "user:alice"},
+		{"user:https://idp.example.com/u/17", "user:https://idp.example.com/u/17"},
+		// A bare word is always a node, never a user.
+		{"alice", "node:alice"},
 	} {
 		ref, err := parseSubject(tc.in)
 		if err != nil || ref.canonical() != tc.canonical {
 			t.Errorf("parseSubject(%q) = %q, %v; want %q", tc.in, ref.canonical(), err, tc.canonical)
 		}
 	}
-	for _, bad := range []string{"", " laptop", "lap top", "host:x", "tag:", "tag:-x", "user:nobody", "wg:", "cap:", "group:", "@x", "x@"} {
+	for _, bad := range []string{"", " laptop", "lap top", "host:x", "tag:", "tag:-x", "wg:", "cap:", "group:", "@x",
+		"user:", "user:@", "@", "x@@", "user:@x", "user:a b", "user:a,b", "user:*", "user:a\"b", "user:a\x00b"} {
 		if ref, err := parseSubject(bad); err == nil {
 			t.Errorf("parseSubject(%q) = %+v, want an error", bad, ref)
 		}

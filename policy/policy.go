@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/gpumesh/gpumesh/kernelname"
 )
 
 // ErrDenied is the sentinel a server wraps when a call is refused by policy.
@@ -68,23 +70,22 @@ func (s Subject) empty() bool {
 
 // Request is what they ask for.
 type Request struct {
-	Kernel string // built-in name ("matrix_mul", "saxpy", ...), or "custom:ptx" / "custom:cuda"
-	GPU    string // "0", "1", a GPU UUID, or "" meaning the default GPU 0
-	// GPUUUID optionally gives the UUID of the same GPU when GPU is an
-	// index, so that rules naming either form match. May be empty.
+	// Kernel is a built-in name ("matrix_mul", "saxpy", ...) or a right
+	// ("custom:ptx", "custom:cuda", "observe:metrics").
+	Kernel string
+	// GPU is the GPU in canonical form: an index without sign or leading
+	// zeros ("0", "1"), a GPU or MIG UUID, or "" meaning GPU 0. A GPU in
+	// any other form ("00", "+0", " 0") matches no rule and is denied.
+	GPU string
+	// GPUUUID is the UUID of the same GPU when GPU is an index. A server
+	// resolves the caller's GPU first and passes both, so that rules naming
+	// the GPU either way match; with only one of them, a rule written with
+	// the other form cannot match.
 	GPUUUID string
 	// Bytes is the request size in bytes (0 when unknown). Evaluate does
 	// not deny on size: the server compares it with Limits.MaxRequestBytes
 	// and answers with a quota error naming the limit.
 	Bytes int64
-}
-
-// gpu returns the requested GPU with "" mapped to the default "0".
-func (r Request) gpu() string {
-	if r.GPU == "" {
-		return "0"
-	}
-	return r.GPU
 }
 
 // Limits are the quotas a decision grants. Zero means unlimited (or, where
@@ -128,7 +129,20 @@ type Policy struct {
 	rules   []*rule // allow rules then deny rules, each in file order
 	tests   []testCase
 
-	idx index
+	warnings hcl.Diagnostics // see Warnings
+	idx      index
+}
+
+// Warnings are the policy's warnings: things that compile but that a
+// careful author would change, each with its file:line:col (today: rules
+// that grant custom code, resident buffers or observe:metrics to callers
+// named only by node name, which a new device can take over). They do not
+// stop a policy from being served.
+func (p *Policy) Warnings() hcl.Diagnostics {
+	if p == nil {
+		return nil
+	}
+	return slices.Clone(p.warnings)
 }
 
 // group is a named set of subjects.
@@ -206,8 +220,9 @@ func AllowAllForTest() *Policy {
 	return p
 }
 
-// The rights beyond the built-in kernels. A rule's kernels = ["*"] covers
-// every built-in but none of these: each must be granted by name.
+// The rights beyond the built-in kernels. An allow rule's kernels = ["*"]
+// covers every built-in but none of these: each must be granted by name.
+// A deny's kernels = ["*"] (or a deny without kernels) covers them all.
 const (
 	// KernelCustomPTX and KernelCustomCUDA let a caller load and launch
 	// its own code.
@@ -217,10 +232,11 @@ const (
 	RightMetrics = "observe:metrics"
 )
 
-var builtinKernels = []string{"matrix_mul", "reduce_sum", "relu", "saxpy", "softmax", "transpose"}
+// BuiltinKernels returns the built-in kernel names a policy may name,
+// sorted: kernelname's list, which gpusvc/kernel implements.
+func BuiltinKernels() []string { return kernelname.Builtins() }
 
-// BuiltinKernels returns the built-in kernel names a policy may name, sorted.
-func BuiltinKernels() []string { return slices.Clone(builtinKernels) }
+func isBuiltin(k string) bool { return kernelname.IsBuiltin(k) }
 
 // rule is a compiled rule or deny block.
 type rule struct {
@@ -232,9 +248,9 @@ type rule struct {
 	allGPUs bool
 	gpus    map[string]bool // lower-case GPU ids
 
-	allKernels  bool            // deny without kernels: everything, custom code included
-	allBuiltins bool            // "*"
-	kernels     map[string]bool // named built-ins and custom:… rights
+	allKernels  bool            // a deny's "*" or a deny without kernels: every built-in and every right
+	allBuiltins bool            // an allow rule's "*": every built-in, no right
+	kernels     map[string]bool // named built-ins and rights (custom:…, observe:metrics)
 
 	limits Limits
 	class  string
@@ -244,8 +260,18 @@ type rule struct {
 // covers reports whether the rule's GPU and kernel lists include the request.
 func (r *rule) covers(kernel, gpu, uuid string) bool {
 	return coversKernel(r.allKernels, r.allBuiltins, r.kernels, kernel) &&
-		coversGPU(r.allGPUs, r.gpus, gpu, uuid)
+		r.coversGPU(kernel, gpu, uuid)
 }
+
+// coversGPU reports whether the rule's GPU list includes the request's GPU.
+// A host-wide right (observe:metrics) is on no GPU: gpus do not narrow it.
+func (r *rule) coversGPU(kernel, gpu, uuid string) bool {
+	return hostWide(kernel) || coversGPU(r.allGPUs, r.gpus, gpu, uuid)
+}
+
+// hostWide reports whether kernel names a right that concerns the whole
+// host rather than one GPU.
+func hostWide(kernel string) bool { return kernel == RightMetrics }
 
 // coversEverything reports whether r names every kernel, right and GPU.
 func (r *rule) coversEverything() bool { return r.allKernels && r.allGPUs }

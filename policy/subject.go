@@ -15,7 +15,7 @@ const (
 	kindGroup             // "group:NAME"
 	kindTag               // "tag:NAME"
 	kindCap               // "cap:NAME", an app capability granted by the tailnet
-	kindUser              // "user:LOGIN" or a bare login containing "@"
+	kindUser              // "user:LOGIN", or a bare entry containing "@"
 	kindNode              // "node:NAME" or a bare node name
 	kindWG                // "wg:NAME", a static WireGuard peer
 )
@@ -88,9 +88,12 @@ func parseSubject(s string) (subjectRef, error) {
 		}
 	case "user":
 		ref.kind = kindUser
-		if !validUser(rest) {
-			return ref, fmt.Errorf("user %q: a login looks like name@domain", rest)
+		login, err := parseLogin(rest)
+		if err != nil {
+			return ref, err
 		}
+		ref.name = login
+		return ref, nil
 	case "tag":
 		ref.kind = kindTag
 		if !validTag(rest) {
@@ -114,8 +117,8 @@ func parseSubject(s string) (subjectRef, error) {
 		if strings.Contains(t, "@") {
 			// "alice@example.com" with a colon elsewhere is still a login.
 			ref.kind = kindUser
-			if validUser(t) {
-				ref.name = lower(t)
+			if login, err := parseLogin(t); err == nil {
+				ref.name = login
 				return ref, nil
 			}
 		}
@@ -137,12 +140,28 @@ func validName(s string) bool {
 	return true
 }
 
-func validUser(s string) bool {
-	at := strings.IndexByte(s, '@')
-	if at <= 0 || at == len(s)-1 || len(s) > 320 {
-		return false
+// parseLogin returns a user entry's login in canonical form: lower case,
+// and without the one trailing "@" of Headscale's spelling ("alice@" is the
+// login "alice"). A login is what the control server reports for the
+// caller's user: "alice@example.com" from Tailscale or an OIDC Headscale,
+// "alice@github" from a GitHub login, bare "alice" for a user made with
+// `headscale users create alice` and no email.
+func parseLogin(s string) (string, error) {
+	login := strings.TrimSuffix(s, "@")
+	switch {
+	case login == "":
+		return "", fmt.Errorf("user %q: empty login", s)
+	case len(login) > 320:
+		return "", fmt.Errorf("user %q…: a login is at most 320 bytes", s[:32])
+	case login[0] == '@' || strings.HasSuffix(login, "@"):
+		return "", fmt.Errorf("user %q: a login has a name before its @ (alice@example.com, or alice@ for a user without a domain)", s)
 	}
-	return !strings.ContainsAny(s, " \t\n\",*")
+	for _, c := range login {
+		if c <= ' ' || c == 0x7f || c == '"' || c == ',' || c == '*' || c == '\\' {
+			return "", fmt.Errorf("user %q: a login has no spaces, control characters, quotes, commas or '*'", s)
+		}
+	}
+	return lower(login), nil
 }
 
 func validTag(s string) bool {

@@ -187,7 +187,7 @@ func (r *rule) gpuList() []string {
 
 func (r *rule) kernelList() []string {
 	if r.allKernels {
-		return []string{"*", KernelCustomCUDA, KernelCustomPTX}
+		return []string{"*", KernelCustomCUDA, KernelCustomPTX, RightMetrics}
 	}
 	var out []string
 	if r.allBuiltins {

@@ -105,11 +105,15 @@ It does not run the file's tests; 'gpumesh policy test' does.`,
 			}
 			if asJSON {
 				return policyWriteJSON(cmd.OutOrStdout(), struct {
-					File    string `json:"file"`
-					OK      bool   `json:"ok"`
-					Digest  string `json:"digest"`
-					Summary any    `json:"policy"`
-				}{args[0], true, p.Digest(), p.Summary()})
+					File     string           `json:"file"`
+					OK       bool             `json:"ok"`
+					Digest   string           `json:"digest"`
+					Warnings []policyDiagJSON `json:"warnings"`
+					Summary  any              `json:"policy"`
+				}{args[0], true, p.Digest(), policyDiagsJSON(p.Warnings()), p.Summary()})
+			}
+			for _, w := range p.Warnings() {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s: %s: %s\n", policy.Pos(*w.Subject), w.Summary, w.Detail)
 			}
 			return writePolicySummary(cmd.OutOrStdout(), p)
 		},
@@ -276,7 +280,8 @@ func newPolicyExplainCmd() *cobra.Command {
 		Long: `Evaluate one request against a policy and explain the decision rule by rule.
 
 --as names the caller: a tailnet node name ("laptop"), "wg:NAME" for a static
-WireGuard peer, or a login ("alice@example.com") for a caller known only by user.
+WireGuard peer, or a login ("alice@example.com", or "user:alice" for a login
+without a domain) for a caller known only by user.
 --cap NAME=JSON gives an app capability with one value (repeat for more values
 or capabilities); --cap NAME alone gives it without values.`,
 		Example: `  gpumesh policy explain examples/policy.hcl --as laptop --kernel matrix_mul
@@ -294,6 +299,7 @@ or capabilities); --cap NAME alone gives it without values.`,
 			}
 			r := policy.Request{Kernel: kernel, GPU: gpu, GPUUUID: gpuUUID}
 			ex := p.Explain(s, r)
+			d := p.ExplainDecision(s, r) // a refusal also says which capabilities the caller holds
 			out := cmd.OutOrStdout()
 			if asJSON {
 				return policyWriteJSON(out, struct {
@@ -303,9 +309,9 @@ or capabilities); --cap NAME alone gives it without values.`,
 					GPU      string             `json:"gpu"`
 					Decision policyDecisionJSON `json:"decision"`
 					Steps    []policy.Step      `json:"steps"`
-				}{args[0], s.String(), kernel, policyGPU(gpu), toPolicyDecisionJSON(ex.Decision), ex.Steps})
+					Caps     []policy.HeldCap   `json:"caps"`
+				}{args[0], s.String(), kernel, policyGPU(gpu), toPolicyDecisionJSON(d), ex.Steps, ex.Caps})
 			}
-			d := ex.Decision
 			verdict := "DENY"
 			if d.Allow {
 				verdict = "ALLOW"
@@ -355,6 +361,8 @@ func policyExplainSubject(as, user string, tags, caps []string) (policy.Subject,
 	switch {
 	case strings.HasPrefix(as, "wg:"):
 		s.Node, s.WireGuard = strings.TrimPrefix(as, "wg:"), true
+	case strings.HasPrefix(as, "user:") && user == "":
+		s.User = strings.TrimPrefix(as, "user:")
 	case strings.Contains(as, "@") && user == "":
 		s.User = as
 	default:

@@ -182,3 +182,32 @@ func TestPolicyExplain(t *testing.T) {
 		t.Errorf("bad --cap: code %d: %s", code, errOut)
 	}
 }
+
+// TestPolicyCheckWarnsNodeNames: `policy check` warns (exit 0) when a rule
+// grants custom code, buffers or metrics through a reusable node name.
+func TestPolicyCheckWarnsNodeNames(t *testing.T) {
+	file := writeTemp(t, "custom.hcl", `version = 1
+rule "dev" {
+  subjects = ["laptop", "tag:dev"]
+  gpus     = ["0"]
+  kernels  = ["custom:ptx"]
+}
+`)
+	out, errOut, code := runPolicyCmd(t, "policy", "check", file)
+	if code != 0 || !strings.Contains(out, ": ok") || !strings.Contains(errOut, "custom.hcl:3:15: Rights granted by node name") ||
+		!strings.Contains(errOut, "custom:ptx, resident buffers to laptop") {
+		t.Errorf("check: code %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	out, _, code = runPolicyCmd(t, "policy", "check", "--json", file)
+	var got struct {
+		OK       bool `json:"ok"`
+		Warnings []struct {
+			Severity string `json:"severity"`
+			Line     int    `json:"line"`
+		} `json:"warnings"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil || code != 0 || !got.OK || len(got.Warnings) != 1 ||
+		got.Warnings[0].Severity != "warning" || got.Warnings[0].Line != 3 {
+		t.Errorf("check --json: code %d err %v\n%s", code, err, out)
+	}
+}

@@ -519,6 +519,21 @@ func TestBadInput(t *testing.T) {
 	if err := os.WriteFile(policyPath, []byte(hostPolicy), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A shared directory, like /tmp: refused, and its mode left alone.
+	shared := filepath.Join(dir, "shared")
+	if err := os.Mkdir(shared, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(shared, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if fi, err := os.Stat(shared); err != nil {
+			t.Error(err)
+		} else if fi.Mode().Perm() != 0o777 {
+			t.Errorf("the shared state dir's mode was changed to %v", fi.Mode())
+		}
+	})
 	unreachable := fmt.Sprintf("http://127.0.0.1:%d", freePort(t, "tcp"))
 	tests := []struct {
 		name    string
@@ -561,6 +576,12 @@ func TestBadInput(t *testing.T) {
 			control: hs.url,
 			args:    []string{"--authkey", "hskey-auth-x", "--state-dir", filepath.Join(notDir, "state")},
 			wantErr: "state dir",
+		},
+		{
+			name:    "state dir shared with other users",
+			control: hs.url,
+			args:    []string{"--authkey", "hskey-auth-x", "--state-dir", shared},
+			wantErr: "is writable by other users (mode 1777)",
 		},
 		{
 			name:    "auth key file missing",

@@ -13,6 +13,8 @@ import (
 	"math"
 	"slices"
 	"unsafe"
+
+	"github.com/gpumesh/gpumesh/kernelname"
 )
 
 // ErrInvalid marks a call whose kernel, arguments or shapes are wrong.
@@ -153,12 +155,12 @@ var Builtins = map[string]Spec{}
 
 func init() {
 	for _, s := range []Spec{
-		{"matrix_mul", "C[m,n] = A[m,k] · B[k,n]", checkMatMul},
-		{"saxpy", "y = a·x + y, for scalar a and vectors x, y", checkSaxpy},
-		{"reduce_sum", "sum of all elements of x, shape [1]", checkReduceSum},
-		{"softmax", "softmax over the last axis of x", checkUnary("softmax", 1)},
-		{"relu", "max(x, 0) element-wise", checkUnary("relu", 0)},
-		{"transpose", "B[n,m] = A[m,n]ᵀ", checkTranspose},
+		{kernelname.MatrixMul, "C[m,n] = A[m,k] · B[k,n]", checkMatMul},
+		{kernelname.Saxpy, "y = a·x + y, for scalar a and vectors x, y", checkSaxpy},
+		{kernelname.ReduceSum, "sum of all elements of x, shape [1]", checkReduceSum},
+		{kernelname.Softmax, "softmax over the last axis of x", checkUnary(kernelname.Softmax, 1)},
+		{kernelname.ReLU, "max(x, 0) element-wise", checkUnary(kernelname.ReLU, 0)},
+		{kernelname.Transpose, "B[n,m] = A[m,n]ᵀ", checkTranspose},
 	} {
 		Builtins[s.Name] = s
 	}

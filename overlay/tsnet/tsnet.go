@@ -41,8 +41,11 @@ type Config struct {
 	// AuthKey authorises the first join. Not needed when Dir already holds
 	// the node's state.
 	AuthKey string
-	// Dir is the state directory, created with mode 0700. Empty with a nil
-	// Store means a temporary directory removed on Close.
+	// Dir is the state directory. A new one is created with mode 0700; an
+	// existing one must belong to this user and not be writable by others
+	// (a shared directory such as /tmp is refused, never chmod'ed), and is
+	// made private (0700) if others may read it. Empty with a nil Store
+	// means a temporary directory removed on Close.
 	Dir string
 	// Store overrides where state is kept (tests use an in-memory store).
 	Store ipn.StateStore
@@ -113,11 +116,8 @@ func New(cfg Config) (*Node, error) {
 		}
 		n.tmpDir, dir = tmp, tmp
 	default:
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("tsnet: state dir: %w", err)
-		}
-		if err := os.Chmod(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("tsnet: state dir: %w", err)
+		if err := prepareStateDir(dir); err != nil {
+			return nil, err
 		}
 		if err := checkWritable(dir); err != nil {
 			return nil, err
