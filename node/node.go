@@ -99,7 +99,7 @@ func StartHost(ctx context.Context, cfg HostConfig) (_ *Host, err error) {
 	}()
 	qp := &qosParts{}
 	if cfg.QoS != nil {
-		if qp, err = startQoS(wctx, cfg.QoS, cfg.Policy.Current(), logger); err != nil {
+		if qp, err = startQoS(wctx, cfg.QoS, cfg.Policy, logger); err != nil {
 			return nil, err
 		}
 		defer func() {

@@ -20,6 +20,8 @@ import (
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
 	ctyjson "github.com/zclconf/go-cty/cty/json"
+
+	"github.com/gpumesh/gpumesh/dscp"
 )
 
 // LanguageVersion is the policy language version this package reads.
@@ -365,9 +367,9 @@ func (c *compiler) class(b *hcl.Block) {
 				c.typeError(a, `a DSCP name such as "EF" or "AF41", or a number 0-63`)
 			}
 			if s != "" {
-				d, err := ParseDSCP(s)
+				d, err := dscp.Parse(s)
 				if err != nil {
-					c.errorf(a.Expr.Range(), "Invalid DSCP", "%s", sentence(strings.TrimPrefix(err.Error(), "policy: ")))
+					c.errorf(a.Expr.Range(), "Invalid DSCP", "%s", sentence(err.Error()))
 				}
 				cl.DSCP = d
 			}

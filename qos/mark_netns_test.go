@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/qos"
 	"github.com/gpumesh/gpumesh/qos/internal/nstest"
 )
@@ -34,8 +35,8 @@ func setECT0(t *testing.T, c syscall.Conn, v6 bool) {
 	}
 }
 
-// TestMarkUDPPortOnTheWire: UDP packets from sockets marked with
-// MarkUDPPort, sent across a veth into another namespace, are captured
+// TestMarkUDPPortOnTheWire: UDP packets from sockets marked by a Marker
+// (dscp.MarkUDPPort), sent across a veth into another namespace, are captured
 // there with the configured DSCP and the sender's ECT(0) unchanged.
 func TestMarkUDPPortOnTheWire(t *testing.T) {
 	nstest.Require(t, "tcpdump")
@@ -48,8 +49,10 @@ func TestMarkUDPPortOnTheWire(t *testing.T) {
 	v6 := p.A.ListenUDP(t, "udp6", &net.UDPAddr{IP: p.Addr6A, Port: port})
 	setECT0(t, v4, false)
 	setECT0(t, v6, true)
-	if n, err := qos.MarkUDPPort(uint16(port), qos.DSCPAF41); err != nil || n != 2 {
-		t.Fatalf("MarkUDPPort = %d, %v; want 2 sockets", n, err)
+	m := qos.NewMarker(qos.MarkerConfig{Port: uint16(port), DSCP: dscp.AF41})
+	defer m.Close()
+	if n, err := m.Mark(); err != nil || n != 2 {
+		t.Fatalf("Mark = %d, %v; want 2 sockets", n, err)
 	}
 
 	// One capture per family: IPv6 neighbour discovery on a fresh veth
@@ -92,8 +95,8 @@ func TestMarkUDPPortOnTheWire(t *testing.T) {
 	}
 	var fams [2]int
 	for _, pkt := range pkts {
-		t.Logf("captured ipv6=%v tos=%#02x dscp=%s ecn=%d sport=%d", pkt.IPv6, pkt.TOS, qos.DSCPName(pkt.DSCP()), pkt.ECN(), pkt.SrcPort)
-		if pkt.DSCP() != qos.DSCPAF41 || pkt.ECN() != 2 {
+		t.Logf("captured ipv6=%v tos=%#02x dscp=%s ecn=%d sport=%d", pkt.IPv6, pkt.TOS, pkt.DSCP(), pkt.ECN(), pkt.SrcPort)
+		if pkt.DSCP() != dscp.AF41 || pkt.ECN() != 2 {
 			t.Errorf("packet tos %#02x: want DSCP AF41 with ECT(0) (0x8a)", pkt.TOS)
 		}
 		if pkt.IPv6 {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/overlay/overlaytest"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
 	"github.com/gpumesh/gpumesh/qos"
@@ -80,7 +81,7 @@ func tsnetOuterDSCPChild(t *testing.T, ns *nstest.NS) {
 	host := join("gpu-host", e2ePortA)
 	laptop := join("laptop", e2ePortB)
 
-	m := qos.NewMarker(qos.MarkerConfig{Port: e2ePortA, DSCP: qos.DSCPAF41, Interval: 200 * time.Millisecond, Logf: t.Logf})
+	m := qos.NewMarker(qos.MarkerConfig{Port: e2ePortA, DSCP: dscp.AF41, Interval: 200 * time.Millisecond, Logf: t.Logf})
 	if err := m.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -137,8 +138,8 @@ func tsnetOuterDSCPChild(t *testing.T, ns *nstest.NS) {
 		t.Fatal(res.err)
 	}
 	for _, p := range res.pkts {
-		t.Logf("captured %d -> %d tos=%#02x dscp=%s ecn=%d", p.SrcPort, p.DstPort, p.TOS, qos.DSCPName(p.DSCP()), p.ECN())
-		if p.DSCP() != qos.DSCPAF41 || p.ECN() != 0 {
+		t.Logf("captured %d -> %d tos=%#02x dscp=%s ecn=%d", p.SrcPort, p.DstPort, p.TOS, p.DSCP(), p.ECN())
+		if p.DSCP() != dscp.AF41 || p.ECN() != 0 {
 			t.Errorf("packet tos %#02x, want AF41 with magicsock's Not-ECT (0x88)", p.TOS)
 		}
 	}

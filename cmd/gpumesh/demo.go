@@ -246,7 +246,7 @@ func (d *demo) run(ctx context.Context, policyPath string) error {
 		}
 	}
 	d.ok("gpu-host marks its %d WireGuard UDP socket(s) on port %d with DSCP %s; replies scheduled by class: %s",
-		qs.Marking.Sockets, qs.Marking.Port, policy.DSCPName(qs.Marking.DSCP), strings.Join(classes, ", "))
+		qs.Marking.Sockets, qs.Marking.Port, qs.Marking.DSCP, strings.Join(classes, ", "))
 	d.say("")
 	d.say("demo: PASS, %d checks held in %s", d.checks, time.Since(t0).Round(time.Millisecond))
 	return nil

@@ -23,11 +23,11 @@ import (
 
 	"tailscale.com/ipn/store/mem"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/e2e/internal/e2etest"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
-	"github.com/gpumesh/gpumesh/qos"
 )
 
 const (
@@ -77,7 +77,7 @@ func runHost() error {
 	host, err := e2etest.StartHost(ctx, e2etest.HostOptions{
 		Addr: hostAddr, Port: hostPort, Policy: demoPolicy,
 		Config: func(n *tsnet.Node, cfg *node.HostConfig) {
-			cfg.QoS = &node.QoSConfig{UDPPort: n.UDPPort(), DSCP: qos.DSCPAF41,
+			cfg.QoS = &node.QoSConfig{UDPPort: n.UDPPort(), DSCP: dscp.AF41,
 				ShapeLink: os.Getenv("GPUMESH_WIRE_LINK"), ShapeRate: 100 << 20}
 		},
 	})
@@ -242,10 +242,10 @@ func TestOuterDSCPBetweenNamespaces(t *testing.T) {
 		}
 		n++
 		tos, _ := strconv.ParseUint(m[1], 16, 8)
-		if dscp, ecn := tos>>2, tos&3; dscp == uint64(qos.DSCPAF41) && ecn == 0 {
+		if code, ecn := tos>>2, tos&3; code == uint64(dscp.AF41.Value()) && ecn == 0 {
 			marked++
 		} else {
-			t.Errorf("packet with TOS %#02x (DSCP %d, ECN %d); want DSCP %d (AF41), ECN 0 as sent: %s", tos, dscp, ecn, qos.DSCPAF41, line)
+			t.Errorf("packet with TOS %#02x (DSCP %d, ECN %d); want DSCP %d (AF41), ECN 0 as sent: %s", tos, code, ecn, dscp.AF41.Value(), line)
 		}
 	}
 	if n < 10 {

@@ -16,6 +16,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/tun/netstack"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/overlay/wg/wgconfig"
 )
@@ -70,9 +71,10 @@ type Config struct {
 	// TUNName names the kernel interface in ModeTUN; empty means
 	// DefaultTUNName. At most 15 bytes.
 	TUNName string
-	// DSCP, if non-zero, is written into the outer IP header of every
-	// WireGuard UDP packet the node sends (0-63; 34 is AF41).
-	DSCP uint8
+	// DSCP, unless dscp.None, is written into the outer IP header of
+	// every WireGuard UDP packet the node sends, ECN bits kept. CS0 is a
+	// code point too: it clears a DSCP the sockets had.
+	DSCP dscp.Code
 	// Logf receives the node's and wireguard-go's error logs; nil
 	// discards them.
 	Logf func(format string, args ...any)
@@ -130,8 +132,8 @@ func New(cfg Config) (*Node, error) {
 	if len(cfg.TUNName) > 15 {
 		return nil, fmt.Errorf("wg: config: TUN name %q longer than 15 bytes", cfg.TUNName)
 	}
-	if cfg.DSCP > 63 {
-		return nil, fmt.Errorf("wg: config: DSCP %d out of range [0, 63]", cfg.DSCP)
+	if cfg.DSCP != dscp.None && !cfg.DSCP.Valid() {
+		return nil, fmt.Errorf("wg: config: DSCP %v: %w", cfg.DSCP, dscp.ErrBad)
 	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
@@ -273,7 +275,7 @@ func (n *Node) Up(ctx context.Context) (err error) {
 
 	tdev = newSteadyTUN(tdev)
 	var bind conn.Bind = conn.NewDefaultBind()
-	if n.cfg.DSCP != 0 {
+	if n.cfg.DSCP != dscp.None {
 		bind = newDSCPBind(bind, n.cfg.DSCP, n.logf)
 	}
 	verbosef := device.DiscardLogf

@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/gpumesh/gpumesh/dscp"
 )
 
 // NS is a named network namespace (/run/netns/Name).
@@ -146,8 +148,12 @@ type Packet struct {
 	DstPort  uint16
 }
 
-// DSCP returns the packet's code point.
-func (p Packet) DSCP() uint8 { return p.TOS >> 2 }
+// DSCP returns the packet's code point (never dscp.None: every packet
+// carries one, CS0 when unmarked).
+func (p Packet) DSCP() dscp.Code {
+	c, _ := dscp.Of(p.TOS >> 2) // six bits: always in range
+	return c
+}
 
 // ECN returns the packet's two ECN bits.
 func (p Packet) ECN() uint8 { return p.TOS & 3 }

@@ -5,6 +5,8 @@ package nstest
 import (
 	"encoding/binary"
 	"testing"
+
+	"github.com/gpumesh/gpumesh/dscp"
 )
 
 // pcapOf builds a little-endian pcap file of Ethernet frames.
@@ -34,7 +36,7 @@ func TestParsePcap(t *testing.T) {
 	if err != nil || len(pkts) != 1 {
 		t.Fatalf("ParsePcap = %v, %v", pkts, err)
 	}
-	if p := pkts[0]; p.DSCP() != 34 || p.ECN() != 2 || p.SrcPort != 41641 || p.IPv6 {
+	if p := pkts[0]; p.DSCP() != dscp.AF41 || p.ECN() != 2 || p.SrcPort != 41641 || p.IPv6 {
 		t.Errorf("packet %+v", p)
 	}
 }
