@@ -21,7 +21,7 @@ import (
 	"github.com/gpumesh/gpumesh/examples"
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/node"
-	"github.com/gpumesh/gpumesh/overlay/overlaytest"
+	"github.com/gpumesh/gpumesh/overlay/devnet"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
 	"github.com/gpumesh/gpumesh/policy"
 )
@@ -104,7 +104,7 @@ func (d *demo) run(ctx context.Context, policyPath string) error {
 	}
 
 	d.say("gpumesh demo: a tailnet on 127.0.0.1; nothing leaves this machine")
-	tn, err := overlaytest.Start(overlaytest.Options{Logf: logf})
+	tn, err := devnet.Start(devnet.Options{Logf: logf})
 	if err != nil {
 		return err
 	}
