@@ -210,7 +210,7 @@ func (d *demo) run(ctx context.Context, policyPath string) error {
 	if status.Code(err) != codes.PermissionDenied {
 		return fmt.Errorf("stranger → gpu-host matrix_mul: got %v, want PermissionDenied", err)
 	}
-	d.ok("stranger → gpu-host matrix_mul refused: %s: %s", status.Code(err), status.Convert(err).Message())
+	d.ok("stranger → gpu-host matrix_mul refused: %s", errorText(err))
 
 	// 4. What the host recorded, attributed by tailnet identity.
 	d.say("")
