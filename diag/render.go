@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/gpumesh/gpumesh/internal/human"
 )
 
 // WriteStatus renders r as text: this node, then the GPU hosts with their
@@ -92,28 +94,15 @@ func serviceOf(p Peer) string {
 func deviceLine(d Device) string {
 	parts := []string{d.Name}
 	if d.MemoryTotal > 0 {
-		parts = append(parts, fmt.Sprintf("memory %s of %s used", size(d.MemoryUsed), size(d.MemoryTotal)))
+		parts = append(parts, fmt.Sprintf("memory %s of %s used", human.Bytes(d.MemoryUsed), human.Bytes(d.MemoryTotal)))
 	} else {
-		parts = append(parts, fmt.Sprintf("%s in buffers", size(d.MemoryUsed)))
+		parts = append(parts, fmt.Sprintf("%s in buffers", human.Bytes(d.MemoryUsed)))
 	}
 	if d.Driver != "" || d.CUDA != "" {
 		parts = append(parts, fmt.Sprintf("%d%% busy", d.Utilization), fmt.Sprintf("%d°C", d.Temperature),
 			fmt.Sprintf("%.0fW", float64(d.PowerMW)/1000), "driver "+d.Driver, "CUDA "+d.CUDA)
 	}
 	return strings.Join(parts, ", ")
-}
-
-func size(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%dB", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // WriteChecks renders checks as text: one line each, "ok", "warn" or

@@ -29,6 +29,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/gpusvc"
 	pb "github.com/gpumesh/gpumesh/gpusvc/gpumeshpb"
+	"github.com/gpumesh/gpumesh/internal/human"
 )
 
 // Node is the live tailnet node a report is made from; *tsnet.Node is one.
@@ -135,8 +136,8 @@ type Device struct {
 	Index       uint32 `json:"index"`
 	Name        string `json:"name"`
 	UUID        string `json:"uuid,omitempty"`
-	MemoryTotal uint64 `json:"memory_total"`
-	MemoryUsed  uint64 `json:"memory_used"`
+	MemoryTotal uint64 `json:"memory_total_bytes"`
+	MemoryUsed  uint64 `json:"memory_used_bytes"`
 	Utilization uint32 `json:"utilization_percent"`
 	Temperature int32  `json:"temperature_c,omitempty"`
 	PowerMW     uint32 `json:"power_mw,omitempty"`
@@ -274,7 +275,7 @@ func ping(ctx context.Context, lc *local.Client, p *Peer, timeout time.Duration,
 			return
 		}
 		p.PingError = ""
-		p.LatencyMS = pr.LatencySeconds * 1000
+		p.LatencyMS = human.RoundMillis(pr.LatencySeconds * 1000)
 		switch {
 		case pr.Endpoint != "":
 			p.Path, p.Via = PathDirect, pr.Endpoint

@@ -99,7 +99,7 @@ func StartHost(ctx context.Context, cfg HostConfig) (_ *Host, err error) {
 	}()
 	qp := &qosParts{}
 	if cfg.QoS != nil {
-		if qp, err = startQoS(wctx, cfg.QoS, cfg.Policy.Current(), logger); err != nil {
+		if qp, err = startQoS(wctx, cfg.QoS, cfg.Policy, logger); err != nil {
 			return nil, err
 		}
 		defer func() {
@@ -154,8 +154,9 @@ func StartHost(ctx context.Context, cfg HostConfig) (_ *Host, err error) {
 // Addr is the endpoint's listening address on the overlay.
 func (h *Host) Addr() net.Addr { return h.ln.Addr() }
 
-// ReloadPolicy re-reads the policy file; an invalid file is rejected with
-// its diagnostics and the policy in force stays.
+// ReloadPolicy re-reads the policy file; an invalid file, or one whose QoS
+// the host cannot apply, is rejected with its diagnostics and the policy
+// in force stays.
 func (h *Host) ReloadPolicy() error { return h.policy.Reload() }
 
 // Close stops the endpoint (letting calls in flight finish for a moment),

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/policy"
@@ -23,8 +24,8 @@ type QoSConfig struct {
 	// UDPPort is the overlay's WireGuard UDP port whose packets get the
 	// outer DSCP; 0 skips outer marking.
 	UDPPort uint16
-	// DSCP is the outer code point; 0 means AF41.
-	DSCP uint8
+	// DSCP is the outer code point; dscp.None means AF41. CS0 marks CS0.
+	DSCP dscp.Code
 	// ShapeLink, if set, is the interface whose egress is shaped with an
 	// HTB tree (needs CAP_NET_ADMIN; without it a one-line notice).
 	ShapeLink string
@@ -44,20 +45,29 @@ type QoSConfig struct {
 // defaultClass takes traffic of callers whose rule names no class.
 const defaultClass = "default"
 
-// qosParts are what a host runs for QoS; each field may be nil.
+// qosParts are what a host runs for QoS; each of sched, marker and shaper
+// may be nil. They follow the policy: an applier registered with the
+// policy store rebuilds the scheduler's classes, the tc tree and the peer
+// routes, and moves every live connection to its caller's class, whenever
+// a new policy is put in force, or refuses the policy when they cannot.
 type qosParts struct {
 	sched  *qos.Scheduler
 	marker *qos.Marker
 	shaper *tc.Shaper
 
-	log       *slog.Logger
-	innerOnce sync.Once      // logs that inner marking is not possible
-	wg        sync.WaitGroup // routePeers
+	log           *slog.Logger
+	innerOnce     sync.Once      // logs that inner marking is not possible
+	wg            sync.WaitGroup // routePeers
+	reroute       chan struct{}  // asks routePeers to look again now; buffered
+	removeApplier func()         // unregisters apply from the store; nil before
+
+	mu    sync.Mutex
+	conns map[*liveConn]bool // the callers' open connections; guarded by mu
 }
 
 // routeEvery is how often the host looks again at where its peers' packets
-// go; a peer that roams, or a policy that changes its class, is shaped by
-// its new route within this time.
+// go; a peer that roams is shaped by its new route within this time. A
+// policy change is followed at once.
 const routeEvery = 2 * time.Second
 
 // routePeers keeps the host's shaping classifying each peer's WireGuard
@@ -97,6 +107,7 @@ func (p *qosParts) routePeers(ctx context.Context, pp overlay.PeerPather, ov ove
 			case <-ctx.Done():
 				return
 			case <-t.C:
+			case <-p.reroute:
 			}
 		}
 	}()
@@ -105,7 +116,7 @@ func (p *qosParts) routePeers(ctx context.Context, pp overlay.PeerPather, ov ove
 // classOf is the QoS class of a caller and its DSCP: the class of its allow
 // rule for the built-in kernels (classes are per rule), or the default
 // class.
-func classOf(pol *policy.Policy, id overlay.Identity) (string, uint8) {
+func classOf(pol *policy.Policy, id overlay.Identity) (string, dscp.Code) {
 	d := pol.EvaluateAny(gpusvc.Subject(id), policy.Request{}, policy.BuiltinKernels())
 	if pc, ok := pol.Class(d.Class); ok && d.Allow {
 		return d.Class, pc.DSCP
@@ -113,7 +124,7 @@ func classOf(pol *policy.Policy, id overlay.Identity) (string, uint8) {
 	if pc, ok := pol.Class(defaultClass); ok { // the policy declares it itself
 		return defaultClass, pc.DSCP
 	}
-	return defaultClass, qos.DSCPAF41 // as QoSClasses adds it
+	return defaultClass, dscp.AF41 // as QoSClasses adds it
 }
 
 // peerRoutes maps each directly reached peer's WireGuard endpoint to its
@@ -141,9 +152,11 @@ func peerRoutes(ctx context.Context, pp overlay.PeerPather, ov overlay.Overlay, 
 }
 
 // startQoS builds the scheduler from the policy's classes, marks the
-// overlay's UDP sockets and installs host shaping where it can.
-func startQoS(ctx context.Context, cfg *QoSConfig, pol *policy.Policy, log *slog.Logger) (*qosParts, error) {
-	p := &qosParts{log: log}
+// overlay's UDP sockets, installs host shaping where it can, and makes all
+// of it follow the store's policy.
+func startQoS(ctx context.Context, cfg *QoSConfig, store *policy.Store, log *slog.Logger) (*qosParts, error) {
+	p := &qosParts{log: log, reroute: make(chan struct{}, 1), conns: make(map[*liveConn]bool)}
+	pol := store.Current()
 	classes := QoSClasses(pol.Classes())
 	if err := qos.ValidateClasses(classes); err != nil {
 		return nil, fmt.Errorf("node: qos classes: %w", err)
@@ -168,7 +181,7 @@ func startQoS(ctx context.Context, cfg *QoSConfig, pol *policy.Policy, log *slog
 			log.Info("host shaping installed", "report", sh.Report().String())
 		}
 	}
-	opts := qos.Options{Slots: 2, LinkRate: max(cfg.LinkRate, 0)}
+	opts := qos.Options{Slots: 2, LinkRate: max(cfg.LinkRate, 0), DefaultClass: defaultClass}
 	sched, err := qos.NewScheduler(classes, opts)
 	if err != nil {
 		p.close()
@@ -178,7 +191,50 @@ func startQoS(ctx context.Context, cfg *QoSConfig, pol *policy.Policy, log *slog
 	if opts.LinkRate > 0 {
 		log.Info("pacing GPU traffic", "link_rate_bytes_per_s", opts.LinkRate)
 	}
+	cur, remove := store.AddApplier("qos", p.apply)
+	p.removeApplier = remove
+	if cur != pol { // a reload slipped in while the parts were built
+		commit, _, err := p.apply(pol, cur)
+		if err != nil {
+			p.close()
+			return nil, err
+		}
+		commit()
+	}
 	return p, nil
+}
+
+// apply is the store's applier: it checks that the QoS of next can be put
+// in force and rebuilds the host shaping for it (the one step the kernel
+// may refuse, undone if another applier refuses next); once next is in
+// force, commit moves the scheduler to its classes, every live connection
+// to its caller's class, and the peer routes at once.
+func (p *qosParts) apply(old, next *policy.Policy) (commit, rollback func(), err error) {
+	classes := QoSClasses(next.Classes())
+	if err := qos.ValidateClasses(classes); err != nil {
+		return nil, nil, fmt.Errorf("node: qos classes: %w", err)
+	}
+	if p.shaper != nil {
+		if err := p.shaper.SetClasses(classes); err != nil {
+			return nil, nil, fmt.Errorf("node: host shaping: %w", err)
+		}
+		rollback = func() {
+			if err := p.shaper.SetClasses(QoSClasses(old.Classes())); err != nil {
+				p.log.Warn("host shaping: restoring the classes of the policy in force", "err", err)
+			}
+		}
+	}
+	commit = func() {
+		if err := p.sched.SetClasses(classes); err != nil { // checked above: not expected
+			p.log.Warn("qos scheduler: new classes", "err", err)
+		}
+		p.reclassify(next)
+		select {
+		case p.reroute <- struct{}{}:
+		default: // a pass is due already
+		}
+	}
+	return commit, rollback, nil
 }
 
 // QoSClasses copies the policy's classes into QoS classes, adding the
@@ -192,27 +248,91 @@ func QoSClasses(pcs []policy.Class) []qos.Class {
 		lowest = max(lowest, c.Priority)
 	}
 	if !slices.ContainsFunc(out, func(c qos.Class) bool { return c.Name == defaultClass }) {
-		out = append(out, qos.Class{Name: defaultClass, DSCP: qos.DSCPAF41, Priority: lowest + 1})
+		out = append(out, qos.Class{Name: defaultClass, DSCP: dscp.AF41, Priority: lowest + 1})
 	}
 	return out
 }
 
 // wrapConn schedules a connection's writes in its caller's class (classOf)
-// and marks its inner packets with the class's DSCP.
+// and marks its inner packets with the class's DSCP. The connection it
+// returns has SetClass(string), which gpusvc calls with each call's class.
 func (p *qosParts) wrapConn(store *policy.Store) func(net.Conn, overlay.Identity) net.Conn {
 	return func(c net.Conn, id overlay.Identity) net.Conn {
-		class, dscp := classOf(store.Current(), id)
+		class, code := classOf(store.Current(), id)
 		// The inner packets carry the class too: the far end's stack and,
 		// in the WireGuard TUN mode, the kernel see it. Before wrapping:
 		// the scheduler's Conn hides the connection underneath.
-		if err := qos.SetConnDSCP(c, dscp); err != nil {
-			p.innerOnce.Do(func() { p.log.Info("no inner DSCP on the overlay's connections", "err", err) })
-		}
-		return p.sched.Conn(c, class)
+		p.markInner(c, code)
+		lc := &liveConn{Conn: p.sched.Conn(c, class), raw: c, id: id, p: p, class: class, dscp: code}
+		p.mu.Lock()
+		p.conns[lc] = true
+		p.mu.Unlock()
+		return lc
 	}
 }
 
+func (p *qosParts) markInner(c net.Conn, code dscp.Code) {
+	if err := qos.SetConnDSCP(c, code); err != nil {
+		p.innerOnce.Do(func() { p.log.Info("no inner DSCP on the overlay's connections", "err", err) })
+	}
+}
+
+// reclassify moves every live connection to its caller's class under pol.
+func (p *qosParts) reclassify(pol *policy.Policy) {
+	p.mu.Lock()
+	conns := make([]*liveConn, 0, len(p.conns))
+	for c := range p.conns {
+		conns = append(conns, c)
+	}
+	p.mu.Unlock()
+	for _, c := range conns {
+		class, _ := classOf(pol, c.id)
+		c.SetClass(class)
+	}
+}
+
+// liveConn is a caller's connection as the host's QoS holds it: its
+// writes scheduled in its class, its inner packets marked with the class's
+// DSCP, and known to the host until it closes, so a new policy reaches it.
+type liveConn struct {
+	net.Conn // the scheduler's
+	raw      net.Conn
+	id       overlay.Identity
+	p        *qosParts
+
+	mu    sync.Mutex
+	class string    // as last set; guarded by mu
+	dscp  dscp.Code // marked on raw; guarded by mu
+}
+
+// SetClass moves the connection to the class name ("" or a class the
+// policy lacks: the default class): its next replies are scheduled and
+// counted there, and its packets carry that class's DSCP.
+func (c *liveConn) SetClass(name string) {
+	code := c.p.sched.Class(name).DSCP
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if name == c.class && code == c.dscp {
+		return
+	}
+	c.Conn.(interface{ SetClass(string) }).SetClass(name)
+	if code != c.dscp {
+		c.p.markInner(c.raw, code)
+	}
+	c.class, c.dscp = name, code
+}
+
+func (c *liveConn) Close() error {
+	c.p.mu.Lock()
+	delete(c.p.conns, c)
+	c.p.mu.Unlock()
+	return c.Conn.Close()
+}
+
 func (p *qosParts) close() {
+	if p.removeApplier != nil {
+		p.removeApplier()
+	}
 	p.wg.Wait() // routePeers ends with the host's context
 	if p.marker != nil {
 		p.marker.Close()

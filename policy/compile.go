@@ -8,6 +8,8 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
+
+	"github.com/gpumesh/gpumesh/dscp"
 )
 
 var fileSchema = &hcl.BodySchema{
@@ -205,9 +207,9 @@ func (c *compiler) class(b *hcl.Block) {
 				c.typeError(a, `a DSCP name such as "EF" or "AF41", or a number 0-63`)
 			}
 			if s != "" {
-				d, err := ParseDSCP(s)
+				d, err := dscp.Parse(s)
 				if err != nil {
-					c.errorf(a.Expr.Range(), "Invalid DSCP", "%s", sentence(strings.TrimPrefix(err.Error(), "policy: ")))
+					c.errorf(a.Expr.Range(), "Invalid DSCP", "%s", sentence(err.Error()))
 				}
 				cl.DSCP = d
 			}

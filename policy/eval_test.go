@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gpumesh/gpumesh/dscp"
 )
 
 // overlapPolicy has one rule per subject kind, all covering relu on GPU 0,
@@ -327,7 +329,7 @@ rule "none" {
 		}
 	}
 	cl, ok := p.Class("bulk")
-	if !ok || cl != (Class{Name: "bulk", DSCP: 10}) {
+	if !ok || cl != (Class{Name: "bulk", DSCP: dscp.AF11}) {
 		t.Errorf("class bulk: %+v %v", cl, ok)
 	}
 }
@@ -353,8 +355,8 @@ version = 1
 class "a" { dscp = "EF" }
 `)
 	cs := p.Classes()
-	cs[0].DSCP = 0
-	if got := p.Classes(); !reflect.DeepEqual(got, []Class{{Name: "a", DSCP: 46}}) {
+	cs[0].DSCP = dscp.CS0
+	if got := p.Classes(); !reflect.DeepEqual(got, []Class{{Name: "a", DSCP: dscp.EF}}) {
 		t.Errorf("Classes() leaked internal state: %+v", got)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
 	"github.com/gpumesh/gpumesh/policy"
 )
@@ -54,7 +55,7 @@ func TestDemoPolicy(t *testing.T) {
 		}
 	}
 	cl, ok := p.Class("interactive")
-	if !ok || policy.DSCPName(cl.DSCP) != "EF" {
+	if !ok || cl.DSCP != dscp.EF {
 		t.Errorf("class interactive: %+v", cl)
 	}
 }

@@ -269,37 +269,6 @@ func TestParseUnknownExtension(t *testing.T) {
 	}
 }
 
-func TestParseDSCP(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want uint8
-		name string
-	}{
-		{"EF", 46, "EF"}, {"ef", 46, "EF"}, {"AF11", 10, "AF11"}, {"af41", 34, "AF41"}, {"AF43", 38, "AF43"},
-		{"CS0", 0, "CS0"}, {"be", 0, "CS0"}, {"DF", 0, "CS0"}, {"CS7", 56, "CS7"}, {"VA", 44, "VA"}, {"LE", 1, "LE"},
-		{"0", 0, "CS0"}, {"46", 46, "EF"}, {"63", 63, "63"}, {" 13 ", 13, "13"},
-	} {
-		v, err := ParseDSCP(tc.in)
-		if err != nil || v != tc.want {
-			t.Errorf("ParseDSCP(%q) = %d, %v; want %d", tc.in, v, err, tc.want)
-		}
-		if got := DSCPName(v); got != tc.name {
-			t.Errorf("DSCPName(%d) = %q, want %q", v, got, tc.name)
-		}
-	}
-	for _, bad := range []string{"", "EF2", "AF44", "CS8", "64", "-1", "1.5", "expedited"} {
-		if v, err := ParseDSCP(bad); err == nil {
-			t.Errorf("ParseDSCP(%q) = %d, want an error", bad, v)
-		}
-	}
-	for v := range 64 {
-		got, err := ParseDSCP(DSCPName(uint8(v)))
-		if err != nil || got != uint8(v) {
-			t.Errorf("round trip %d: %d %v", v, got, err)
-		}
-	}
-}
-
 func TestParseSizeRate(t *testing.T) {
 	for _, tc := range []struct {
 		in   string

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/kernelname"
 )
 
@@ -110,11 +111,11 @@ type Decision struct {
 
 // Class is a QoS class declared in the policy.
 type Class struct {
-	Name     string `json:"name"`
-	DSCP     uint8  `json:"dscp"`
-	Priority int    `json:"priority"` // 0 (most urgent) to 7
-	Rate     int64  `json:"rate"`     // bytes/s, 0 = none
-	Burst    int64  `json:"burst"`    // bytes, 0 = the scheduler's default
+	Name     string    `json:"name"`
+	DSCP     dscp.Code `json:"dscp"`     // always set
+	Priority int       `json:"priority"` // 0 (most urgent) to 7
+	Rate     int64     `json:"rate"`     // bytes/s, 0 = none
+	Burst    int64     `json:"burst"`    // bytes, 0 = the scheduler's default
 }
 
 // Policy is a compiled policy file. It is immutable: every method is safe

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,9 +15,9 @@ import (
 )
 
 // Store holds the policy in force and swaps it atomically on reload. A new
-// policy replaces the old one only if it parses and its tests pass; callers
-// that already hold the old *Policy keep using it, so a reload never breaks
-// a call in flight.
+// policy replaces the old one only if it parses, its tests pass and every
+// applier accepts it (AddApplier); callers that already hold the old
+// *Policy keep using it, so a reload never breaks a call in flight.
 type Store struct {
 	path     string
 	logf     func(format string, args ...any)
@@ -27,6 +28,84 @@ type Store struct {
 	mu       sync.Mutex    // guards the fields below and serialises reloads
 	updated  chan struct{} // closed when cur changes, then replaced
 	lastSeen [32]byte      // hash of the source last loaded or rejected
+	appliers []*applier    // in the order added
+}
+
+// An Applier keeps state derived from the policy (QoS classes, a tc tree,
+// routes) in step with it, or vetoes a policy it cannot follow.
+//
+// Before a new policy is put in force, the store calls each applier with
+// the policy in force (old) and the new one (next), in the order they were
+// added. The applier checks that it can follow next, and may prepare what
+// it needs, while old stays in force; an error refuses next as a whole.
+// On success it returns commit, called once next is in force, and
+// rollback, called when a later applier refuses next (to undo what it
+// prepared); either may be nil. Commit should not fail: what could fail
+// belongs in the prepare step.
+//
+// Appliers run one reload at a time, under the store's lock: they must not
+// call Reload, Watch's reloads or AddApplier themselves.
+type Applier func(old, next *Policy) (commit, rollback func(), err error)
+
+// applier is an Applier with the name its refusals carry.
+type applier struct {
+	name  string
+	apply Applier
+}
+
+// RefusedError is the error of a reload that an applier refused.
+type RefusedError struct {
+	Applier string // the name given to AddApplier
+	Err     error  // the applier's error
+}
+
+func (e *RefusedError) Error() string {
+	return "policy: " + e.Applier + " refused the new policy: " + e.Err.Error()
+}
+
+func (e *RefusedError) Unwrap() error { return e.Err }
+
+// AddApplier makes every later reload ask a before it puts a policy in
+// force; name says who refused in the reload's error ("qos"). It returns
+// the policy in force once a is registered, which is the old policy a sees
+// in its first call: derived state built from it misses no reload. remove
+// unregisters a; it is safe to call more than once.
+func (s *Store) AddApplier(name string, a Applier) (current *Policy, remove func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ap := &applier{name: name, apply: a}
+	s.appliers = append(s.appliers, ap)
+	return s.cur.Load(), func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if i := slices.Index(s.appliers, ap); i >= 0 {
+			s.appliers = slices.Delete(s.appliers, i, i+1)
+		}
+	}
+}
+
+// applyLocked asks every applier about next; if one refuses, those that
+// prepared are rolled back, latest first, and its error returned. On
+// success it returns the commits to run once next is in force. s.mu is
+// held.
+func (s *Store) applyLocked(old, next *Policy) (commits []func(), err error) {
+	var rollbacks []func()
+	for _, a := range s.appliers {
+		commit, rollback, err := a.apply(old, next)
+		if err != nil {
+			for i := len(rollbacks) - 1; i >= 0; i-- {
+				rollbacks[i]()
+			}
+			return nil, &RefusedError{Applier: a.name, Err: err}
+		}
+		if commit != nil {
+			commits = append(commits, commit)
+		}
+		if rollback != nil {
+			rollbacks = append(rollbacks, rollback)
+		}
+	}
+	return commits, nil
 }
 
 // NewStore loads the policy at path with LoadChecked and returns a Store
@@ -60,9 +139,10 @@ func (s *Store) Updated() <-chan struct{} {
 	return s.updated
 }
 
-// Reload reads the file again. A valid policy whose tests pass replaces the
-// one in force; otherwise the error (with its diagnostics) is returned and
-// the old policy stays in force.
+// Reload reads the file again. A valid policy whose tests pass and that
+// every applier accepts replaces the one in force; otherwise the error
+// (with its diagnostics, or a *RefusedError naming the applier that
+// refused) is returned and the old policy stays in force.
 func (s *Store) Reload() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -91,7 +171,16 @@ func (s *Store) reloadLocked(onlyIfChanged bool) error {
 		s.logf("policy: reload rejected, keeping %s in force: %v", s.cur.Load().Digest(), err)
 		return err
 	}
-	old := s.cur.Swap(p)
+	old := s.cur.Load()
+	commits, err := s.applyLocked(old, p)
+	if err != nil {
+		s.logf("policy: reload rejected, keeping %s in force: %v", old.Digest(), err)
+		return err
+	}
+	s.cur.Store(p)
+	for _, commit := range commits {
+		commit()
+	}
 	close(s.updated)
 	s.updated = make(chan struct{})
 	s.logf("policy: loaded %s (%s, was %s): %d rules, %d tests pass", s.path, p.Digest(), old.Digest(), len(p.rules), len(p.tests))

@@ -12,7 +12,7 @@ import (
 
 // Writer returns an io.Writer that splits each Write into chunks of at most
 // ChunkSize(class) bytes and admits every chunk through s before writing it
-// to w. Writes of an unknown class fail with ErrUnknownClass.
+// to w. An unknown class is admitted as the default class (see Wait).
 func (s *Scheduler) Writer(w io.Writer, className string) io.Writer {
 	return &writer{s: s, w: w, class: className}
 }
@@ -24,19 +24,17 @@ type writer struct {
 }
 
 func (w *writer) Write(p []byte) (int, error) {
-	return w.s.write(context.Background(), w.w, w.class, p)
+	return w.s.write(context.Background(), w.w, func() string { return w.class }, p)
 }
 
-// write admits p chunk by chunk and writes it to dst.
-func (s *Scheduler) write(ctx context.Context, dst io.Writer, className string, p []byte) (int, error) {
-	chunk, err := s.ChunkSize(className)
-	if err != nil {
-		return 0, err
-	}
+// write admits p chunk by chunk, each in the class classOf names when it
+// is admitted, and writes it to dst.
+func (s *Scheduler) write(ctx context.Context, dst io.Writer, classOf func() string, p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
-		n := min(len(p), chunk)
-		release, err := s.Wait(ctx, className, n)
+		class := classOf()
+		n := min(len(p), s.ChunkSize(class))
+		release, err := s.Wait(ctx, class, n)
 		if err != nil {
 			return written, err
 		}
@@ -55,6 +53,11 @@ func (s *Scheduler) write(ctx context.Context, dst io.Writer, className string, 
 // Writer); reads pass through. Close and an expired write deadline also end
 // a write waiting for admission, which then fails with net.ErrClosed or
 // os.ErrDeadlineExceeded.
+//
+// The returned connection has a method SetClass(name string), safe to call
+// concurrently with Write: the chunks admitted after it are admitted and
+// counted in the class name ("" is the default class). Callers that hold a
+// net.Conn reach it through the interface{ SetClass(string) }.
 func (s *Scheduler) Conn(c net.Conn, className string) net.Conn {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &conn{Conn: c, s: s, class: className, ctx: ctx, cancel: cancel}
@@ -63,12 +66,28 @@ func (s *Scheduler) Conn(c net.Conn, className string) net.Conn {
 type conn struct {
 	net.Conn
 	s      *Scheduler
-	class  string
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 
 	mu       sync.Mutex
+	class    string    // the class of the next chunk; guarded by mu
 	deadline time.Time // write deadline; guarded by mu
+}
+
+// SetClass moves the connection to the class name: its next chunks are
+// admitted and counted there. "" is the default class.
+func (c *conn) SetClass(name string) {
+	c.mu.Lock()
+	c.class = name
+	c.mu.Unlock()
+}
+
+// Class returns the class the connection's next chunk is admitted in, as
+// set (not resolved: an unknown name is admitted as the default class).
+func (c *conn) Class() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.class
 }
 
 func (c *conn) Write(p []byte) (int, error) {
@@ -81,7 +100,7 @@ func (c *conn) Write(p []byte) (int, error) {
 		ctx, cancel = context.WithDeadline(ctx, dl)
 		defer cancel()
 	}
-	n, err := c.s.write(ctx, c.Conn, c.class, p)
+	n, err := c.s.write(ctx, c.Conn, c.Class, p)
 	switch {
 	case err == nil:
 	case errors.Is(err, context.Canceled) && c.ctx.Err() != nil:

@@ -10,6 +10,8 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+
+	"github.com/gpumesh/gpumesh/dscp"
 )
 
 // ErrNoInnerDSCP reports a connection whose packets SetConnDSCP cannot
@@ -20,35 +22,35 @@ var ErrNoInnerDSCP = errors.New("no inner dscp for this connection")
 
 // SetConnDSCP sets the DSCP of the packets c sends from now on, keeping the
 // ECN bits as the stack manages them. These are the overlay's inner
-// packets, the ones inside the tunnel; MarkUDPPort marks the outer ones.
+// packets, the ones inside the tunnel; a Marker marks the outer ones.
 //
 // It first unwraps connections that expose the one they wrap with a
 // NetConn method (as *tls.Conn does), then handles:
 //   - kernel sockets (syscall.Conn, such as *net.TCPConn over a TUN):
 //     IP_TOS on IPv4 sockets, IPV6_TCLASS and IP_TOS on IPv6 ones, as
-//     MarkConn does;
+//     dscp.Mark does;
 //   - gVisor netstack connections (*gonet.TCPConn, from tsnet or a
 //     netstack WireGuard): the endpoint's IPv4 TOS or IPv6 traffic class
 //     option, chosen by the local address.
 //
 // Anything else yields an error wrapping ErrNoInnerDSCP that names c's
 // type.
-func SetConnDSCP(c net.Conn, dscp uint8) error {
-	if dscp > MaxDSCP {
-		return fmt.Errorf("qos: set conn dscp: dscp %d: %w", dscp, ErrBadDSCP)
+func SetConnDSCP(c net.Conn, code dscp.Code) error {
+	if !code.Valid() {
+		return fmt.Errorf("qos: set conn dscp %v: %w", code, dscp.ErrBad)
 	}
 	c = unwrapConn(c)
 	var err error
 	switch c := c.(type) {
 	case *gonet.TCPConn:
-		err = setNetstackDSCP(c, dscp)
+		err = setNetstackDSCP(c, code)
 	case syscall.Conn:
-		err = setSocketDSCP(c, dscp)
+		err = setSocketDSCP(c, code)
 	default:
 		err = ErrNoInnerDSCP
 	}
 	if err != nil {
-		return fmt.Errorf("qos: set conn dscp %d on %T: %w", dscp, c, err)
+		return fmt.Errorf("qos: set conn dscp %v on %T: %w", code, c, err)
 	}
 	return nil
 }
@@ -81,7 +83,7 @@ func unwrapConn(c net.Conn) net.Conn {
 // gVisor's TCP endpoint keeps one TOS byte for both families and clears its
 // ECN bits itself (it does no ECN); the old ECN bits are kept all the same,
 // in case a later version manages them.
-func setNetstackDSCP(c *gonet.TCPConn, dscp uint8) error {
+func setNetstackDSCP(c *gonet.TCPConn, code dscp.Code) error {
 	ep, err := gonetEndpoint(c)
 	if err != nil {
 		return err
@@ -94,7 +96,7 @@ func setNetstackDSCP(c *gonet.TCPConn, dscp uint8) error {
 	if terr != nil {
 		return fmt.Errorf("netstack get tos: %s", terr)
 	}
-	if terr := ep.SetSockOptInt(opt, int(TOS(dscp, byte(old)))); terr != nil {
+	if terr := ep.SetSockOptInt(opt, int(code.TOS(byte(old)))); terr != nil {
 		return fmt.Errorf("netstack set tos: %s", terr)
 	}
 	return nil

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/internal/capture"
 	"github.com/gpumesh/gpumesh/qos/internal/nstest"
 )
@@ -73,21 +74,21 @@ func TestSetConnDSCPKernel(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			client, server := tcpPair(t, tt.network, tt.laddr, tt.daddr)
-			if tos, err := ConnTOS(server); err != nil || tos != 0 {
+			if tos, err := dscp.TOSOf(server); err != nil || tos != 0 {
 				t.Fatalf("fresh socket tos %#02x, %v", tos, err)
 			}
-			if err := SetConnDSCP(wrapped{server}, DSCPEF); err != nil {
+			if err := SetConnDSCP(wrapped{server}, dscp.EF); err != nil {
 				t.Fatal(err)
 			}
-			if tos, err := ConnTOS(server); err != nil || tos != DSCPEF<<2 {
-				t.Errorf("tos %#02x, %v; want %#02x", tos, err, DSCPEF<<2)
+			if tos, err := dscp.TOSOf(server); err != nil || tos != dscp.EF.TOS(0) {
+				t.Errorf("tos %#02x, %v; want %#02x", tos, err, dscp.EF.TOS(0))
 			}
 			if tt.mapped {
-				if tos := ipTOS(t, server); tos != DSCPEF<<2 {
-					t.Errorf("IP_TOS of the dual-stack socket %#02x, want %#02x", tos, DSCPEF<<2)
+				if tos := ipTOS(t, server); tos != dscp.EF.TOS(0) {
+					t.Errorf("IP_TOS of the dual-stack socket %#02x, want %#02x", tos, dscp.EF.TOS(0))
 				}
 			}
-			if tos, _ := ConnTOS(client); tos != 0 {
+			if tos, _ := dscp.TOSOf(client); tos != 0 {
 				t.Errorf("the other end got tos %#02x", tos)
 			}
 		})
@@ -108,14 +109,14 @@ func TestSetConnDSCPKernelErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer uc.Close()
-	err = SetConnDSCP(uc, DSCPEF)
+	err = SetConnDSCP(uc, dscp.EF)
 	if !errors.Is(err, ErrNoInnerDSCP) || !strings.Contains(err.Error(), "*net.UnixConn") {
 		t.Errorf("unix socket: err = %v, want ErrNoInnerDSCP naming *net.UnixConn", err)
 	}
 
 	_, server := tcpPair(t, "tcp4", net.IPv4(127, 0, 0, 1), net.IPv4(127, 0, 0, 1))
 	server.Close()
-	err = SetConnDSCP(server, DSCPEF)
+	err = SetConnDSCP(server, dscp.EF)
 	if err == nil || errors.Is(err, ErrNoInnerDSCP) {
 		t.Errorf("closed conn: err = %v, want an error other than ErrNoInnerDSCP", err)
 	}
@@ -200,17 +201,17 @@ func TestSetConnDSCPOnTheWire(t *testing.T) {
 
 			for _, pkt := range dataSegments(3) {
 				t.Logf("before: %v", pkt)
-				if pkt.DSCP() != 0 || pkt.ECN() != 2 {
+				if pkt.DSCP() != dscp.CS0 || pkt.ECN() != 2 {
 					t.Fatalf("unmarked segment tos %#02x, want 0x02 (ECT(0))", pkt.TOS)
 				}
 			}
-			if err := SetConnDSCP(server, DSCPEF); err != nil {
+			if err := SetConnDSCP(server, dscp.EF); err != nil {
 				t.Fatal(err)
 			}
 			for _, pkt := range dataSegments(3) {
-				t.Logf("after: %v dscp=%s ecn=%d", pkt, DSCPName(pkt.DSCP()), pkt.ECN())
-				if pkt.DSCP() != DSCPEF || pkt.ECN() != 2 {
-					t.Errorf("marked segment tos %#02x, want %#02x (EF + ECT(0))", pkt.TOS, DSCPEF<<2|2)
+				t.Logf("after: %v dscp=%s ecn=%d", pkt, pkt.DSCP(), pkt.ECN())
+				if pkt.DSCP() != dscp.EF || pkt.ECN() != 2 {
+					t.Errorf("marked segment tos %#02x, want %#02x (EF + ECT(0))", pkt.TOS, dscp.EF.TOS(2))
 				}
 			}
 		})

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+
+	"github.com/gpumesh/gpumesh/dscp"
 )
 
 // setSocketDSCP is implemented on Linux only.
-func setSocketDSCP(c syscall.Conn, dscp uint8) error {
+func setSocketDSCP(c syscall.Conn, code dscp.Code) error {
 	return fmt.Errorf("%w: kernel sockets: %w", ErrNoInnerDSCP, errors.ErrUnsupported)
 }

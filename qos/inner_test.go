@@ -23,6 +23,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	gvwaiter "gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/gpumesh/gpumesh/dscp"
 )
 
 // wrapped exposes the connection it wraps, as *tls.Conn does.
@@ -233,7 +235,7 @@ func TestSetConnDSCPNetstack(t *testing.T) {
 				}
 			}
 
-			if err := SetConnDSCP(server, DSCPEF); err != nil {
+			if err := SetConnDSCP(server, dscp.EF); err != nil {
 				t.Fatal(err)
 			}
 			after := p.send(t, server, client, n)
@@ -241,8 +243,8 @@ func TestSetConnDSCPNetstack(t *testing.T) {
 				t.Fatalf("%d data segments after marking, want several", len(after))
 			}
 			for i, s := range after {
-				if s.tos != DSCPEF<<2 {
-					t.Fatalf("data segment %d of %d from port %d: tos %#02x, want DSCP EF (%#02x)", i+1, len(after), s.srcPort, s.tos, DSCPEF<<2)
+				if s.tos != dscp.EF.TOS(0) {
+					t.Fatalf("data segment %d of %d from port %d: tos %#02x, want DSCP EF (%#02x)", i+1, len(after), s.srcPort, s.tos, dscp.EF.TOS(0))
 				}
 			}
 
@@ -281,31 +283,31 @@ func TestSetConnDSCPUnwraps(t *testing.T) {
 	tests := []struct {
 		name    string
 		conn    net.Conn
-		dscp    uint8
+		code    dscp.Code
 		wantErr error  // nil: marked
 		errType string // in the error message
 	}{
 		{"gonet", server, 8, nil, ""},
-		{"NetConn", wrapped{server}, DSCPAF41, nil, ""},
+		{"NetConn", wrapped{server}, dscp.AF41, nil, ""},
 		{"NetConn twice", wrapped{wrapped{server}}, 10, nil, ""},
-		{"tls.Conn", tls.Server(server, &tls.Config{}), DSCPEF, nil, ""},
+		{"tls.Conn", tls.Server(server, &tls.Config{}), dscp.EF, nil, ""},
 		{"tls over NetConn", tls.Client(wrapped{server}, &tls.Config{}), 26, nil, ""},
-		{"hidden", hidden{server}, DSCPEF, ErrNoInnerDSCP, "qos.hidden"},
-		{"NetConn to hidden", wrapped{hidden{server}}, DSCPEF, ErrNoInnerDSCP, "qos.hidden"},
-		{"net.Pipe", pa, DSCPEF, ErrNoInnerDSCP, "*net.pipe"},
-		{"nil", nil, DSCPEF, ErrNoInnerDSCP, "<nil>"},
-		{"dscp 64", server, 64, ErrBadDSCP, ""},
+		{"hidden", hidden{server}, dscp.EF, ErrNoInnerDSCP, "qos.hidden"},
+		{"NetConn to hidden", wrapped{hidden{server}}, dscp.EF, ErrNoInnerDSCP, "qos.hidden"},
+		{"net.Pipe", pa, dscp.EF, ErrNoInnerDSCP, "*net.pipe"},
+		{"nil", nil, dscp.EF, ErrNoInnerDSCP, "<nil>"},
+		{"dscp 64", server, dscp.Code(65), dscp.ErrBad, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := netstackTOS(t, server)
-			err := SetConnDSCP(tt.conn, tt.dscp)
+			err := SetConnDSCP(tt.conn, tt.code)
 			if tt.wantErr == nil {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if got := netstackTOS(t, server); got != tt.dscp<<2 {
-					t.Errorf("endpoint tos %#02x, want %#02x", got, tt.dscp<<2)
+				if got := netstackTOS(t, server); got != tt.code.TOS(0) {
+					t.Errorf("endpoint tos %#02x, want %#02x", got, tt.code.TOS(0))
 				}
 				return
 			}

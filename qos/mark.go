@@ -7,6 +7,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/gpumesh/gpumesh/dscp"
 )
 
 // MarkerConfig configures a Marker. The zero value marks nothing useful:
@@ -15,8 +17,9 @@ type MarkerConfig struct {
 	// Port is the local UDP port of the sockets to mark (tsnet's fixed
 	// Server.Port, for instance).
 	Port uint16
-	// DSCP is the code point to set; 0 means AF41.
-	DSCP uint8
+	// DSCP is the code point to set; dscp.None means AF41. CS0 (best
+	// effort) is a code point like any other.
+	DSCP dscp.Code
 	// Interval is how often the marking is re-applied, catching sockets
 	// opened by a rebind; default 5s.
 	Interval time.Duration
@@ -26,8 +29,9 @@ type MarkerConfig struct {
 }
 
 // Marker keeps this process's UDP sockets on one port marked with a DSCP:
-// it re-applies MarkUDPPort every Interval and whenever Mark is called (the
-// node calls it after the overlay rebinds). Marking needs no privilege.
+// it re-applies dscp.MarkUDPPort every Interval and whenever Mark is called
+// (the node calls it after the overlay rebinds). Marking needs no
+// privilege.
 type Marker struct {
 	cfg MarkerConfig
 
@@ -44,7 +48,7 @@ type Marker struct {
 // MarkerStatus is what the Marker last did.
 type MarkerStatus struct {
 	Port    uint16
-	DSCP    uint8
+	DSCP    dscp.Code
 	Sockets int       // sockets marked in the last pass
 	At      time.Time // time of the last pass; zero before the first
 	Err     error     // error of the last pass
@@ -52,8 +56,8 @@ type MarkerStatus struct {
 
 // NewMarker returns a Marker for cfg; call Start to run it.
 func NewMarker(cfg MarkerConfig) *Marker {
-	if cfg.DSCP == 0 {
-		cfg.DSCP = DSCPAF41
+	if cfg.DSCP == dscp.None {
+		cfg.DSCP = dscp.AF41
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = 5 * time.Second
@@ -98,7 +102,7 @@ func (m *Marker) run(ctx context.Context) {
 
 // Mark applies the marking now and returns how many sockets carry it.
 func (m *Marker) Mark() (int, error) {
-	n, err := MarkUDPPort(m.cfg.Port, m.cfg.DSCP)
+	n, err := dscp.MarkUDPPort(m.cfg.Port, m.cfg.DSCP, nil)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	prev := m.status
@@ -108,7 +112,7 @@ func (m *Marker) Mark() (int, error) {
 		case err != nil && (prev.Err == nil || prev.Err.Error() != err.Error()):
 			m.cfg.Logf("qos: marking udp port %d: %v", m.cfg.Port, err)
 		case n != prev.Sockets || prev.At.IsZero():
-			m.cfg.Logf("qos: udp port %d: %d socket(s) marked DSCP %s", m.cfg.Port, n, DSCPName(m.cfg.DSCP))
+			m.cfg.Logf("qos: udp port %d: %d socket(s) marked DSCP %s", m.cfg.Port, n, m.cfg.DSCP)
 		}
 	}
 	return n, err

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/internal/capture"
 	"github.com/gpumesh/gpumesh/qos"
 	"github.com/gpumesh/gpumesh/qos/internal/nstest"
@@ -47,8 +48,10 @@ func TestMarkUDPPortOnTheWire(t *testing.T) {
 	v6 := p.A.ListenUDP(t, "udp6", &net.UDPAddr{IP: p.Addr6A, Port: port})
 	setECT0(t, v4, false)
 	setECT0(t, v6, true)
-	if n, err := qos.MarkUDPPort(uint16(port), qos.DSCPAF41); err != nil || n != 2 {
-		t.Fatalf("MarkUDPPort = %d, %v; want 2 sockets", n, err)
+	m := qos.NewMarker(qos.MarkerConfig{Port: uint16(port), DSCP: dscp.AF41})
+	defer m.Close()
+	if n, err := m.Mark(); err != nil || n != 2 {
+		t.Fatalf("Mark = %d, %v; want 2 sockets", n, err)
 	}
 
 	// One capture per family: IPv6 neighbour discovery on a fresh veth
@@ -78,8 +81,8 @@ func TestMarkUDPPortOnTheWire(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, pkt := range pkts {
-			t.Logf("captured %v dscp=%s ecn=%d", pkt, qos.DSCPName(pkt.DSCP()), pkt.ECN())
-			if pkt.DSCP() != qos.DSCPAF41 || pkt.ECN() != 2 || pkt.Dir != capture.In {
+			t.Logf("captured %v dscp=%s ecn=%d", pkt, pkt.DSCP(), pkt.ECN())
+			if pkt.DSCP() != dscp.AF41 || pkt.ECN() != 2 || pkt.Dir != capture.In {
 				t.Errorf("packet %v: want DSCP AF41 with ECT(0) (tos 0x8a), arriving", pkt)
 			}
 		}

@@ -36,7 +36,7 @@ func TestLinkPacingServesInteractiveNext(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 3 {
 		wg.Go(func() {
-			s.write(ctx, io.Discard, "bulk", bytes.Repeat([]byte("B"), 64*chunk))
+			s.write(ctx, io.Discard, func() string { return "bulk" }, bytes.Repeat([]byte("B"), 64*chunk))
 		})
 	}
 	for range 3 { // every bulk writer has a chunk queued behind the link

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/internal/capture"
 	"github.com/gpumesh/gpumesh/overlay/overlaytest"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
@@ -79,7 +80,7 @@ func tsnetOuterDSCPChild(t *testing.T, ns *nstest.NS) {
 	host := join("gpu-host", e2ePortA)
 	laptop := join("laptop", e2ePortB)
 
-	m := qos.NewMarker(qos.MarkerConfig{Port: e2ePortA, DSCP: qos.DSCPAF41, Interval: 200 * time.Millisecond, Logf: t.Logf})
+	m := qos.NewMarker(qos.MarkerConfig{Port: e2ePortA, DSCP: dscp.AF41, Interval: 200 * time.Millisecond, Logf: t.Logf})
 	if err := m.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -130,8 +131,8 @@ func tsnetOuterDSCPChild(t *testing.T, ns *nstest.NS) {
 		t.Fatal(err)
 	}
 	for _, p := range pkts {
-		t.Logf("captured %v dscp=%s ecn=%d", p, qos.DSCPName(p.DSCP()), p.ECN())
-		if p.DSCP() != qos.DSCPAF41 || p.ECN() != 0 {
+		t.Logf("captured %v dscp=%s ecn=%d", p, p.DSCP(), p.ECN())
+		if p.DSCP() != dscp.AF41 || p.ECN() != 0 {
 			t.Errorf("packet tos %#02x, want AF41 with magicsock's Not-ECT (0x88)", p.TOS)
 		}
 	}

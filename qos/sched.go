@@ -1,20 +1,16 @@
 package qos
 
 import (
-	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
-)
 
-// ErrUnknownClass is returned for a class name the scheduler was not
-// configured with.
-var ErrUnknownClass = errors.New("unknown class")
+	"github.com/gpumesh/gpumesh/dscp"
+)
 
 // Options tunes a Scheduler. The zero value works.
 type Options struct {
@@ -51,6 +47,12 @@ type Options struct {
 	// (after an idle spell, or to keep a writer busy between timer ticks).
 	// Default: one chunk. Only with LinkRate.
 	LinkBurst int64
+	// DefaultClass names the class that admits writes naming no class (""),
+	// or a class the scheduler does not have (a class removed by
+	// SetClasses, say): a write never fails for its class's name. Every
+	// class set must then contain it. Empty: the least urgent class of the
+	// set in force (the last one declared among equals).
+	DefaultClass string
 }
 
 const (
@@ -100,43 +102,46 @@ func (o Options) populate() (Options, error) {
 // with Options.MinShare of the bytes guaranteed to a waiting lower class,
 // an optional token-bucket cap per class, and optional pacing of all
 // classes to the link's rate (Options.LinkRate). Chunks of one class are
-// admitted in arrival order. Its only goroutines are the timer callbacks
-// that admit paced chunks.
+// admitted in arrival order. SetClasses replaces the classes while it
+// runs. Its only goroutines are the timer callbacks that admit paced
+// chunks.
 type Scheduler struct {
-	opts    Options
-	byName  map[string]*class // immutable after NewScheduler
-	ordered []*class          // by priority, then declaration order; immutable
-	ahead   time.Duration     // LinkBurst as time at LinkRate; immutable
+	opts  Options
+	ahead time.Duration // LinkBurst as time at LinkRate; immutable
 
-	mu     sync.Mutex
-	free   int         // free slots; guarded by mu
-	queued int         // waiters in all queues; guarded by mu
-	linkAt time.Time   // when the paced link has sent all admitted bytes; guarded by mu
-	timer  *time.Timer // admits paced chunks when the link is due; guarded by mu
-	armed  bool        // timer is pending; guarded by mu
-	fireAt time.Time   // when the pending timer fires; guarded by mu
+	mu      sync.Mutex
+	byName  map[string]*class // the classes in force; guarded by mu, replaced by SetClasses
+	ordered []*class          // byName by priority, then declaration order; guarded by mu
+	def     *class            // admits unknown class names; guarded by mu
+	free    int               // free slots; guarded by mu
+	queued  int               // waiters in all queues; guarded by mu
+	linkAt  time.Time         // when the paced link has sent all admitted bytes; guarded by mu
+	timer   *time.Timer       // admits paced chunks when the link is due; guarded by mu
+	armed   bool              // timer is pending; guarded by mu
+	fireAt  time.Time         // when the pending timer fires; guarded by mu
 
 	// Test hooks, called with mu held; set before use.
 	onQueued func(class string)
 	onGrant  func(class string, n int)
 }
 
-// class is a Class with its scheduling state.
+// class is a Class with its scheduling state. All of it is guarded by
+// Scheduler.mu (the limiter is also safe for concurrent use).
 type class struct {
 	Class
-	rank  int
-	lim   *rate.Limiter // nil without a cap; safe for concurrent use
+	rank  int           // index in Scheduler.ordered
+	lim   *rate.Limiter // nil without a cap
 	burst int           // limiter burst, 0 without a cap
 	chunk int           // largest chunk Writer and Conn use
+	gone  bool          // removed by SetClasses
 
-	// Guarded by Scheduler.mu:
 	queue  []*waiter // FIFO
 	credit int64     // bytes admitted to higher classes while this one waited
 	stats  ClassStats
 }
 
 type waiter struct {
-	c       *class
+	c       *class // guarded by Scheduler.mu: SetClasses moves waiters of a removed class
 	n       int
 	start   time.Time
 	ready   chan struct{} // closed on grant
@@ -146,7 +151,7 @@ type waiter struct {
 // ClassStats are the counters of one class.
 type ClassStats struct {
 	Name     string
-	DSCP     uint8
+	DSCP     dscp.Code
 	Priority int
 	Rate     int64 // bytes/s cap, 0 if none
 	// Bytes and Chunks count what was admitted.
@@ -163,35 +168,16 @@ type ClassStats struct {
 
 // NewScheduler returns a scheduler for classes (see ValidateClasses).
 func NewScheduler(classes []Class, opts Options) (*Scheduler, error) {
-	if err := ValidateClasses(classes); err != nil {
-		return nil, err
-	}
 	opts, err := opts.populate()
 	if err != nil {
 		return nil, err
 	}
-	s := &Scheduler{opts: opts, byName: make(map[string]*class, len(classes)), free: opts.Slots}
+	s := &Scheduler{opts: opts, free: opts.Slots}
 	if opts.LinkRate > 0 {
 		s.ahead = s.linkTime(opts.LinkBurst)
 	}
-	for _, c := range classes {
-		cl := &class{Class: c, chunk: opts.ChunkSize}
-		if c.Rate > 0 {
-			burst := c.Burst
-			if burst == 0 {
-				burst = max(int64(opts.ChunkSize), c.Rate/10)
-			}
-			cl.burst = int(min(burst, 1<<30))
-			cl.lim = rate.NewLimiter(rate.Limit(c.Rate), cl.burst)
-			cl.chunk = min(cl.chunk, cl.burst)
-		}
-		cl.stats = ClassStats{Name: c.Name, DSCP: c.DSCP, Priority: c.Priority, Rate: c.Rate}
-		s.byName[c.Name] = cl
-		s.ordered = append(s.ordered, cl)
-	}
-	slices.SortStableFunc(s.ordered, func(a, b *class) int { return cmp.Compare(a.Priority, b.Priority) })
-	for i, c := range s.ordered {
-		c.rank = i
+	if err := s.SetClasses(classes); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
@@ -199,29 +185,33 @@ func NewScheduler(classes []Class, opts Options) (*Scheduler, error) {
 // Wait blocks until n bytes of class may be written, then returns a release
 // func to call once they have been written (it frees the slot for the next
 // chunk; calling it again does nothing). A class with a rate cap first
-// waits for its tokens. Wait fails only for an unknown class or when ctx
-// ends first.
+// waits for its tokens. An empty or unknown class name is admitted as the
+// default class (Options.DefaultClass). Wait fails only when ctx ends
+// first.
 func (s *Scheduler) Wait(ctx context.Context, className string, n int) (release func(), err error) {
-	c, ok := s.byName[className]
-	if !ok {
-		return nil, fmt.Errorf("qos: class %q: %w", className, ErrUnknownClass)
-	}
 	n = max(n, 1)
 	start := time.Now()
+	s.mu.Lock()
+	c := s.resolveLocked(className)
+	lim, burst := c.lim, c.burst
+	s.mu.Unlock()
 	var throttle time.Duration
-	if c.lim != nil {
+	if lim != nil {
 		for rem := n; rem > 0; {
-			take := min(rem, c.burst)
-			if err := c.lim.WaitN(ctx, take); err != nil {
-				return nil, fmt.Errorf("qos: wait for class %q: %w", className, ctxErr(ctx, err))
+			take := min(rem, burst)
+			if err := lim.WaitN(ctx, take); err != nil {
+				return nil, fmt.Errorf("qos: wait for class %q: %w", c.Name, ctxErr(ctx, err))
 			}
 			rem -= take
 		}
 		throttle = time.Since(start)
 	}
-	w := &waiter{c: c, n: n, start: start, ready: make(chan struct{})}
 
 	s.mu.Lock()
+	if c.gone { // removed while it waited for tokens
+		c = s.resolveLocked(c.Name)
+	}
+	w := &waiter{c: c, n: n, start: start, ready: make(chan struct{})}
 	c.stats.ThrottleSum += throttle
 	if s.free > 0 && s.queued == 0 && s.linkDueLocked(time.Now(), c) {
 		s.grantLocked(w)
@@ -231,7 +221,7 @@ func (s *Scheduler) Wait(ctx context.Context, className string, n int) (release 
 	c.queue = append(c.queue, w)
 	s.queued++
 	if s.onQueued != nil {
-		s.onQueued(className)
+		s.onQueued(c.Name)
 	}
 	s.dispatchLocked() // a free slot may be waiting only for the link
 	s.mu.Unlock()
@@ -246,12 +236,14 @@ func (s *Scheduler) Wait(ctx context.Context, className string, n int) (release 
 		s.free++
 		s.dispatchLocked()
 	} else {
-		i := slices.Index(c.queue, w)
-		c.queue = slices.Delete(c.queue, i, i+1)
+		q := w.c // SetClasses may have moved w
+		i := slices.Index(q.queue, w)
+		q.queue = slices.Delete(q.queue, i, i+1)
 		s.queued--
 	}
+	name := w.c.Name
 	s.mu.Unlock()
-	return nil, fmt.Errorf("qos: wait for class %q: %w", className, ctx.Err())
+	return nil, fmt.Errorf("qos: wait for class %q: %w", name, ctx.Err())
 }
 
 // ctxErr prefers the context's own error over the limiter's wording.
@@ -414,8 +406,10 @@ func (s *Scheduler) Stats() []ClassStats {
 	return out
 }
 
-// Classes returns the configured classes, most urgent first.
+// Classes returns the classes in force, most urgent first.
 func (s *Scheduler) Classes() []Class {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	out := make([]Class, len(s.ordered))
 	for i, c := range s.ordered {
 		out[i] = c.Class
@@ -423,13 +417,20 @@ func (s *Scheduler) Classes() []Class {
 	return out
 }
 
-// ChunkSize returns the largest chunk Writer and Conn admit for class.
-func (s *Scheduler) ChunkSize(className string) (int, error) {
-	c, ok := s.byName[className]
-	if !ok {
-		return 0, fmt.Errorf("qos: class %q: %w", className, ErrUnknownClass)
-	}
-	return c.chunk, nil
+// Class returns the class a write naming className is admitted as: the
+// class of that name, or the default class for "" and unknown names.
+func (s *Scheduler) Class(className string) Class {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.resolveLocked(className).Class
+}
+
+// ChunkSize returns the largest chunk Writer and Conn admit for class (an
+// unknown class: the default class's).
+func (s *Scheduler) ChunkSize(className string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.resolveLocked(className).chunk
 }
 
 // LinkRate returns the rate all classes are paced to together, in bytes

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/gpumesh/gpumesh/dscp"
 )
 
 func TestMain(m *testing.M) {
@@ -25,8 +27,8 @@ func TestMain(m *testing.M) {
 }
 
 var testClasses = []Class{
-	{Name: "bulk", DSCP: 10, Priority: 5},
-	{Name: "interactive", DSCP: 34, Priority: 0},
+	{Name: "bulk", DSCP: dscp.AF11, Priority: 5},
+	{Name: "interactive", DSCP: dscp.AF41, Priority: 0},
 }
 
 func newTestScheduler(t *testing.T, opts Options) *Scheduler {
@@ -212,13 +214,13 @@ func TestWaitCancelledFreesQueue(t *testing.T) {
 
 func TestRateCap(t *testing.T) {
 	s, err := NewScheduler([]Class{
-		{Name: "slow", Rate: 1, Burst: 100},
-		{Name: "fast", Rate: 1 << 40, Burst: 100},
+		{Name: "slow", DSCP: dscp.CS1, Rate: 1, Burst: 100},
+		{Name: "fast", DSCP: dscp.CS0, Rate: 1 << 40, Burst: 100},
 	}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := s.ChunkSize("slow"); n != 100 {
+	if n := s.ChunkSize("slow"); n != 100 {
 		t.Errorf("chunk size %d, want burst 100", n)
 	}
 	r, err := s.Wait(context.Background(), "slow", 100) // the burst
@@ -240,14 +242,48 @@ func TestRateCap(t *testing.T) {
 	r()
 }
 
+// TestUnknownClass: a write naming no class, or one the scheduler lacks,
+// is admitted and counted in the default class: the least urgent one
+// without Options.DefaultClass, the named one with it.
 func TestUnknownClass(t *testing.T) {
 	s := newTestScheduler(t, Options{})
-	if _, err := s.Wait(context.Background(), "nope", 1); !errors.Is(err, ErrUnknownClass) {
-		t.Errorf("Wait: %v", err)
+	r, err := s.Wait(context.Background(), "nope", 1)
+	if err != nil {
+		t.Fatalf("Wait: %v", err)
 	}
-	if _, err := s.Writer(io.Discard, "nope").Write([]byte("x")); !errors.Is(err, ErrUnknownClass) {
+	r()
+	if _, err := s.Writer(io.Discard, "").Write([]byte("xy")); err != nil {
 		t.Errorf("Write: %v", err)
 	}
+	if got := bytesOf(s); got["bulk"] != 3 || got["interactive"] != 0 {
+		t.Errorf("bytes per class %v, want 3 in bulk (the least urgent)", got)
+	}
+	if c := s.Class("nope"); c.Name != "bulk" {
+		t.Errorf("Class(nope) = %+v, want bulk", c)
+	}
+
+	s, err = NewScheduler(testClasses, Options{DefaultClass: "interactive"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Writer(io.Discard, "nope").Write([]byte("x")); err != nil {
+		t.Errorf("Write: %v", err)
+	}
+	if got := bytesOf(s); got["interactive"] != 1 {
+		t.Errorf("bytes per class %v, want 1 in interactive (Options.DefaultClass)", got)
+	}
+	if _, err := NewScheduler(testClasses, Options{DefaultClass: "video"}); !errors.Is(err, ErrNoDefaultClass) {
+		t.Errorf("NewScheduler without its default class: %v, want ErrNoDefaultClass", err)
+	}
+}
+
+// bytesOf returns the bytes admitted per class.
+func bytesOf(s *Scheduler) map[string]int64 {
+	m := make(map[string]int64)
+	for _, st := range s.Stats() {
+		m[st.Name] = st.Bytes
+	}
+	return m
 }
 
 func TestWriterChunksAndCounts(t *testing.T) {

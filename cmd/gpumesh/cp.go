@@ -17,6 +17,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/gpumesh/gpumesh/gpusvc"
+	"github.com/gpumesh/gpumesh/internal/human"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
 )
 
@@ -351,10 +352,10 @@ func renderProgress(what string, done, total int64, elapsed time.Duration) strin
 	const width = 30
 	rate := "-"
 	if s := elapsed.Seconds(); s > 0 {
-		rate = humanBytes(int64(float64(done)/s)) + "/s"
+		rate = human.Rate(float64(done) / s)
 	}
 	if total < 0 {
-		return fmt.Sprintf("%-8s %s %s", what, humanBytes(done), rate)
+		return fmt.Sprintf("%-8s %s %s", what, human.Bytes(done), rate)
 	}
 	frac := 1.0
 	if total > 0 {
@@ -365,18 +366,5 @@ func renderProgress(what string, done, total int64, elapsed time.Duration) strin
 	if fill < width {
 		bar += ">" + strings.Repeat(" ", width-fill-1)
 	}
-	return fmt.Sprintf("%-8s [%s] %3.0f%% %s/%s %s", what, bar, frac*100, humanBytes(done), humanBytes(total), rate)
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%dB", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
+	return fmt.Sprintf("%-8s [%s] %3.0f%% %s/%s %s", what, bar, frac*100, human.Bytes(done), human.Bytes(total), rate)
 }

@@ -20,8 +20,9 @@ import (
 
 	"github.com/gpumesh/gpumesh/examples"
 	"github.com/gpumesh/gpumesh/gpusvc"
+	"github.com/gpumesh/gpumesh/internal/human"
 	"github.com/gpumesh/gpumesh/node"
-	"github.com/gpumesh/gpumesh/overlay/overlaytest"
+	"github.com/gpumesh/gpumesh/overlay/devnet"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
 	"github.com/gpumesh/gpumesh/policy"
 )
@@ -104,7 +105,7 @@ func (d *demo) run(ctx context.Context, policyPath string) error {
 	}
 
 	d.say("gpumesh demo: a tailnet on 127.0.0.1; nothing leaves this machine")
-	tn, err := overlaytest.Start(overlaytest.Options{Logf: logf})
+	tn, err := devnet.Start(devnet.Options{Logf: logf})
 	if err != nil {
 		return err
 	}
@@ -158,7 +159,7 @@ func (d *demo) run(ctx context.Context, policyPath string) error {
 	}
 	defer host.Close()
 	d.say("  gpu-host serves the compute endpoint on tailnet port %d, policy %s (%d nodes up in %s)",
-		gpusvc.DefaultPort, filepath.Base(policyPath), len(nodes), time.Since(t0).Round(time.Millisecond))
+		gpusvc.DefaultPort, filepath.Base(policyPath), len(nodes), human.Duration(time.Since(t0)))
 	d.say("")
 
 	// 1. The endpoint exists only inside the tailnet.
@@ -210,7 +211,7 @@ func (d *demo) run(ctx context.Context, policyPath string) error {
 	if status.Code(err) != codes.PermissionDenied {
 		return fmt.Errorf("stranger → gpu-host matrix_mul: got %v, want PermissionDenied", err)
 	}
-	d.ok("stranger → gpu-host matrix_mul refused: %s: %s", status.Code(err), status.Convert(err).Message())
+	d.ok("stranger → gpu-host matrix_mul refused: %s", errorText(err))
 
 	// 4. What the host recorded, attributed by tailnet identity.
 	d.say("")
@@ -224,7 +225,7 @@ func (d *demo) run(ctx context.Context, policyPath string) error {
 		if !r.Allow {
 			verdict = "deny: " + r.Reason
 		}
-		d.say("  %-9s %-8s %-10s %-17s %-7s %s", r.Caller.Node, r.Method, r.Kernel, r.Code, r.Duration.Round(10*time.Microsecond), verdict)
+		d.say("  %-9s %-8s %-10s %-17s %-7s %s", r.Caller.Node, r.Method, r.Kernel, r.Code, human.Duration(r.Duration), verdict)
 		seen[r.Caller.Node+"/"+r.Kernel+"/"+r.Code.String()] = true
 	}
 	for _, want := range []string{"laptop/matrix_mul/OK", "laptop/saxpy/OK", "stranger/matrix_mul/PermissionDenied"} {
@@ -246,9 +247,9 @@ func (d *demo) run(ctx context.Context, policyPath string) error {
 		}
 	}
 	d.ok("gpu-host marks its %d WireGuard UDP socket(s) on port %d with DSCP %s; replies scheduled by class: %s",
-		qs.Marking.Sockets, qs.Marking.Port, policy.DSCPName(qs.Marking.DSCP), strings.Join(classes, ", "))
+		qs.Marking.Sockets, qs.Marking.Port, qs.Marking.DSCP, strings.Join(classes, ", "))
 	d.say("")
-	d.say("demo: PASS, %d checks held in %s", d.checks, time.Since(t0).Round(time.Millisecond))
+	d.say("demo: PASS, %d checks held in %s", d.checks, human.Duration(time.Since(t0)))
 	return nil
 }
 

@@ -95,12 +95,13 @@ func (f *tailnetFlags) config() (tsnet.Config, error) {
 	return cfg, nil
 }
 
-// logger returns the debug logger: stderr with -v, otherwise warnings only.
+// logger returns the debug logger: gpumesh's one log style (lineHandler)
+// on stderr, everything with -v, otherwise warnings only.
 func logger(verbose bool) *slog.Logger {
 	level := slog.LevelWarn
 	if verbose {
 		level = slog.LevelDebug
 	}
 	var w io.Writer = os.Stderr
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	return slog.New(newLineHandler(w, level))
 }

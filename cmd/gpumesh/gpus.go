@@ -35,8 +35,8 @@ type gpuRow struct {
 	Index              int      `json:"index"`
 	UUID               string   `json:"uuid,omitempty"`
 	Name               string   `json:"name"`
-	MemoryTotal        uint64   `json:"memory_total"`
-	MemoryUsed         uint64   `json:"memory_used"`
+	MemoryTotal        uint64   `json:"memory_total_bytes"`
+	MemoryUsed         uint64   `json:"memory_used_bytes"`
 	UtilizationPercent uint32   `json:"utilization_percent"`
 	TemperatureC       int32    `json:"temperature_c"`
 	PowerMW            uint32   `json:"power_mw"`

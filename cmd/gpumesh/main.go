@@ -56,6 +56,6 @@ func main() {
 	if errors.As(err, &ee) {
 		code = ee.code
 	}
-	fmt.Fprintln(os.Stderr, "gpumesh:", err)
+	fmt.Fprintln(os.Stderr, "gpumesh:", errorText(err))
 	os.Exit(code)
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
 	"github.com/gpumesh/gpumesh/overlay/wg"
@@ -46,8 +47,9 @@ func (j *joined) PeerPaths(ctx context.Context) ([]overlay.PeerPath, error) {
 }
 
 // joinOverlay brings this node up on the tailnet, or on the WireGuard mesh
-// when --wg is given. dscp marks the WireGuard mode's packets.
-func joinOverlay(ctx context.Context, tf *tailnetFlags, wf *wgFlags, dscp uint8, timeout time.Duration) (*joined, error) {
+// when --wg is given. code, unless dscp.None, marks the WireGuard mode's
+// packets.
+func joinOverlay(ctx context.Context, tf *tailnetFlags, wf *wgFlags, code dscp.Code, timeout time.Duration) (*joined, error) {
 	jctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if wf != nil && wf.path != "" {
@@ -56,7 +58,7 @@ func joinOverlay(ctx context.Context, tf *tailnetFlags, wf *wgFlags, dscp uint8,
 			return nil, err
 		}
 		logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
-		n, err := wg.New(wg.Config{Path: wf.path, Mode: mode, TUNName: wf.tun, DSCP: dscp, Logf: logf, Verbose: tf.verbose})
+		n, err := wg.New(wg.Config{Path: wf.path, Mode: mode, TUNName: wf.tun, DSCP: code, Logf: logf, Verbose: tf.verbose})
 		if err != nil {
 			return nil, err
 		}

@@ -135,7 +135,7 @@ func writePolicySummary(w io.Writer, p *policy.Policy) error {
 	if len(s.Classes) > 0 {
 		fmt.Fprintln(tw, "\nclasses:")
 		for _, c := range s.Classes {
-			line := fmt.Sprintf("  %s\tdscp %s (%d)\tpriority %d", c.Name, policy.DSCPName(c.DSCP), c.DSCP, c.Priority)
+			line := fmt.Sprintf("  %s\tdscp %s (%d)\tpriority %d", c.Name, c.DSCP, c.DSCP.Value(), c.Priority)
 			if c.Rate > 0 {
 				line += "\trate " + policy.FormatSize(c.Rate) + "/s"
 				if c.Burst > 0 {
@@ -322,7 +322,7 @@ or capabilities); --cap NAME alone gives it without values.`,
 				if class == "" {
 					class = "(default)"
 				} else if c, ok := p.Class(class); ok {
-					class = fmt.Sprintf("%s (dscp %s, priority %d)", c.Name, policy.DSCPName(c.DSCP), c.Priority)
+					class = fmt.Sprintf("%s (dscp %s, priority %d)", c.Name, c.DSCP, c.Priority)
 				}
 				fmt.Fprintf(out, "  limits: %s\n  class:  %s\n", d.Limits, class)
 			}

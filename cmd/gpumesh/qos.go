@@ -15,6 +15,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/gpumesh/gpumesh/diag"
+	"github.com/gpumesh/gpumesh/dscp"
+	"github.com/gpumesh/gpumesh/internal/human"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/policy"
 	"github.com/gpumesh/gpumesh/qos"
@@ -145,32 +147,6 @@ func printPolicyQoS(out io.Writer, path, link, rate string) error {
 	return nil
 }
 
-// liveQoS is a host's node.QoSStatus as its local API sends it: the same
-// fields (new ones included), with the marker's error as text, which an
-// error value does not survive JSON as.
-type liveQoS struct {
-	node.QoSStatus
-	Marking *liveMarking `json:",omitempty"` // shadows QoSStatus.Marking
-}
-
-type liveMarking struct {
-	qos.MarkerStatus
-	Err string `json:",omitempty"` // shadows MarkerStatus.Err
-}
-
-func liveQoSOf(st node.QoSStatus) liveQoS {
-	l := liveQoS{QoSStatus: st}
-	l.QoSStatus.Marking = nil
-	if m := st.Marking; m != nil {
-		l.Marking = &liveMarking{MarkerStatus: *m}
-		l.Marking.MarkerStatus.Err = nil
-		if m.Err != nil {
-			l.Marking.Err = m.Err.Error()
-		}
-	}
-	return l
-}
-
 // askLiveQoS asks the node running on the state directory the flags in fs
 // name for its live QoS: the JSON of a liveQoS. It returns the socket it
 // asked, for messages.
@@ -193,20 +169,20 @@ func printLiveQoS(out io.Writer, st liveQoS) {
 		fmt.Fprintln(out, "outer marking: off")
 	} else {
 		state := "on"
-		if m.Err != "" {
+		if m.Error != "" {
 			state = "failing"
 		}
-		fmt.Fprintf(out, "outer marking: %s, DSCP %s (%d) on UDP port %d, %d socket(s) marked", state, qos.DSCPName(m.DSCP), m.DSCP, m.Port, m.Sockets)
-		if !m.At.IsZero() {
-			fmt.Fprintf(out, " at %s", m.At.Format(time.RFC3339))
+		fmt.Fprintf(out, "outer marking: %s, DSCP %s (%d) on UDP port %d, %d socket(s) marked", state, m.DSCP, m.DSCPValue, m.UDPPort, m.Sockets)
+		if m.CheckedAt != nil {
+			fmt.Fprintf(out, " at %s", m.CheckedAt.Format(time.RFC3339))
 		}
-		if m.Err != "" {
-			fmt.Fprintf(out, "; last error: %s", m.Err)
+		if m.Error != "" {
+			fmt.Fprintf(out, "; last error: %s", m.Error)
 		}
 		fmt.Fprintln(out)
 	}
-	if st.LinkRate > 0 {
-		fmt.Fprintf(out, "pacing: all classes to %d B/s (--link-rate)\n", st.LinkRate)
+	if st.LinkRateBytesPerS > 0 {
+		fmt.Fprintf(out, "pacing: all classes to %s (--link-rate)\n", human.Rate(float64(st.LinkRateBytesPerS)))
 	} else {
 		fmt.Fprintln(out, "pacing: off (classes go as fast as the overlay takes them)")
 	}
@@ -218,48 +194,49 @@ func printLiveQoS(out io.Writer, st liveQoS) {
 		fmt.Fprintln(tw, "  NAME\tDSCP\tPRIORITY\tRATE\tBYTES\tCHUNKS\tQUEUED\tMEAN-WAIT\tMAX-WAIT\tTHROTTLED")
 		for _, c := range st.Classes {
 			rate, mean := "-", "-"
-			if c.Rate > 0 {
-				rate = fmt.Sprintf("%d B/s", c.Rate)
+			if c.RateBytesPerS > 0 {
+				rate = human.Rate(float64(c.RateBytesPerS))
 			}
 			if c.Chunks > 0 {
-				mean = waitStr(c.WaitSum / time.Duration(c.Chunks))
+				mean = msStr(c.MeanWaitMS)
 			}
-			fmt.Fprintf(tw, "  %s\t%s (%d)\t%d\t%s\t%d\t%d\t%d\t%s\t%s\t%s\n", c.Name, qos.DSCPName(c.DSCP), c.DSCP, c.Priority,
-				rate, c.Bytes, c.Chunks, c.Queued, mean, waitStr(c.WaitMax), waitStr(c.ThrottleSum))
+			fmt.Fprintf(tw, "  %s\t%s (%d)\t%d\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", c.Name, c.DSCP, c.DSCPValue, c.Priority,
+				rate, human.Bytes(c.Bytes), c.Chunks, c.Queued, mean, msStr(c.MaxWaitMS), msStr(c.ThrottledMS))
 		}
 		tw.Flush()
 	}
-	if st.Shaping == "" {
+	sh := st.Shaping
+	if sh == nil {
 		fmt.Fprintln(out, "host shaping: not installed")
 		return
 	}
 	fmt.Fprintln(out, "host shaping: installed")
-	fmt.Fprintln(out, "  "+strings.ReplaceAll(strings.TrimSuffix(st.Shaping, "\n"), "\n", "\n  "))
-	if len(st.ShapingStats) == 0 {
+	fmt.Fprintln(out, "  "+strings.ReplaceAll(strings.TrimSuffix(sh.Tree, "\n"), "\n", "\n  "))
+	if len(sh.Classes) == 0 {
 		fmt.Fprintln(out, "  tc counters: unavailable")
 		return
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  CLASS\tCLASSID\tBYTES\tPACKETS\tDROPS\tOVERLIMITS\tBACKLOG")
-	for _, c := range st.ShapingStats {
-		fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\t%d\t%d\t%d B\n", c.Name, c.ClassID, c.Bytes, c.Packets, c.Drops, c.Overlimits, c.Backlog)
+	for _, c := range sh.Classes {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%d\t%d\t%s\n", c.Name, c.ClassID, human.Bytes(c.Bytes), c.Packets, c.Drops, c.Overlimits, human.Bytes(uint64(c.BacklogBytes)))
 	}
 	tw.Flush()
-	if len(st.Routes) == 0 {
+	if len(sh.Routes) == 0 {
 		fmt.Fprintln(out, "  by peer: none (every packet classified by its DSCP)")
 		return
 	}
 	fmt.Fprintln(out, "  by peer (WireGuard endpoint -> class; others by DSCP):")
-	for _, r := range st.Routes {
-		fmt.Fprintf(out, "    %s -> %s\n", r.Addr, r.Class)
+	for _, r := range sh.Routes {
+		fmt.Fprintf(out, "    %s -> %s\n", r.Endpoint, r.Class)
 	}
 }
 
-// waitStr prints a queue delay to the microsecond.
-func waitStr(d time.Duration) string { return d.Round(time.Microsecond).String() }
+// msStr prints a number of milliseconds as a duration: "150µs", "1.5s".
+func msStr(ms float64) string { return human.Duration(time.Duration(ms * float64(time.Millisecond))) }
 
 func printMarking(out io.Writer) {
-	tos, err := qos.CheckMarking(qos.DSCPAF41)
+	tos, err := dscp.Check(dscp.AF41)
 	if err != nil {
 		fmt.Fprintf(out, "outer marking: not working here: %v\n", err)
 		return
@@ -296,12 +273,12 @@ func printClasses(out io.Writer, classes []qos.Class) {
 	for _, c := range classes {
 		rate, burst := "-", "-"
 		if c.Rate > 0 {
-			rate = fmt.Sprintf("%d B/s", c.Rate)
+			rate = human.Rate(float64(c.Rate))
 		}
 		if c.Burst > 0 {
-			burst = fmt.Sprintf("%d B", c.Burst)
+			burst = human.Bytes(c.Burst)
 		}
-		fmt.Fprintf(tw, "  %s\t%s (%d)\t%d\t%s\t%s\n", c.Name, qos.DSCPName(c.DSCP), c.DSCP, c.Priority, rate, burst)
+		fmt.Fprintf(tw, "  %s\t%s (%d)\t%d\t%s\t%s\n", c.Name, c.DSCP, c.DSCP.Value(), c.Priority, rate, burst)
 	}
 	tw.Flush()
 }

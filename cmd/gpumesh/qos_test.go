@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/diag"
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/overlay/overlaytest"
@@ -29,27 +30,27 @@ var updateQoS = flag.Bool("update-qos", false, "rewrite testdata/qos_*.txt")
 func fakeQoS(t *testing.T) node.QoSStatus {
 	t.Helper()
 	classes := []qos.Class{
-		{Name: "interactive", DSCP: qos.DSCPAF41, Priority: 1},
-		{Name: "bulk", DSCP: 10, Priority: 2, Rate: 12_500_000},
+		{Name: "interactive", DSCP: dscp.AF41, Priority: 1},
+		{Name: "bulk", DSCP: dscp.AF11, Priority: 2, Rate: 12_500_000},
 	}
 	plan, err := tc.Plan(tc.Config{Link: "eth0", Rate: 125_000_000, Classes: classes, Default: "bulk"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return node.QoSStatus{
-		Marking: &qos.MarkerStatus{Port: 41641, DSCP: qos.DSCPAF41, Sockets: 2,
+		Marking: &qos.MarkerStatus{Port: 41641, DSCP: dscp.AF41, Sockets: 2,
 			At: time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC), Err: errors.New("setsockopt IP_TOS: operation not permitted")},
 		LinkRate: 7130316,
 		Classes: []qos.ClassStats{
-			{Name: "interactive", DSCP: qos.DSCPAF41, Priority: 1, Bytes: 1 << 20, Chunks: 64, Queued: 1,
-				WaitSum: 64 * 150 * time.Microsecond, WaitMax: 2 * time.Millisecond},
-			{Name: "bulk", DSCP: 10, Priority: 2, Rate: 12_500_000, Bytes: 50 << 20, Chunks: 800, Queued: 3,
+			{Name: "interactive", DSCP: dscp.AF41, Priority: 1, Bytes: 1 << 20, Chunks: 64, Queued: 1,
+				WaitSum: 64*150*time.Microsecond + 64*465, WaitMax: 2 * time.Millisecond},
+			{Name: "bulk", DSCP: dscp.AF11, Priority: 2, Rate: 12_500_000, Bytes: 50 << 20, Chunks: 800, Queued: 3,
 				WaitSum: 800 * 3 * time.Millisecond, WaitMax: 40 * time.Millisecond, ThrottleSum: 1500 * time.Millisecond},
 		},
 		Shaping: plan.String(),
 		ShapingStats: []tc.ClassStats{
 			{Name: "interactive", ClassID: "9d:10", Bytes: 1100000, Packets: 800},
-			{Name: "bulk", ClassID: "9d:11", Bytes: 53000000, Packets: 36000, Drops: 12, Overlimits: 4000, Backlog: 3000},
+			{Name: "bulk", ClassID: "9d:f", Bytes: 53000000, Packets: 36000, Drops: 12, Overlimits: 4000, Backlog: 3000},
 		},
 		Routes: []tc.PeerRoute{
 			{Addr: netip.MustParseAddrPort("192.0.2.2:41641"), Class: "interactive"},
@@ -63,7 +64,7 @@ func fakeQoS(t *testing.T) node.QoSStatus {
 // has no QoS or none runs, it says so in one line and probes this host.
 func TestQoSStatus(t *testing.T) {
 	busy := fakeQoS(t)
-	bare := node.QoSStatus{Classes: []qos.ClassStats{{Name: "default", DSCP: qos.DSCPAF41, Priority: 1}}}
+	bare := node.QoSStatus{Classes: []qos.ClassStats{{Name: "default", DSCP: dscp.AF41, Priority: 1}}}
 	noNode := errors.New("no node")
 	tests := []struct {
 		name   string
@@ -127,6 +128,7 @@ func TestQoSStatus(t *testing.T) {
 				if err != nil {
 					t.Fatalf("--json: %v\n%s", err, js)
 				}
+				qosGolden(t, "qos_"+tt.golden+".json", js)
 				var got liveQoS
 				if err := json.Unmarshal([]byte(js), &got); err != nil {
 					t.Fatalf("--json: %v\n%s", err, js)
@@ -232,7 +234,7 @@ rule "laptop" {
 		}
 	}
 	// NAME DSCP (N) PRIORITY RATE BYTES ...: RATE is "-" without a cap.
-	if len(row) < 6 || row[1] != "AF41" || row[4] != "-" || row[5] == "0" {
+	if len(row) < 6 || row[1] != "AF41" || row[4] != "-" || row[5] == "0B" {
 		t.Fatalf("no interactive row with bytes > 0:\n%s", out)
 	}
 	for _, w := range []string{"outer marking: off\n", "host shaping: not installed\n"} {

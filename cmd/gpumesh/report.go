@@ -12,6 +12,7 @@ import (
 	"github.com/gpumesh/gpumesh/gpusvc/cpu"
 	pb "github.com/gpumesh/gpumesh/gpusvc/gpumeshpb"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
+	"github.com/gpumesh/gpumesh/internal/human"
 )
 
 // runAndReport calls kernelName on the host with args, prints one line
@@ -28,7 +29,7 @@ func runAndReport(ctx context.Context, w io.Writer, c *gpusvc.Client, host, kern
 	}
 	got := gpusvc.TensorFromPB(res.GetOutputs()[0])
 	line := fmt.Sprintf("%s %s → %v: round trip %s (compute %s)", kernelName, shapes(args), got.Shape,
-		rtt.Round(10*time.Microsecond), time.Duration(res.GetComputeNanos()).Round(10*time.Microsecond))
+		human.Duration(rtt), human.Duration(time.Duration(res.GetComputeNanos())))
 	if check {
 		maxErr, scale, err := compareLocal(kernelName, args, got)
 		if err != nil {

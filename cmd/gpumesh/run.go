@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
 	"github.com/gpumesh/gpumesh/node"
 )
@@ -37,7 +38,7 @@ computation done locally.`,
 			if err != nil {
 				return err
 			}
-			ov, err := joinOverlay(ctx, &tf, &wf, 0, joinTimeout)
+			ov, err := joinOverlay(ctx, &tf, &wf, dscp.None, joinTimeout)
 			if err != nil {
 				return err
 			}

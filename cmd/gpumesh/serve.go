@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/policy"
@@ -64,7 +65,7 @@ func newServeCmd() *cobra.Command {
 		port        int
 		maxRequest  string
 		joinTimeout time.Duration
-		dscp        string
+		dscpFlag    string
 		shapeLink   string
 		shapeRate   string
 		linkRate    string
@@ -94,7 +95,7 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 			if err != nil {
 				return fmt.Errorf("--max-request: %w", err)
 			}
-			qcfg, err := qosConfig(dscp, shapeLink, shapeRate, linkRate)
+			qcfg, err := qosConfig(dscpFlag, shapeLink, shapeRate, linkRate)
 			if err != nil {
 				return err
 			}
@@ -104,7 +105,7 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 			}
 			defer ov.Close()
 			qcfg.UDPPort = ov.udpPort
-			if dscp == "off" {
+			if dscpFlag == "off" {
 				qcfg.UDPPort = 0
 			}
 			hcfg := node.HostConfig{
@@ -149,7 +150,7 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 	cmd.Flags().IntVar(&port, "port", gpusvc.DefaultPort, "TCP port of the endpoint on the tailnet")
 	cmd.Flags().StringVar(&maxRequest, "max-request", "64MiB", "largest request accepted")
 	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")
-	cmd.Flags().StringVar(&dscp, "dscp", "AF41", `DSCP for the overlay's outer UDP packets (name or 0-63; "off" to leave them unmarked)`)
+	cmd.Flags().StringVar(&dscpFlag, "dscp", "AF41", `DSCP for the overlay's outer UDP packets (name or 0-63; "off" to leave them unmarked)`)
 	cmd.Flags().StringVar(&shapeLink, "shape-link", "", "shape this interface's egress by QoS class with tc/HTB (needs CAP_NET_ADMIN)")
 	cmd.Flags().StringVar(&shapeRate, "shape-rate", "", "usable egress rate of --shape-link, e.g. 900Mbit/s or 100MB/s (default: the link speed)")
 	cmd.Flags().StringVar(&linkRate, "link-rate", "", "pace GPU traffic to this rate, e.g. 100Mbit/s: the rate of a link beyond this host that it saturates, or a little less, so interactive calls overtake bulk ones in gpumesh, not in that link's queue (default: no pacing)")
@@ -163,14 +164,14 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 
 // qosConfig turns the QoS flags into the host's QoS configuration; the
 // caller sets UDPPort once the overlay is up.
-func qosConfig(dscp, link, rate, linkRate string) (*node.QoSConfig, error) {
+func qosConfig(code, link, rate, linkRate string) (*node.QoSConfig, error) {
 	cfg := &node.QoSConfig{ShapeLink: link}
-	if dscp != "off" {
-		v, err := policy.ParseDSCP(dscp)
+	if code != "off" {
+		v, err := dscp.Parse(code)
 		if err != nil {
 			return nil, fmt.Errorf("--dscp: %w", err)
 		}
-		cfg.DSCP = v
+		cfg.DSCP = v // CS0 too: only dscp.None would mean the default
 	}
 	if rate != "" {
 		r, err := policy.ParseRate(rate)

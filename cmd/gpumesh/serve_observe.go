@@ -37,7 +37,7 @@ func init() {
 	addServeHook(serveHook{
 		flags: func(fs *pflag.FlagSet) {
 			observe = observeFlags{}
-			fs.StringVar(&observe.auditLog, "audit-log", "", "append one JSON line per call to this file (read it with `gpumesh audit tail`)")
+			fs.StringVar(&observe.auditLog, "audit-log", "", "append one JSON line per call to `FILE` (read it with 'gpumesh audit tail')")
 			fs.StringVar(&observe.auditMaxSize, "audit-max-size", "100MiB", "rotate the audit log at this size")
 			fs.IntVar(&observe.auditKeep, "audit-keep", audit.DefaultKeep, "rotated audit logs to keep (FILE.1 ... FILE.N)")
 			fs.StringVar(&observe.metricsListen, "metrics-listen", "", `serve Prometheus metrics at /metrics on a loopback address (127.0.0.1:9090) or on the tailnet only ("tailnet:9090")`)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"time"
@@ -52,7 +53,13 @@ rather than calls that hang until their deadline.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			out := cmd.OutOrStdout()
+			// One style for all it says: its progress and the forwarder's
+			// warnings alike are records of this logger, on stdout.
+			level := slog.LevelInfo
+			if tf.verbose {
+				level = slog.LevelDebug
+			}
+			log := slog.New(newLineHandler(cmd.OutOrStdout(), level))
 			rules := make([]forward.Rule, 0, len(forwards))
 			for _, s := range forwards {
 				r, err := forward.ParseRule(s, gpusvc.DefaultPort)
@@ -85,7 +92,7 @@ rather than calls that hang until their deadline.`,
 					AllowNonLoopback: anyAddress,
 					DialTimeout:      dialTimeout,
 					ProbeInterval:    probe,
-					Logger:           logger(tf.verbose),
+					Logger:           log,
 				})
 				if err != nil {
 					if errors.Is(err, forward.ErrNotLoopback) {
@@ -117,23 +124,23 @@ rather than calls that hang until their deadline.`,
 			close(joined)
 			// `gpumesh status` and `gpumesh doctor` ask this process.
 			if stopAPI, err := startLocalAPI(ov, cfg.Dir); err != nil {
-				fmt.Fprintf(cmd.ErrOrStderr(), "gpumesh: no status socket (status and doctor cannot reach this node): %v\n", err)
+				log.Warn("no status socket: status and doctor cannot reach this node", "err", err)
 			} else {
 				defer stopAPI()
 			}
-			fmt.Fprintf(out, "gpumesh: up as %s %v\n", cfg.Hostname, st.TailscaleIPs)
+			log.Info(fmt.Sprintf("up as %s %v", cfg.Hostname, st.TailscaleIPs))
 			if fwd != nil {
 				for _, f := range fwd.Forwards() {
 					addrs := make([]string, len(f.Addrs))
 					for i, a := range f.Addrs {
 						addrs[i] = a.String()
 					}
-					fmt.Fprintf(out, "gpumesh: forwarding %s -> %s\n", strings.Join(addrs, ", "), f.Rule.Target)
+					log.Info(fmt.Sprintf("forwarding %s -> %s", strings.Join(addrs, ", "), f.Rule.Target))
 				}
 			}
-			fmt.Fprintln(out, "gpumesh: ready; interrupt to leave")
+			log.Info("ready; interrupt to leave")
 			<-ctx.Done()
-			fmt.Fprintln(out, "gpumesh: shutting down")
+			log.Info("shutting down")
 			return nil
 		},
 	}

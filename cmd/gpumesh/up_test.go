@@ -144,7 +144,13 @@ rule "cloud" {
 	if err := <-upErr; err != nil {
 		t.Fatalf("gpumesh up: %v", err)
 	}
-	if more := <-rest; !strings.Contains(strings.Join(more, "\n"), "shutting down") {
+	more := <-rest
+	if !strings.Contains(strings.Join(more, "\n"), "shutting down") {
 		t.Errorf("gpumesh up ended without saying so: %q", more)
+	}
+	for _, line := range append(output, more...) { // one style, its own lines and its logs alike
+		if !strings.HasPrefix(line, "gpumesh: ") {
+			t.Errorf("gpumesh up printed %q, not a \"gpumesh: \" line", line)
+		}
 	}
 }

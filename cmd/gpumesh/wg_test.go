@@ -135,4 +135,8 @@ rule "laptop" {
 	if err == nil || !strings.Contains(err.Error(), "PermissionDenied") || !strings.Contains(err.Error(), "wg:ci") {
 		t.Errorf("ci (a known peer the policy does not name): %v; want PermissionDenied naming wg:ci", err)
 	}
+	// As gpumesh prints it: the gRPC code by name, not gRPC's own wording.
+	if got := errorText(err); !strings.HasPrefix(got, "matrix_mul on gpu-host: PermissionDenied: ") || strings.Contains(got, "rpc error") {
+		t.Errorf("ci's error prints as %q; want \"matrix_mul on gpu-host: PermissionDenied: <message>\"", got)
+	}
 }

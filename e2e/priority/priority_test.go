@@ -41,13 +41,13 @@ import (
 
 	"tailscale.com/ipn/store/mem"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/e2e/internal/e2etest"
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
-	"github.com/gpumesh/gpumesh/qos"
 )
 
 const (
@@ -120,7 +120,7 @@ func runHost(link, mode string) error {
 	host, err := e2etest.StartHost(ctx, e2etest.HostOptions{
 		Addr: hostAddr, Port: hostPort, Policy: prioPolicy,
 		Config: func(n *tsnet.Node, cfg *node.HostConfig) {
-			cfg.QoS = &node.QoSConfig{UDPPort: n.UDPPort(), DSCP: qos.DSCPAF41, ShapeLink: link, ShapeRate: linkRate}
+			cfg.QoS = &node.QoSConfig{UDPPort: n.UDPPort(), DSCP: dscp.AF41, ShapeLink: link, ShapeRate: linkRate}
 			if mode != "routed" {
 				// Hide the node's peer paths: every packet is classified
 				// by its DSCP, the one the socket gives them all.

@@ -21,12 +21,12 @@ import (
 
 	"tailscale.com/ipn/store/mem"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/e2e/internal/e2etest"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
 	"github.com/gpumesh/gpumesh/internal/capture"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
-	"github.com/gpumesh/gpumesh/qos"
 )
 
 const (
@@ -76,7 +76,7 @@ func runHost() error {
 	host, err := e2etest.StartHost(ctx, e2etest.HostOptions{
 		Addr: hostAddr, Port: hostPort, Policy: demoPolicy,
 		Config: func(n *tsnet.Node, cfg *node.HostConfig) {
-			cfg.QoS = &node.QoSConfig{UDPPort: n.UDPPort(), DSCP: qos.DSCPAF41,
+			cfg.QoS = &node.QoSConfig{UDPPort: n.UDPPort(), DSCP: dscp.AF41,
 				ShapeLink: os.Getenv("GPUMESH_WIRE_LINK"), ShapeRate: 100 << 20}
 		},
 	})
@@ -211,10 +211,10 @@ func TestOuterDSCPBetweenNamespaces(t *testing.T) {
 	pkts := wg.Packets()
 	n, marked := len(pkts), 0
 	for _, p := range pkts {
-		if p.Dir == capture.In && p.DSCP() == qos.DSCPAF41 && p.ECN() == 0 {
+		if p.Dir == capture.In && p.DSCP() == dscp.AF41 && p.ECN() == 0 {
 			marked++
 		} else {
-			t.Errorf("packet %v (DSCP %d, ECN %d); want arriving with DSCP %d (AF41), ECN 0 as sent", p, p.DSCP(), p.ECN(), qos.DSCPAF41)
+			t.Errorf("packet %v (DSCP %s, ECN %d); want arriving with DSCP AF41, ECN 0 as sent", p, p.DSCP(), p.ECN())
 		}
 	}
 	if n < 10 {

@@ -1,6 +1,8 @@
 package capture
 
 import (
+	"github.com/gpumesh/gpumesh/dscp"
+
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -284,7 +286,7 @@ func TestTCPDataSegments(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if p := first[0]; p.Dir != In || p.DSCP() != 46 || p.Src != fam.b {
+			if p := first[0]; p.Dir != In || p.DSCP() != dscp.EF || p.Src != fam.b {
 				t.Errorf("first data segment %v: want in, DSCP EF, from %v", p, fam.b)
 			}
 			total := 0

@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"github.com/gpumesh/gpumesh/dscp"
 )
 
 // EtherTypes of the frames tests meet.
@@ -78,8 +80,12 @@ func (p Packet) IPv4() bool { return p.Src.Is4() }
 // IPv6 reports whether p is an IPv6 packet with a decoded header.
 func (p Packet) IPv6() bool { return p.Src.Is6() }
 
-// DSCP returns the packet's code point (the TOS byte's upper six bits).
-func (p Packet) DSCP() uint8 { return p.TOS >> 2 }
+// DSCP returns the packet's code point (the TOS byte's upper six bits;
+// never dscp.None: an unmarked packet carries CS0).
+func (p Packet) DSCP() dscp.Code {
+	c, _ := dscp.Of(p.TOS >> 2) // six bits: always in range
+	return c
+}
 
 // ECN returns the packet's two ECN bits (0 Not-ECT, 1 ECT(1), 2 ECT(0), 3 CE).
 func (p Packet) ECN() uint8 { return p.TOS & 3 }

@@ -1,6 +1,8 @@
 package capture
 
 import (
+	"github.com/gpumesh/gpumesh/dscp"
+
 	"encoding/binary"
 	"net/netip"
 	"testing"
@@ -108,8 +110,8 @@ func TestDecode(t *testing.T) {
 func TestPacketAccessors(t *testing.T) {
 	p := Decode(EtherTypeIPv4, ipv4(0x8a, ProtoUDP, 0, udp(41641, 9, 3)))
 	p.Dir = Out
-	if p.DSCP() != 34 || p.ECN() != 2 || !p.IPv4() || p.IPv6() {
-		t.Errorf("DSCP %d ECN %d IPv4 %v IPv6 %v; want 34 (AF41), 2 (ECT(0)), IPv4", p.DSCP(), p.ECN(), p.IPv4(), p.IPv6())
+	if p.DSCP() != dscp.AF41 || p.ECN() != 2 || !p.IPv4() || p.IPv6() {
+		t.Errorf("DSCP %s ECN %d IPv4 %v IPv6 %v; want 34 (AF41), 2 (ECT(0)), IPv4", p.DSCP(), p.ECN(), p.IPv4(), p.IPv6())
 	}
 	if got, want := p.String(), "out udp 192.0.2.1:41641 > 192.0.2.2:9 tos 0x8a len 31 payload 3"; got != want {
 		t.Errorf("String() = %q, want %q", got, want)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gpumesh/gpumesh/dscp"
 )
 
 // TestOuterDSCP checks, without root, that the node's outer UDP packets
@@ -18,12 +20,13 @@ func TestOuterDSCP(t *testing.T) {
 		name    string
 		network string
 		ip      string
-		dscp    uint8
+		code    dscp.Code
 	}{
-		{"ipv4 AF41", "udp4", "127.0.0.1", 34},
-		{"ipv4 EF", "udp4", "127.0.0.1", 46},
-		{"ipv6 CS1", "udp6", "::1", 8},
-		{"ipv4 unmarked", "udp4", "127.0.0.1", 0},
+		{"ipv4 AF41", "udp4", "127.0.0.1", dscp.AF41},
+		{"ipv4 EF", "udp4", "127.0.0.1", dscp.EF},
+		{"ipv6 CS1", "udp6", "::1", dscp.CS1},
+		{"ipv4 CS0", "udp4", "127.0.0.1", dscp.CS0},
+		{"ipv4 unmarked", "udp4", "127.0.0.1", dscp.None},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -49,7 +52,7 @@ func TestOuterDSCP(t *testing.T) {
 			laptop := newMember(t, "laptop", "10.77.0.2")
 			// A persistent keepalive makes the node start a handshake as
 			// soon as it is up.
-			startNode(t, Config{DSCP: tt.dscp, File: mustParse(t, "laptop.conf",
+			startNode(t, Config{DSCP: tt.code, File: mustParse(t, "laptop.conf",
 				conf(laptop, 0, peerOf{m: gpu, endpoint: tap.LocalAddr().String(), keepalive: 1}))})
 
 			tap.SetReadDeadline(time.Now().Add(20 * time.Second))
@@ -67,8 +70,8 @@ func TestOuterDSCP(t *testing.T) {
 			}
 			for _, m := range msgs {
 				if m.Header.Level == int32(level) && m.Header.Type == int32(typ) {
-					if got := m.Data[0] >> 2; got != tt.dscp {
-						t.Errorf("outer DSCP = %d, want %d", got, tt.dscp)
+					if got := m.Data[0] >> 2; got != tt.code.Value() {
+						t.Errorf("outer DSCP = %d, want %d (%v)", got, tt.code.Value(), tt.code)
 					}
 					return
 				}

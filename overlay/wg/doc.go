@@ -26,7 +26,7 @@
 //
 // Use:
 //
-//	n, err := wg.New(wg.Config{Path: "wg0.conf", Mode: wg.ModeTUN, DSCP: 34, Logf: logf})
+//	n, err := wg.New(wg.Config{Path: "wg0.conf", Mode: wg.ModeTUN, DSCP: dscp.AF41, Logf: logf})
 //	if err != nil { ... }
 //	if err := n.Up(ctx); err != nil { ... }
 //	defer n.Close() // also on SIGTERM: Close removes the TUN interface

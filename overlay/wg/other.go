@@ -8,6 +8,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/gpumesh/gpumesh/dscp"
 )
 
 type kernelTUN struct{ dev tun.Device }
@@ -19,7 +21,7 @@ func createKernelTUN(string, int) (*kernelTUN, error) {
 func (k *kernelTUN) configure(_, _ []netip.Prefix) error { return errors.ErrUnsupported }
 func (k *kernelTUN) remove() error                       { return nil }
 
-func newDSCPBind(inner conn.Bind, _ uint8, _ func(string, ...any)) conn.Bind {
+func newDSCPBind(inner conn.Bind, _ dscp.Code, _ func(string, ...any)) conn.Bind {
 	return errBind{inner}
 }
 

@@ -16,70 +16,12 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/tun/netstack"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/overlay/wg/wgconfig"
 )
 
 var _ overlay.Overlay = (*Node)(nil)
-
-// Mode selects a Node's data path.
-type Mode int
-
-const (
-	// ModeNetstack carries overlay traffic in a userspace TCP/IP stack
-	// inside the process. It needs no privileges.
-	ModeNetstack Mode = iota
-	// ModeTUN creates a kernel TUN interface (needs CAP_NET_ADMIN), so
-	// that every program on the host can use the overlay.
-	ModeTUN
-)
-
-func (m Mode) String() string {
-	switch m {
-	case ModeNetstack:
-		return "netstack"
-	case ModeTUN:
-		return "tun"
-	}
-	return "Mode(" + strconv.Itoa(int(m)) + ")"
-}
-
-// ParseMode parses "netstack" or "tun", as a command-line flag gives it.
-func ParseMode(s string) (Mode, error) {
-	switch strings.ToLower(s) {
-	case "", "netstack":
-		return ModeNetstack, nil
-	case "tun":
-		return ModeTUN, nil
-	}
-	return 0, fmt.Errorf("wg: unknown mode %q (want netstack or tun)", s)
-}
-
-// DefaultTUNName is the interface name ModeTUN uses when Config.TUNName is empty.
-const DefaultTUNName = "gpumesh0"
-
-// Config configures a Node. The zero value is not enough only in that a
-// configuration file (File or Path) is required.
-type Config struct {
-	// File is the parsed configuration. If nil, the file at Path is loaded.
-	File *wgconfig.File
-	// Path is the configuration file to load when File is nil.
-	Path string
-	// Mode is the data path; the zero value is ModeNetstack.
-	Mode Mode
-	// TUNName names the kernel interface in ModeTUN; empty means
-	// DefaultTUNName. At most 15 bytes.
-	TUNName string
-	// DSCP, if non-zero, is written into the outer IP header of every
-	// WireGuard UDP packet the node sends (0-63; 34 is AF41).
-	DSCP uint8
-	// Logf receives the node's and wireguard-go's error logs; nil
-	// discards them.
-	Logf func(format string, args ...any)
-	// Verbose also sends wireguard-go's verbose logs (handshakes,
-	// keepalives) to Logf.
-	Verbose bool
-}
 
 // ErrNotUp is returned by Listen, Dial and WhoIs before Up succeeds.
 var ErrNotUp = errors.New("wg: node is not up")
@@ -130,8 +72,8 @@ func New(cfg Config) (*Node, error) {
 	if len(cfg.TUNName) > 15 {
 		return nil, fmt.Errorf("wg: config: TUN name %q longer than 15 bytes", cfg.TUNName)
 	}
-	if cfg.DSCP > 63 {
-		return nil, fmt.Errorf("wg: config: DSCP %d out of range [0, 63]", cfg.DSCP)
+	if cfg.DSCP != dscp.None && !cfg.DSCP.Valid() {
+		return nil, fmt.Errorf("wg: config: DSCP %v: %w", cfg.DSCP, dscp.ErrBad)
 	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
@@ -273,7 +215,7 @@ func (n *Node) Up(ctx context.Context) (err error) {
 
 	tdev = newSteadyTUN(tdev)
 	var bind conn.Bind = conn.NewDefaultBind()
-	if n.cfg.DSCP != 0 {
+	if n.cfg.DSCP != dscp.None {
 		bind = newDSCPBind(bind, n.cfg.DSCP, n.logf)
 	}
 	verbosef := device.DiscardLogf

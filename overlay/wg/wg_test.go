@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/overlay"
 )
 
@@ -168,7 +169,7 @@ func TestNewErrors(t *testing.T) {
 		{"missing path", Config{Path: "/nonexistent/wg0.conf"}, "no such file"},
 		{"bad mode", Config{File: f, Mode: 7}, "unknown mode"},
 		{"long tun name", Config{File: f, TUNName: "abcdefghijklmnop"}, "longer than 15"},
-		{"dscp range", Config{File: f, DSCP: 64}, "DSCP 64 out of range"},
+		{"dscp range", Config{File: f, DSCP: dscp.Code(65)}, "bad dscp"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -8,16 +8,16 @@ import (
 
 // Filter priorities on the root qdisc. The kernel tries filters in
 // increasing priority, so peer routes beat the DSCP filters. Peer routes
-// alternate between two slots: Route installs the new set in the free slot
-// before it deletes the old one, so a packet meets either the old routes or
-// the new, never none.
-const (
-	prioDSCP4 = 10
-	prioDSCP6 = 11
+// and DSCP filters each alternate between two slots: Route and SetClasses
+// install the new set in the free slot before they delete the old one, so
+// a packet meets either the old filters or the new, never none.
+//
+// peerPrios are the route slots' (IPv4, IPv6) filter priorities,
+// dscpPrios the DSCP filter slots'.
+var (
+	peerPrios = [2][2]uint16{{3, 4}, {5, 6}}
+	dscpPrios = [2][2]uint16{{10, 11}, {12, 13}}
 )
-
-// peerPrios are the slots' (IPv4, IPv6) filter priorities.
-var peerPrios = [2][2]uint16{{3, 4}, {5, 6}}
 
 // maxRoutes bounds the routes per address family, well inside the 4095
 // filters u32 numbers in one priority's hash table (and u32 tries them one
@@ -25,7 +25,7 @@ var peerPrios = [2][2]uint16{{3, 4}, {5, 6}}
 const maxRoutes = 2048
 
 // PeerRoute sends the UDP packets to Addr (a peer's WireGuard endpoint) to
-// the named class.
+// the named class; a class the tree lacks means its default class.
 //
 // The match assumes what WireGuard sends: UDP right after an IPv4 header
 // without options, or after an IPv6 header without extension headers.
@@ -44,19 +44,24 @@ type route struct {
 	class uint32
 }
 
-// checkRoutes validates routes against the tree's classes. It returns them
-// sorted by address, IPv4-mapped addresses unmapped, duplicates dropped.
+// checkRoutes validates routes against the tree's classes, sending a route
+// to a class the tree lacks to its default class. It returns them sorted by
+// address, IPv4-mapped addresses unmapped, duplicates dropped.
 func checkRoutes(routes []PeerRoute, classes []InstalledClass) ([]route, error) {
 	handles := make(map[string]uint32, len(classes))
+	var def InstalledClass
 	for _, c := range classes {
 		handles[c.Name] = c.handle
+		if c.Default {
+			def = c
+		}
 	}
 	out := make([]route, 0, len(routes))
 	var n4, n6 int
 	for _, r := range routes {
 		h, ok := handles[r.Class]
 		if !ok {
-			return nil, fmt.Errorf("tc: route %s: no class %q: %w", r.Addr, r.Class, ErrInvalidConfig)
+			r.Class, h = def.Name, def.handle
 		}
 		if !r.Addr.IsValid() || r.Addr.Port() == 0 || r.Addr.Addr().Zone() != "" {
 			return nil, fmt.Errorf("tc: route %s: address %q: %w", r.Class, r.Addr, ErrInvalidConfig)
@@ -81,8 +86,9 @@ func checkRoutes(routes []PeerRoute, classes []InstalledClass) ([]route, error) 
 	return slices.CompactFunc(out, func(a, b route) bool { return a.Addr == b.Addr }), nil
 }
 
-// Routes returns the installed peer routes, sorted by address; nil after
-// Close.
+// Routes returns the installed peer routes, sorted by address, each with
+// the class it leads to (the default class for a class the tree lacks);
+// nil after Close.
 func (s *Shaper) Routes() []PeerRoute {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -16,8 +17,9 @@ import (
 const protoUDP = 17
 
 // Route replaces the shaper's per-peer filters with routes. They take
-// precedence over the DSCP filters. A class the tree does not have is an
-// error (nothing changed). An empty list removes them all. Safe for
+// precedence over the DSCP filters. A route naming a class the tree does
+// not have goes to the default class; SetClasses re-points the routes
+// when the classes change. An empty list removes them all. Safe for
 // concurrent use with Stats; after Close it returns net.ErrClosed.
 //
 // The new filters go in before the old ones go, so no packet to a peer in
@@ -34,29 +36,44 @@ func (s *Shaper) Route(routes []PeerRoute) error {
 		return err
 	}
 	next := 1 - s.slot
-	if err := s.clearSlot(next); err != nil { // leftovers of a failed removal
+	if err := s.addRoutes(next, rs); err != nil {
 		return err
 	}
-	for _, f := range peerFilters(s.link, s.root, peerPrios[next], rs) {
+	old := s.slot
+	s.slot, s.want, s.routes = next, slices.Clone(routes), peerRoutes(rs)
+	return s.clearPrios(peerPrios[old])
+}
+
+// addRoutes installs rs in the route slot, after clearing what a failed
+// removal left there; on error it removes what it added. s.mu is held.
+func (s *Shaper) addRoutes(slot int, rs []route) error {
+	if err := s.clearPrios(peerPrios[slot]); err != nil {
+		return err
+	}
+	for _, f := range peerFilters(s.link, s.root, peerPrios[slot], rs) {
 		if err := s.h.FilterAdd(f); err != nil {
-			s.clearSlot(next)
+			s.clearPrios(peerPrios[slot])
 			u := f.(*netlink.U32)
 			return fmt.Errorf("tc: add u32 filter prio %d -> %s: %w", u.Priority, netlink.HandleStr(u.ClassId), err)
 		}
 	}
-	old := s.slot
-	s.slot, s.routes = next, make([]PeerRoute, len(rs))
-	for i, r := range rs {
-		s.routes[i] = r.PeerRoute
-	}
-	return s.clearSlot(old)
+	return nil
 }
 
-// clearSlot deletes every filter at the slot's priorities. s.mu is held.
-func (s *Shaper) clearSlot(slot int) error {
+func peerRoutes(rs []route) []PeerRoute {
+	out := make([]PeerRoute, len(rs))
+	for i, r := range rs {
+		out[i] = r.PeerRoute
+	}
+	return out
+}
+
+// clearPrios deletes every filter at the (IPv4, IPv6) priorities. s.mu is
+// held.
+func (s *Shaper) clearPrios(prios [2]uint16) error {
 	for i, proto := range []uint16{ethIPv4, ethIPv6} {
 		f := &netlink.U32{FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: s.link, Parent: s.root, Priority: peerPrios[slot][i], Protocol: proto}}
+			LinkIndex: s.link, Parent: s.root, Priority: prios[i], Protocol: proto}}
 		if err := s.h.FilterDel(f); err != nil && !errors.Is(err, syscall.ENOENT) {
 			return fmt.Errorf("tc: delete u32 filters prio %d on %s: %w", f.Priority, s.report.Link, err)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/qos"
 	"github.com/gpumesh/gpumesh/qos/internal/nstest"
 )
@@ -53,8 +54,10 @@ func TestPeerFilters(t *testing.T) {
 		{PeerRoute{netip.MustParseAddrPort("[fd00::1]:2"), "gpu"}, 0x9d0010},
 	}
 	for slot, prios := range peerPrios {
-		if max(prios[0], prios[1]) >= min(prioDSCP4, prioDSCP6) {
-			t.Errorf("slot %d priorities %v not before the DSCP filters' %d, %d", slot, prios, prioDSCP4, prioDSCP6)
+		for _, d := range dscpPrios {
+			if max(prios[0], prios[1]) >= min(d[0], d[1]) {
+				t.Errorf("slot %d priorities %v not before the DSCP filters' %v", slot, prios, d)
+			}
 		}
 		fs := peerFilters(7, 0x9d0000, prios, routes)
 		if len(fs) != 2 {
@@ -77,7 +80,7 @@ func TestPeerFilters(t *testing.T) {
 
 func TestCheckRoutes(t *testing.T) {
 	classes := plan(Config{Rate: 1e6, Major: 0x9d, MinShare: 0.1, Default: "unclassified",
-		Classes: []qos.Class{{Name: "gpu", DSCP: 34}, {Name: "bulk", DSCP: 10, Priority: 5}, {Name: "unclassified", Priority: 6}}})
+		Classes: []qos.Class{{Name: "gpu", DSCP: dscp.AF41}, {Name: "bulk", DSCP: dscp.AF11, Priority: 5}, {Name: "unclassified", Priority: 6}}}, nil)
 	r := func(addr, class string) PeerRoute { return PeerRoute{netip.MustParseAddrPort(addr), class} }
 	tests := []struct {
 		name   string
@@ -88,7 +91,8 @@ func TestCheckRoutes(t *testing.T) {
 		{"sorted, mapped unmapped, duplicate dropped",
 			[]PeerRoute{r("[fd00::1]:5", "gpu"), r("[::ffff:10.0.0.2]:7", "bulk"), r("10.0.0.1:9", "unclassified"), r("10.0.0.2:7", "bulk")},
 			[]PeerRoute{r("10.0.0.1:9", "unclassified"), r("10.0.0.2:7", "bulk"), r("[fd00::1]:5", "gpu")}},
-		{"unknown class", []PeerRoute{r("10.0.0.1:9", "gpu"), r("10.0.0.2:9", "video")}, nil},
+		{"unknown class goes to the default", []PeerRoute{r("10.0.0.1:9", "gpu"), r("10.0.0.2:9", "video")},
+			[]PeerRoute{r("10.0.0.1:9", "gpu"), r("10.0.0.2:9", "unclassified")}},
 		{"port 0", []PeerRoute{r("10.0.0.1:0", "gpu")}, nil},
 		{"no address", []PeerRoute{{Class: "gpu"}}, nil},
 		{"zone", []PeerRoute{r("[fe80::1%eth0]:5", "gpu")}, nil},
@@ -122,12 +126,13 @@ func TestCheckRoutes(t *testing.T) {
 // TestRouteBeatsDSCP: with the tree on a veth, packets marked AF41 (the
 // gpu class's DSCP) to a routed peer endpoint land in the route's class,
 // to other ports in gpu; replacing and removing the routes takes effect,
-// a bad class changes nothing, and Close removes everything.
+// a bad address changes nothing, a class the tree lacks means the default
+// class, and Close removes everything.
 func TestRouteBeatsDSCP(t *testing.T) {
 	p := nstest.NewPair(t)
 	s, err := Install(Config{Link: p.LinkA, Netns: p.A.Path(), Rate: 12_500_000, Classes: []qos.Class{
-		{Name: "gpu", DSCP: qos.DSCPAF41, Priority: 0},
-		{Name: "bulk", DSCP: 10, Priority: 5},
+		{Name: "gpu", DSCP: dscp.AF41, Priority: 0},
+		{Name: "bulk", DSCP: dscp.AF11, Priority: 5},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -147,7 +152,7 @@ func TestRouteBeatsDSCP(t *testing.T) {
 	send4 := p.A.ListenUDP(t, "udp4", &net.UDPAddr{IP: p.AddrA})
 	send6 := p.A.ListenUDP(t, "udp6", &net.UDPAddr{IP: p.Addr6A})
 	for _, c := range []*net.UDPConn{send4, send6} {
-		if err := qos.MarkConn(c, qos.DSCPAF41); err != nil {
+		if err := dscp.Mark(c, dscp.AF41); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -208,8 +213,8 @@ func TestRouteBeatsDSCP(t *testing.T) {
 	send(peer6(5002), 5, "gpu")
 	check("routed to 5001")
 
-	if err := s.Route([]PeerRoute{{peer4(5002), "gpu"}, {peer4(5001), "video"}}); !errors.Is(err, ErrInvalidConfig) {
-		t.Errorf("Route to an unknown class: %v, want ErrInvalidConfig", err)
+	if err := s.Route([]PeerRoute{{peer4(5002), "gpu"}, {peer4(0), "bulk"}}); !errors.Is(err, ErrInvalidConfig) {
+		t.Errorf("Route with a bad address: %v, want ErrInvalidConfig", err)
 	}
 	if got := s.Routes(); len(got) != 2 {
 		t.Errorf("after a failed Route, Routes() = %v, want the two old ones", got)
@@ -229,6 +234,16 @@ func TestRouteBeatsDSCP(t *testing.T) {
 	send(peer4(5002), 3, "gpu")
 	send(peer6(5002), 3, "bulk")
 	check("routed back")
+
+	if err := s.Route([]PeerRoute{{peer4(5002), "video"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := s.Routes(), []PeerRoute{{peer4(5002), "unclassified"}}; !slices.Equal(got, want) {
+		t.Errorf("Routes() = %v, want %v", got, want)
+	}
+	send(peer4(5002), 5, "unclassified")
+	send(peer4(5001), 2, "gpu")
+	check("routed to a class the tree lacks")
 
 	route()
 	send(peer4(5001), 8, "gpu")

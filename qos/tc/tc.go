@@ -12,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/qos"
 )
 
@@ -38,7 +39,15 @@ const (
 	defaultMajor    = 0x9d // "gm"-ish and unlikely to be in use
 	defaultMinShare = 0.1
 	rootMinor       = 1
-	firstMinor      = 0x10
+	// defaultMinor is the default class's: HTB cannot change the class
+	// that takes unmatched traffic once the qdisc exists, so whichever
+	// class is the default lives here, changed in place by SetClasses.
+	defaultMinor = 0xf
+	// firstMinor is the first of the other classes' minors.
+	firstMinor = 0x10
+	// maxClasses bounds a tree: SetClasses gives new classes minors the
+	// tree does not use yet, and each leaf qdisc a major of its own.
+	maxClasses = 1024
 )
 
 // Config describes the tree to install.
@@ -52,9 +61,10 @@ type Config struct {
 	// Classes get one HTB class each, in priority order, and a u32 filter
 	// matching their DSCP (IPv4 and IPv6).
 	Classes []qos.Class
-	// Default names the class for traffic no filter matches. Empty: the
-	// class with DSCP 0 if there is one, else an extra lowest-priority
-	// class "unclassified".
+	// Default names the class for traffic no filter matches, and for peer
+	// routes naming a class the tree lacks. Empty: the class with DSCP CS0
+	// if there is one, else an extra lowest-priority class "unclassified".
+	// A named default must be in every class set (Install, SetClasses).
 	Default string
 	// MinShare is the fraction of Rate every class but the most urgent is
 	// assured (HTB rate); the most urgent class is assured the rest, and
@@ -86,10 +96,10 @@ type Report struct {
 // InstalledClass is one HTB class of the tree.
 type InstalledClass struct {
 	Name     string
-	ClassID  string // "9d:10"
-	DSCP     uint8
-	Filtered bool // a u32 filter on the DSCP leads here
-	Default  bool // unmatched traffic lands here
+	ClassID  string    // "9d:10"
+	DSCP     dscp.Code // dscp.None for the added "unclassified" class
+	Filtered bool      // a u32 filter on the DSCP leads here
+	Default  bool      // unmatched traffic lands here
 	Prio     uint32
 	Rate     int64 // assured, bytes/s
 	Ceil     int64 // cap, bytes/s
@@ -107,7 +117,7 @@ func (r Report) String() string {
 	for _, c := range r.Classes {
 		match := "no filter"
 		if c.Filtered {
-			match = "u32 dsfield " + qos.DSCPName(c.DSCP) + " (ip, ipv6)"
+			match = "u32 dsfield " + c.DSCP.String() + " (ip, ipv6)"
 		}
 		if c.Default {
 			match += ", default"
@@ -143,16 +153,23 @@ type ClassStats struct {
 	Backlog    uint32 // bytes queued now
 }
 
-// Shaper is an installed HTB tree. Close removes it.
+// Shaper is an installed HTB tree. SetClasses rebuilds it for another class
+// set; Close removes it.
 type Shaper struct {
-	report Report
-	link   int    // ifindex
-	root   uint32 // HTB handle
+	cfg  Config // as populated by Install, Default as the caller gave it; immutable
+	link int    // ifindex
+	root uint32 // HTB handle
 
-	mu     sync.Mutex
-	h      *netlink.Handle // nil once closed; guarded by mu
-	routes []PeerRoute     // the installed peer routes; guarded by mu
-	slot   int             // index into peerPrios of the routes' filters; guarded by mu
+	mu       sync.Mutex
+	h        *netlink.Handle // nil once closed; guarded by mu
+	report   Report          // what is installed; guarded by mu
+	want     []PeerRoute     // the routes as last asked for; guarded by mu
+	routes   []PeerRoute     // the installed peer routes, classes resolved; guarded by mu
+	slot     int             // index into peerPrios of the routes' filters; guarded by mu
+	dscpSlot int             // index into dscpPrios of the DSCP filters; guarded by mu
+	stale    []uint32        // classes SetClasses failed to delete; guarded by mu
+
+	failAt func(step string) error // test hook: SetClasses fails at step
 }
 
 // populate validates cfg and fills in defaults, on a copy.
@@ -186,7 +203,7 @@ func populate(cfg Config) (Config, error) {
 	slices.SortStableFunc(cfg.Classes, func(a, b qos.Class) int { return cmp.Compare(a.Priority, b.Priority) })
 	if cfg.Default == "" {
 		cfg.Default = "unclassified"
-		if i := slices.IndexFunc(cfg.Classes, func(c qos.Class) bool { return c.DSCP == 0 }); i >= 0 {
+		if i := slices.IndexFunc(cfg.Classes, func(c qos.Class) bool { return c.DSCP == dscp.CS0 }); i >= 0 {
 			cfg.Default = cfg.Classes[i].Name
 		}
 	}
@@ -197,7 +214,7 @@ func populate(cfg Config) (Config, error) {
 		last := cfg.Classes[len(cfg.Classes)-1].Priority
 		cfg.Classes = append(cfg.Classes, qos.Class{Name: cfg.Default, Priority: last + 1})
 	}
-	if len(cfg.Classes) > 0xffff-firstMinor {
+	if len(cfg.Classes) > maxClasses {
 		return cfg, fmt.Errorf("tc: %d classes: %w", len(cfg.Classes), ErrInvalidConfig)
 	}
 	return cfg, nil
@@ -216,8 +233,14 @@ func linkSpeed(link string) (int64, error) {
 	return v, nil
 }
 
-// plan computes the installed classes: ids, HTB priorities and rates.
-func plan(cfg Config) []InstalledClass {
+// plan computes the installed classes: ids, HTB priorities and rates. The
+// default class gets defaultMinor, the others the minors minorOf gives
+// (nil: firstMinor on, in priority order).
+func plan(cfg Config, minorOf func(name string) uint16) []InstalledClass {
+	if minorOf == nil {
+		next := uint16(firstMinor)
+		minorOf = func(string) uint16 { next++; return next - 1 }
+	}
 	n := len(cfg.Classes)
 	share := cfg.MinShare
 	if n > 1 && share*float64(n-1) > 0.5 {
@@ -238,7 +261,10 @@ func plan(cfg Config) []InstalledClass {
 		if i == 0 {
 			rate = cfg.Rate - lower*int64(n-1)
 		}
-		minor := uint16(firstMinor + i)
+		minor := uint16(defaultMinor)
+		if c.Name != cfg.Default {
+			minor = minorOf(c.Name)
+		}
 		out[i] = InstalledClass{
 			Name: c.Name, DSCP: c.DSCP, Prio: prio,
 			Rate: max(min(rate, ceil), 1), Ceil: ceil,
@@ -248,11 +274,11 @@ func plan(cfg Config) []InstalledClass {
 		}
 	}
 	// One filter per DSCP, leading to the most urgent class using it; the
-	// default class needs none for DSCP 0.
-	seen := map[uint8]bool{}
+	// default class needs none for CS0, the added one none at all.
+	seen := map[dscp.Code]bool{}
 	for i := range out {
 		c := &out[i]
-		if seen[c.DSCP] || (c.Default && c.DSCP == 0) || (c.Name == "unclassified" && i == n-1 && c.Default) {
+		if seen[c.DSCP] || !c.DSCP.Valid() || (c.Default && c.DSCP == dscp.CS0) {
 			continue
 		}
 		seen[c.DSCP] = true
@@ -269,5 +295,5 @@ func Plan(cfg Config) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
-	return Report{Link: cfg.Link, Rate: cfg.Rate, Root: fmt.Sprintf("%x:", cfg.Major), Leaf: "pfifo", Classes: plan(cfg)}, nil
+	return Report{Link: cfg.Link, Rate: cfg.Rate, Root: fmt.Sprintf("%x:", cfg.Major), Leaf: "pfifo", Classes: plan(cfg, nil)}, nil
 }

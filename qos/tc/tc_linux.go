@@ -6,10 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/gpumesh/gpumesh/dscp"
 )
 
 // Install probes the kernel and installs the HTB tree described by cfg on
@@ -19,7 +22,7 @@ func Install(cfg Config) (*Shaper, error) {
 	if !hasPrivilege() {
 		return nil, ErrNoPrivilege
 	}
-	cfg, err := populate(cfg)
+	full, err := populate(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -27,11 +30,12 @@ func Install(cfg Config) (*Shaper, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tc: install on %s: %w", cfg.Link, err)
 	}
-	s, err := install(h, cfg)
+	s, err := install(h, full)
 	if err != nil {
 		h.Close()
 		return nil, err
 	}
+	s.cfg.Default = cfg.Default // SetClasses picks the default again by the caller's rule
 	return s, nil
 }
 
@@ -72,62 +76,91 @@ func install(h *netlink.Handle, cfg Config) (_ *Shaper, err error) {
 	}
 
 	root := netlink.MakeHandle(cfg.Major, 0)
-	classes := plan(cfg)
-	var defMinor uint32
-	for _, c := range classes {
-		if c.Default {
-			defMinor = c.handle & 0xffff
-		}
-	}
 	htb := netlink.NewHtb(netlink.QdiscAttrs{LinkIndex: idx, Parent: netlink.HANDLE_ROOT, Handle: root})
-	htb.Defcls = defMinor
+	htb.Defcls = defaultMinor
 	if err := h.QdiscReplace(htb); err != nil {
 		return nil, fmt.Errorf("tc: add htb root on %s: %w", cfg.Link, privErr(err))
 	}
-	s := &Shaper{link: idx, root: root, h: h}
+	s := &Shaper{cfg: cfg, link: idx, root: root, h: h}
 	defer func() {
 		if err != nil {
 			h.QdiscDel(htb) // undo the half-built tree
 		}
 	}()
 
-	parent := netlink.MakeHandle(cfg.Major, rootMinor)
-	bits := func(bytes int64) uint64 { return uint64(bytes) * 8 }
-	top := netlink.NewHtbClass(netlink.ClassAttrs{LinkIndex: idx, Parent: root, Handle: parent},
+	top := netlink.NewHtbClass(netlink.ClassAttrs{LinkIndex: idx, Parent: root, Handle: s.parent()},
 		netlink.HtbClassAttrs{Rate: bits(cfg.Rate), Ceil: bits(cfg.Rate)})
 	if err := h.ClassAdd(top); err != nil {
 		return nil, fmt.Errorf("tc: add root class: %w", err)
 	}
-	for i, c := range classes {
-		cl := netlink.NewHtbClass(netlink.ClassAttrs{LinkIndex: idx, Parent: parent, Handle: c.handle},
-			netlink.HtbClassAttrs{Rate: bits(c.Rate), Ceil: bits(c.Ceil), Prio: c.Prio})
-		if err := h.ClassAdd(cl); err != nil {
-			return nil, fmt.Errorf("tc: add class %s %s: %w", c.ClassID, c.Name, err)
-		}
-		if report.Leaf != "pfifo" {
-			leaf := &netlink.GenericQdisc{QdiscType: report.Leaf, QdiscAttrs: netlink.QdiscAttrs{
-				LinkIndex: idx, Parent: c.handle, Handle: netlink.MakeHandle(cfg.Major+1+uint16(i), 0)}}
-			if err := h.QdiscAdd(leaf); err != nil {
-				return nil, fmt.Errorf("tc: add %s under %s: %w", report.Leaf, c.ClassID, err)
-			}
-		}
-		if !c.Filtered {
-			continue
-		}
-		for _, f := range dscpFilters(idx, root, c.handle, c.DSCP) {
-			if err := h.FilterAdd(f); err != nil {
-				return nil, fmt.Errorf("tc: add u32 filter dscp %d -> %s: %w", c.DSCP, c.ClassID, err)
-			}
+	report.Classes = plan(cfg, nil)
+	s.report = report
+	for _, c := range report.Classes {
+		if err := s.addClass(c); err != nil {
+			return nil, err
 		}
 	}
-	report.Classes = classes
-	s.report = report
+	if err := s.addDSCPFilters(s.dscpSlot, report.Classes); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
-// dscpFilters returns u32 filters sending IPv4 and IPv6 packets with dscp
-// (ECN bits ignored) to class, at priorities after the peer routes'.
-func dscpFilters(link int, parent, class uint32, dscp uint8) []netlink.Filter {
+func bits(bytes int64) uint64 { return uint64(bytes) * 8 }
+
+// parent is the handle of the root class, every class's parent.
+func (s *Shaper) parent() uint32 { return netlink.MakeHandle(s.cfg.Major, rootMinor) }
+
+// htbClass is c as the kernel's HTB class.
+func (s *Shaper) htbClass(c InstalledClass) *netlink.HtbClass {
+	return netlink.NewHtbClass(netlink.ClassAttrs{LinkIndex: s.link, Parent: s.parent(), Handle: c.handle},
+		netlink.HtbClassAttrs{Rate: bits(c.Rate), Ceil: bits(c.Ceil), Prio: c.Prio})
+}
+
+// addClass adds c and its leaf qdisc. s.mu is held, or s is not shared yet.
+func (s *Shaper) addClass(c InstalledClass) error {
+	if err := s.h.ClassAdd(s.htbClass(c)); err != nil {
+		return fmt.Errorf("tc: add class %s %s: %w", c.ClassID, c.Name, err)
+	}
+	if s.report.Leaf == "pfifo" {
+		return nil
+	}
+	leaf := &netlink.GenericQdisc{QdiscType: s.report.Leaf, QdiscAttrs: netlink.QdiscAttrs{
+		LinkIndex: s.link, Parent: c.handle, Handle: leafHandle(s.cfg.Major, c.handle)}}
+	if err := s.h.QdiscAdd(leaf); err != nil {
+		s.h.ClassDel(s.htbClass(c))
+		return fmt.Errorf("tc: add %s under %s: %w", s.report.Leaf, c.ClassID, err)
+	}
+	return nil
+}
+
+// leafHandle is the handle of the leaf qdisc under class: a major of its
+// own per class minor.
+func leafHandle(major uint16, class uint32) uint32 {
+	return netlink.MakeHandle(major+1+uint16(class&0xffff-defaultMinor), 0)
+}
+
+// addDSCPFilters adds the DSCP filters of classes at the slot's
+// priorities; on error it removes those it added. s.mu is held.
+func (s *Shaper) addDSCPFilters(slot int, classes []InstalledClass) error {
+	for _, c := range classes {
+		if !c.Filtered {
+			continue
+		}
+		for _, f := range dscpFilters(s.link, s.root, c.handle, c.DSCP, dscpPrios[slot]) {
+			if err := s.h.FilterAdd(f); err != nil {
+				s.clearPrios(dscpPrios[slot])
+				return fmt.Errorf("tc: add u32 filter dscp %s -> %s: %w", c.DSCP, c.ClassID, err)
+			}
+		}
+	}
+	return nil
+}
+
+// dscpFilters returns u32 filters sending IPv4 and IPv6 packets with the
+// code point (ECN bits ignored) to class, at prios (IPv4, IPv6), which
+// come after the peer routes'.
+func dscpFilters(link int, parent, class uint32, code dscp.Code, prios [2]uint16) []netlink.Filter {
 	mk := func(proto uint16, prio uint16, key netlink.TcU32Key) netlink.Filter {
 		return &netlink.U32{
 			FilterAttrs: netlink.FilterAttrs{LinkIndex: link, Parent: parent, Priority: prio, Protocol: proto},
@@ -135,16 +168,23 @@ func dscpFilters(link int, parent, class uint32, dscp uint8) []netlink.Filter {
 			Sel:         &netlink.TcU32Sel{Flags: netlink.TC_U32_TERMINAL, Keys: []netlink.TcU32Key{key}},
 		}
 	}
+	v := uint32(code.Value())
 	return []netlink.Filter{
 		// IPv4: the TOS byte is the second byte of the header.
-		mk(ethIPv4, prioDSCP4, netlink.TcU32Key{Off: 0, Mask: 0x00fc0000, Val: uint32(dscp) << 18}),
+		mk(ethIPv4, prios[0], netlink.TcU32Key{Off: 0, Mask: 0x00fc0000, Val: v << 18}),
 		// IPv6: the traffic class straddles the first two bytes.
-		mk(ethIPv6, prioDSCP6, netlink.TcU32Key{Off: 0, Mask: 0x0fc00000, Val: uint32(dscp) << 22}),
+		mk(ethIPv6, prios[1], netlink.TcU32Key{Off: 0, Mask: 0x0fc00000, Val: v << 22}),
 	}
 }
 
-// Report returns what Install installed.
-func (s *Shaper) Report() Report { return s.report }
+// Report returns what is installed now.
+func (s *Shaper) Report() Report {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.report
+	r.Classes = slices.Clone(r.Classes)
+	return r
+}
 
 // Stats reads the kernel's counters of the installed classes.
 func (s *Shaper) Stats() ([]ClassStats, error) {

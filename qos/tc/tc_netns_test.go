@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/qos"
 	"github.com/gpumesh/gpumesh/qos/internal/nstest"
 )
@@ -38,8 +39,8 @@ func TestProbeInNetns(t *testing.T) {
 func TestHTBCountsMarkedTraffic(t *testing.T) {
 	p := nstest.NewPair(t)
 	s, err := Install(Config{Link: p.LinkA, Netns: p.A.Path(), Rate: 12_500_000, Classes: []qos.Class{
-		{Name: "gpu", DSCP: qos.DSCPAF41, Priority: 0},
-		{Name: "bulk", DSCP: 10, Priority: 5},
+		{Name: "gpu", DSCP: dscp.AF41, Priority: 0},
+		{Name: "bulk", DSCP: dscp.AF11, Priority: 5},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -51,10 +52,10 @@ func TestHTBCountsMarkedTraffic(t *testing.T) {
 	gpu := p.A.ListenUDP(t, "udp4", &net.UDPAddr{IP: p.AddrA})
 	bulk := p.A.ListenUDP(t, "udp4", &net.UDPAddr{IP: p.AddrA})
 	plain := p.A.ListenUDP(t, "udp4", &net.UDPAddr{IP: p.AddrA})
-	if err := qos.MarkConn(gpu, qos.DSCPAF41); err != nil {
+	if err := dscp.Mark(gpu, dscp.AF41); err != nil {
 		t.Fatal(err)
 	}
-	if err := qos.MarkConn(bulk, 10); err != nil {
+	if err := dscp.Mark(bulk, dscp.AF11); err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]uint32{"gpu": 20, "bulk": 10, "unclassified": 5}

@@ -5,6 +5,8 @@ package tc
 import (
 	"errors"
 	"fmt"
+
+	"github.com/gpumesh/gpumesh/qos"
 )
 
 // Install is implemented on Linux only.
@@ -29,3 +31,11 @@ func (s *Shaper) Close() error { return nil }
 func (s *Shaper) Route(routes []PeerRoute) error {
 	return fmt.Errorf("tc: route: %w", errors.ErrUnsupported)
 }
+
+// SetClasses is implemented on Linux only.
+func (s *Shaper) SetClasses(classes []qos.Class) error {
+	return fmt.Errorf("tc: set classes: %w", errors.ErrUnsupported)
+}
+
+// Report is implemented on Linux only.
+func (s *Shaper) Report() Report { return Report{} }

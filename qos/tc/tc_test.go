@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/qos"
 )
 
@@ -31,7 +32,7 @@ func TestNoPrivilege(t *testing.T) {
 	saved := hasPrivilege
 	hasPrivilege = func() bool { return false }
 	defer func() { hasPrivilege = saved }()
-	cfg := Config{Link: "lo", Rate: 1e6, Classes: []qos.Class{{Name: "gpu", DSCP: 34}}}
+	cfg := Config{Link: "lo", Rate: 1e6, Classes: []qos.Class{{Name: "gpu", DSCP: dscp.AF41}}}
 	if _, err := Install(cfg); !errors.Is(err, ErrNoPrivilege) {
 		t.Errorf("Install: %v, want ErrNoPrivilege", err)
 	}
@@ -41,8 +42,8 @@ func TestNoPrivilege(t *testing.T) {
 }
 
 var gpuBulk = []qos.Class{
-	{Name: "bulk", DSCP: 10, Priority: 5, Rate: 1e6},
-	{Name: "gpu", DSCP: 34, Priority: 0},
+	{Name: "bulk", DSCP: dscp.AF11, Priority: 5, Rate: 1e6},
+	{Name: "gpu", DSCP: dscp.AF41, Priority: 0},
 }
 
 func TestPopulate(t *testing.T) {
@@ -54,7 +55,7 @@ func TestPopulate(t *testing.T) {
 		classes int
 	}{
 		{"adds unclassified", Config{Link: "x", Rate: 1e6, Classes: gpuBulk}, false, "unclassified", 3},
-		{"dscp 0 class is default", Config{Link: "x", Rate: 1e6, Classes: append(gpuBulk[:2:2], qos.Class{Name: "be", Priority: 9})}, false, "be", 3},
+		{"dscp 0 class is default", Config{Link: "x", Rate: 1e6, Classes: append(gpuBulk[:2:2], qos.Class{Name: "be", DSCP: dscp.CS0, Priority: 9})}, false, "be", 3},
 		{"named default", Config{Link: "x", Rate: 1e6, Classes: gpuBulk, Default: "bulk"}, false, "bulk", 2},
 		{"unknown default", Config{Link: "x", Rate: 1e6, Classes: gpuBulk, Default: "nope"}, true, "", 0},
 		{"no link", Config{Rate: 1e6, Classes: gpuBulk}, true, "", 0},
@@ -86,11 +87,11 @@ func TestPlan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := plan(cfg)
+	got := plan(cfg, nil)
 	want := []InstalledClass{
-		{Name: "gpu", ClassID: "9d:10", DSCP: 34, Filtered: true, Prio: 0, Rate: 80e6, Ceil: 100e6},
-		{Name: "bulk", ClassID: "9d:11", DSCP: 10, Filtered: true, Prio: 1, Rate: 1e6, Ceil: 1e6},
-		{Name: "unclassified", ClassID: "9d:12", Default: true, Prio: 2, Rate: 10e6, Ceil: 100e6},
+		{Name: "gpu", ClassID: "9d:10", DSCP: dscp.AF41, Filtered: true, Prio: 0, Rate: 80e6, Ceil: 100e6},
+		{Name: "bulk", ClassID: "9d:11", DSCP: dscp.AF11, Filtered: true, Prio: 1, Rate: 1e6, Ceil: 1e6},
+		{Name: "unclassified", ClassID: "9d:f", Default: true, Prio: 2, Rate: 10e6, Ceil: 100e6},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("plan: %+v", got)
@@ -105,11 +106,12 @@ func TestPlan(t *testing.T) {
 	// Many classes: the assured rates still fit in the link.
 	var many []qos.Class
 	for i := range 20 {
-		many = append(many, qos.Class{Name: string(rune('a' + i)), DSCP: uint8(i + 1), Priority: i})
+		d, _ := dscp.Of(uint8(i + 1))
+		many = append(many, qos.Class{Name: string(rune('a' + i)), DSCP: d, Priority: i})
 	}
 	cfg, _ = populate(Config{Link: "x", Rate: 1000, Classes: many})
 	var sum int64
-	for _, c := range plan(cfg) {
+	for _, c := range plan(cfg, nil) {
 		sum += c.Rate
 		if c.Prio > 7 {
 			t.Errorf("class %s prio %d > 7", c.Name, c.Prio)
@@ -122,7 +124,7 @@ func TestPlan(t *testing.T) {
 
 func TestReportString(t *testing.T) {
 	cfg, _ := populate(Config{Link: "eth0", Rate: 125e6, Classes: gpuBulk})
-	r := Report{Link: "eth0", Rate: cfg.Rate, Root: "9d:", Replaced: "noqueue", Leaf: "pfifo", Classes: plan(cfg)}
+	r := Report{Link: "eth0", Rate: cfg.Rate, Root: "9d:", Replaced: "noqueue", Leaf: "pfifo", Classes: plan(cfg, nil)}
 	s := r.String()
 	for _, want := range []string{"htb 9d: on eth0 at 1Gbit, replacing noqueue", "9d:10", "u32 dsfield AF41", "ceil 8Mbit", "default"} {
 		if !strings.Contains(s, want) {

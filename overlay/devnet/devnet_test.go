@@ -1,4 +1,4 @@
-package overlaytest_test
+package devnet_test
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/overlay"
-	"github.com/gpumesh/gpumesh/overlay/overlaytest"
+	"github.com/gpumesh/gpumesh/overlay/devnet"
 )
 
 // TestTailnet joins two nodes, connects by name over the tailnet, and checks
@@ -17,7 +17,7 @@ import (
 func TestTailnet(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	tn, err := overlaytest.Start(overlaytest.Options{Logf: t.Logf})
+	tn, err := devnet.Start(devnet.Options{Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
