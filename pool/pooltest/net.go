@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/overlay"
@@ -38,8 +39,9 @@ type Host struct {
 	Addr    netip.Addr
 	Backend gpusvc.Backend
 
-	tags []string
-	ln   net.Listener
+	tags   []string
+	policy atomic.Pointer[policy.Policy]
+	ln     net.Listener
 	srv  *gpusvc.Server
 	wg   sync.WaitGroup
 
@@ -60,12 +62,13 @@ func (n *Net) StartHost(name string, b gpusvc.Backend, pol *policy.Policy, tags 
 		return nil, fmt.Errorf("pooltest: listen for %s: %w", name, err)
 	}
 	h := &Host{Name: name, Backend: b, tags: tags, ln: ln, listed: true, gone: make(chan struct{})}
+	h.policy.Store(pol)
 	srv, err := gpusvc.NewServer(gpusvc.Config{
 		Backend: b,
 		WhoIs: func(context.Context, string) (overlay.Identity, error) {
 			return overlay.Identity{Node: Caller, StableID: Caller}, nil
 		},
-		Policy: func() *policy.Policy { return pol },
+		Policy: h.policy.Load,
 		Host:   name,
 	})
 	if err != nil {
@@ -84,6 +87,9 @@ func (n *Net) StartHost(name string, b gpusvc.Backend, pol *policy.Policy, tags 
 	}()
 	return h, nil
 }
+
+// SetPolicy puts pol in force on the host from its next call.
+func (h *Host) SetPolicy(pol *policy.Policy) { h.policy.Store(pol) }
 
 // Stop stops the host's endpoint: its connections are reset and new ones
 // refused, but it stays in the peer list.
