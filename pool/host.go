@@ -88,7 +88,9 @@ type host struct {
 	nextProbe   time.Time
 	probing     bool
 	removed     bool          // no longer a member
-	rtt         time.Duration // moving average of the probes' round trips
+	rtt         time.Duration // the least of the recent probes' round trips
+	rtts        [8]time.Duration
+	nrtt        int // probes recorded in rtts
 	service     time.Duration // moving average of the backend's time per call
 	outstanding int           // this pool's calls in flight here
 	atProbe     int           // outstanding when load was sampled
@@ -175,7 +177,10 @@ func (h *host) probed(c *gpusvc.Client, res *pb.DevicesResponse, rtt time.Durati
 			h.gen++
 		}
 		h.devices, h.load, h.atProbe, h.lastOK = res, loadOf(res), h.outstanding, now
-		h.rtt = average(h.rtt, rtt)
+		if !installed {
+			// A fresh client's first call also set up its connection.
+			h.recordRTT(rtt)
+		}
 		h.nextProbe = now.Add(cfg.RefreshInterval)
 		changed = h.setStateLocked(StateReady, nil, now)
 	case h.client == nil || h.client != c:
@@ -243,6 +248,18 @@ func (h *host) remove(why error) (*gpusvc.Client, []net.Conn) {
 	c, conns := h.loseLocked()
 	h.setStateLocked(StateDown, why, time.Now())
 	return c, conns
+}
+
+// recordRTT keeps a probe's round trip; the host's RTT is the least of
+// the last few, which the queueing delays of a loaded machine or network
+// only ever add to.
+func (h *host) recordRTT(d time.Duration) {
+	h.rtts[h.nrtt%len(h.rtts)] = d
+	h.nrtt++
+	h.rtt = d
+	for _, x := range h.rtts[:min(h.nrtt, len(h.rtts))] {
+		h.rtt = min(h.rtt, x)
+	}
 }
 
 // average is a moving average giving the new sample a weight of 1/4.

@@ -249,7 +249,7 @@ type HostInfo struct {
 	// Err says why the host is not ready.
 	Err   string    `json:"error,omitempty"`
 	Since time.Time `json:"since"`
-	// RTT is the moving average of the probes' round trips.
+	// RTT is the least round trip of its recent probes.
 	RTT time.Duration `json:"rtt"`
 	// Backend and Devices are the host's last answer to Devices.
 	Backend string `json:"backend,omitempty"`
