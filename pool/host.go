@@ -90,7 +90,7 @@ type host struct {
 	removed     bool          // no longer a member
 	rtt         time.Duration // the least of the recent probes' round trips
 	rtts        [8]time.Duration
-	nrtt        int // probes recorded in rtts
+	nrtt        int           // probes recorded in rtts
 	service     time.Duration // moving average of the backend's time per call
 	outstanding int           // this pool's calls in flight here
 	atProbe     int           // outstanding when load was sampled

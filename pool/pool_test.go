@@ -12,9 +12,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
+	"github.com/gpumesh/gpumesh/policy"
 	"github.com/gpumesh/gpumesh/pool"
 	"github.com/gpumesh/gpumesh/pool/pooltest"
-	"github.com/gpumesh/gpumesh/policy"
 )
 
 // fast are timings for tests on loopback: quick probes, and a loss

@@ -42,8 +42,8 @@ type Host struct {
 	tags   []string
 	policy atomic.Pointer[policy.Policy]
 	ln     net.Listener
-	srv  *gpusvc.Server
-	wg   sync.WaitGroup
+	srv    *gpusvc.Server
+	wg     sync.WaitGroup
 
 	mu     sync.Mutex
 	listed bool          // guarded by mu
