@@ -77,3 +77,19 @@ func (p Peer) Addr() netip.Addr {
 type PeerLister interface {
 	Peers(ctx context.Context) ([]Peer, error)
 }
+
+// MarshalText writes the path as its name, for JSON.
+func (p Path) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// UnmarshalText reads a path's name.
+func (p *Path) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "direct":
+		*p = PathDirect
+	case "relayed":
+		*p = PathRelayed
+	default:
+		*p = PathUnknown
+	}
+	return nil
+}

@@ -51,6 +51,20 @@ func (s State) String() string {
 	return fmt.Sprintf("State(%d)", int(s))
 }
 
+// MarshalText writes the state as its name, for JSON.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText reads a state's name.
+func (s *State) UnmarshalText(b []byte) error {
+	for x := StateProbing; x <= StateMissing; x++ {
+		if x.String() == string(b) {
+			*s = x
+			return nil
+		}
+	}
+	return fmt.Errorf("pool: unknown host state %q", b)
+}
+
 // ErrHostLost says a host was lost: it left the overlay or stopped
 // answering for Config.DownAfter. The calls of a session on it fail with
 // an error wrapping ErrHostLost that names the host; the session does not

@@ -30,7 +30,7 @@ const (
 // Candidate is one host as placement weighs it.
 type Candidate struct {
 	Host  string `json:"host"`
-	State State  `json:"-"`
+	State State  `json:"state"`
 	// Allowed is the host's policy's answer for this caller and work;
 	// Reason is its reason, or why the host was not asked.
 	Allowed bool   `json:"allowed"`
@@ -38,9 +38,9 @@ type Candidate struct {
 	Reason  string `json:"reason,omitempty"`
 	// AtLimit: this pool's calls there already reach the caller's
 	// max_concurrent on that host; it is used only when no other is free.
-	AtLimit bool         `json:"at_limit,omitempty"`
-	Path    overlay.Path `json:"-"`
-	RTT     time.Duration
+	AtLimit bool          `json:"at_limit,omitempty"`
+	Path    overlay.Path  `json:"path"`
+	RTT     time.Duration `json:"rtt"`
 	// Ours is this pool's calls, sessions and connections on the host;
 	// Others is other callers' calls there, as the host reports them.
 	Ours   int `json:"ours"`
@@ -73,6 +73,8 @@ func (c Candidate) estimate() time.Duration {
 // why says in one line how c was weighed.
 func (c Candidate) why() string {
 	switch {
+	case c.State != StateReady && c.Reason == "":
+		return c.State.String()
 	case c.State != StateReady:
 		return c.State.String() + ": " + c.Reason
 	case !c.Allowed:
@@ -297,6 +299,12 @@ func (l lease) release(service time.Duration) {
 func (p *Pool) place(ctx context.Context, w work) (lease, error) {
 	if p.isClosed() {
 		return lease{}, fmt.Errorf("pool %s: %w", p.target, errClosed)
+	}
+	// Work that comes before the first probes have answered waits for them.
+	select {
+	case <-p.first:
+	case <-ctx.Done():
+		return lease{}, fmt.Errorf("pool %s: waiting for the first probes: %w", p.target, ctx.Err())
 	}
 	cs, byName := p.candidates(ctx, w)
 	p.placeMu.Lock()

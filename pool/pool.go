@@ -244,8 +244,8 @@ type HostInfo struct {
 	Name  string       `json:"name"`
 	Addr  string       `json:"addr,omitempty"` // the endpoint, overlay ip:port
 	Tags  []string     `json:"tags,omitempty"`
-	Path  overlay.Path `json:"-"`
-	State State        `json:"-"`
+	Path  overlay.Path `json:"path"`
+	State State        `json:"state"`
 	// Err says why the host is not ready.
 	Err   string    `json:"error,omitempty"`
 	Since time.Time `json:"since"`
