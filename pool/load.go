@@ -27,23 +27,25 @@ type Load struct {
 	MemoryHeld   uint64 `json:"memory_held"`
 	MemoryBudget uint64 `json:"memory_budget,omitempty"`
 	// GPUs are the host's devices with their telemetry.
-	GPUs []GPULoad `json:"gpus"`
+	GPUs []GPU `json:"gpus"`
 	// Age is how old the host's figures were when it answered (it caches
 	// its telemetry rather than asking the driver on every Devices); 0
 	// when it does not say.
 	Age time.Duration `json:"age,omitempty"`
 }
 
-// GPULoad is one device's telemetry.
-type GPULoad struct {
+// GPU is one of a host's devices as it describes it, with its telemetry.
+type GPU struct {
 	Index              uint32 `json:"index"`
 	UUID               string `json:"uuid,omitempty"`
 	Name               string `json:"name"`
 	UtilizationPercent uint32 `json:"utilization_percent"`
 	// MemoryTotal is 0 where the backend does not know it (the CPU
 	// backend); MemoryFree is then 0 too.
-	MemoryTotal uint64 `json:"memory_total"`
-	MemoryFree  uint64 `json:"memory_free"`
+	MemoryTotal   uint64 `json:"memory_total"`
+	MemoryFree    uint64 `json:"memory_free"`
+	DriverVersion string `json:"driver_version,omitempty"`
+	CUDAVersion   string `json:"cuda_version,omitempty"`
 }
 
 // Queue is every caller's calls on the host, running and waiting.
@@ -78,16 +80,16 @@ func (l Load) MemoryFree(gpu string) (uint64, bool) {
 	return free, known
 }
 
-func (l Load) gpu(name string) (GPULoad, bool) {
+func (l Load) gpu(name string) (GPU, bool) {
 	if name == "" {
-		return GPULoad{}, false
+		return GPU{}, false
 	}
 	for _, g := range l.GPUs {
 		if g.UUID == name || strconv.FormatUint(uint64(g.Index), 10) == name {
 			return g, true
 		}
 	}
-	return GPULoad{}, false
+	return GPU{}, false
 }
 
 // loadOf reads a host's load from its Devices answer. This is the one
@@ -98,10 +100,11 @@ func (l Load) gpu(name string) (GPULoad, bool) {
 func loadOf(d *pb.DevicesResponse) Load {
 	var l Load
 	for _, x := range d.GetDevices() {
-		g := GPULoad{
+		g := GPU{
 			Index: x.GetIndex(), UUID: x.GetUuid(), Name: x.GetName(),
 			UtilizationPercent: min(x.GetUtilizationPercent(), 100),
 			MemoryTotal:        x.GetMemoryTotal(),
+			DriverVersion:      x.GetDriverVersion(), CUDAVersion: x.GetCudaVersion(),
 		}
 		if g.MemoryTotal > 0 && x.GetMemoryUsed() <= g.MemoryTotal {
 			g.MemoryFree = g.MemoryTotal - x.GetMemoryUsed()
