@@ -193,3 +193,37 @@ func TestNotIdempotent(t *testing.T) {
 		}
 	}
 }
+
+// TestHostReturns: a lost host is probed again and, once it answers, takes
+// work again; a session opened on it before it was lost stays lost.
+func TestHostReturns(t *testing.T) {
+	nw, hosts := simNet(t, time.Millisecond, "gpu-a", "gpu-b")
+	p := startPool(t, fast("tag:gpu", nw))
+	var old *pool.Session
+	for old == nil {
+		s, err := p.OpenSession(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Host() == "gpu-b" {
+			old = s
+		}
+	}
+	b := hosts["gpu-b"]
+	b.Vanish()
+	waitHosts(t, p, "gpu-b to be lost", state("gpu-b", pool.StateDown))
+	b.Return()
+	waitHosts(t, p, "gpu-b to be back", state("gpu-b", pool.StateReady))
+	before := placed(p, "gpu-b")
+	l := startLoad(t.Context(), p, 4)
+	l.waitDone(t, 40)
+	if errs := l.finish(); len(errs) > 0 {
+		t.Fatal(errs[0])
+	}
+	if placed(p, "gpu-b") == before {
+		t.Error("no call went to gpu-b after it came back")
+	}
+	if _, err := old.Alloc(t.Context(), 8); !errors.Is(err, pool.ErrHostLost) {
+		t.Errorf("the session opened before gpu-b was lost: %v, want ErrHostLost", err)
+	}
+}

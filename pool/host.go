@@ -101,6 +101,7 @@ type host struct {
 	lastOK      time.Time
 	nextProbe   time.Time
 	probing     bool
+	fails       int           // probes failed in a row
 	removed     bool          // no longer a member
 	rtt         time.Duration // the least of the recent probes' round trips
 	rtts        [8]time.Duration
@@ -186,6 +187,7 @@ func (h *host) probed(c *gpusvc.Client, res *pb.DevicesResponse, rtt time.Durati
 	switch {
 	case h.removed:
 	case err == nil:
+		h.fails = 0
 		if h.client == nil {
 			h.client, h.lost, installed = c, make(chan struct{}), true
 			h.gen++
@@ -198,8 +200,11 @@ func (h *host) probed(c *gpusvc.Client, res *pb.DevicesResponse, rtt time.Durati
 		h.nextProbe = now.Add(cfg.RefreshInterval)
 		changed = h.setStateLocked(StateReady, nil, now)
 	case h.client == nil || h.client != c:
-		// Never answered, or down: try again later.
-		h.nextProbe = now.Add(cfg.RetryInterval)
+		// Never answered, or down: try again later, less often the longer
+		// it stays so (up to 4 × RetryInterval: "*" may list many peers
+		// that serve nothing).
+		h.fails++
+		h.nextProbe = now.Add(cfg.RetryInterval << min(h.fails-1, 2))
 		changed = h.setStateLocked(StateDown, err, now)
 	case now.Sub(h.lastOK) >= cfg.DownAfter:
 		lostClient, conns = h.loseLocked()

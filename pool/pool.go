@@ -48,7 +48,8 @@ type Config struct {
 	// answering before it is lost. 0 means 6s.
 	DownAfter time.Duration
 	// RetryInterval is how often a host that is down (lost, refusing, or
-	// not serving) is probed again. 0 means 5s.
+	// not serving) is probed again, backing off to 4 × RetryInterval while
+	// it stays down. 0 means 5s.
 	RetryInterval time.Duration
 	// ExplainTTL is how long a host's answer to "may I run this kernel"
 	// is used before asking again. 0 means 10s.

@@ -108,6 +108,19 @@ func (h *Host) Vanish() {
 	}
 }
 
+// Return undoes Vanish and Leave: the host is listed and reachable again,
+// as a machine that comes back up with the same name.
+func (h *Host) Return() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.listed = true
+	select {
+	case <-h.gone:
+		h.gone = make(chan struct{})
+	default:
+	}
+}
+
 // Leave takes the host off the peer list; its packets are dropped too.
 func (h *Host) Leave() {
 	h.Vanish()
@@ -117,8 +130,11 @@ func (h *Host) Leave() {
 }
 
 func (h *Host) vanished() bool {
+	h.mu.Lock()
+	gone := h.gone
+	h.mu.Unlock()
 	select {
-	case <-h.gone:
+	case <-gone:
 		return true
 	default:
 		return false
