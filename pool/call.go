@@ -92,8 +92,9 @@ func (p *Pool) ComputeRequest(ctx context.Context, req *pb.ComputeRequest) (*pb.
 	if req.GetSession() != 0 || req.GetOutBuffer() != 0 || usesBuffers(req) {
 		return nil, "", fmt.Errorf("pool %s: %s: a call on buffers runs in their session (Session.Compute), never placed", p.target, name)
 	}
-	if req.GetGpu() == "" {
-		req.Gpu = p.cfg.GPU
+	if req.GetGpu() == "" && p.cfg.GPU != "" {
+		// A request of our own: the caller's is left as it was.
+		req = &pb.ComputeRequest{Kernel: name, Args: req.GetArgs(), Gpu: p.cfg.GPU}
 	}
 	w := work{what: name, kernels: []string{name}, gpu: req.GetGpu()}
 	var first error

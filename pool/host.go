@@ -324,9 +324,9 @@ type explainEntry struct {
 const maxExplainEntries = 256
 
 // explainFor returns the host's policy answer for kernel on gpu, asking
-// the host when the cache has no fresh one. Concurrent askers share one
-// call.
-func (h *host) explainFor(ctx context.Context, kernelName, gpu string) (*explainEntry, error) {
+// the host when the cache has no fresh one (unless cachedOnly).
+// Concurrent askers share one call.
+func (h *host) explainFor(ctx context.Context, kernelName, gpu string, cachedOnly bool) (*explainEntry, error) {
 	k := explainKey{kernelName, gpu}
 	ttl := h.p.cfg.ExplainTTL
 	h.mu.Lock()
@@ -349,9 +349,9 @@ func (h *host) explainFor(ctx context.Context, kernelName, gpu string) (*explain
 		}
 	}
 	c := h.client
-	if c == nil {
+	if c == nil || cachedOnly {
 		h.mu.Unlock()
-		return nil, fmt.Errorf("%s is %v", h.name, h.state)
+		return nil, fmt.Errorf("%s is %v, and its policy's answer is not cached", h.name, h.state)
 	}
 	if len(h.explain) >= maxExplainEntries {
 		clear(h.explain)

@@ -54,8 +54,11 @@ type Candidate struct {
 	Estimate time.Duration `json:"estimate"`
 }
 
-// eligible reports whether work may be placed on c at all.
-func (c Candidate) eligible() bool { return c.State == StateReady && c.Allowed }
+// eligible reports whether work may be placed on c at all: a suspect host
+// only when no ready one can take it (see rank).
+func (c Candidate) eligible() bool {
+	return (c.State == StateReady || c.State == StateSuspect) && c.Allowed
+}
 
 // estimate is the time a call placed on c now would take to finish.
 func (c Candidate) estimate() time.Duration {
@@ -73,9 +76,9 @@ func (c Candidate) estimate() time.Duration {
 // why says in one line how c was weighed.
 func (c Candidate) why() string {
 	switch {
-	case c.State != StateReady && c.Reason == "":
+	case !c.eligible() && c.State != StateReady && c.Reason == "":
 		return c.State.String()
-	case c.State != StateReady:
+	case !c.eligible() && c.State != StateReady:
 		return c.State.String() + ": " + c.Reason
 	case !c.Allowed:
 		return "denied: " + c.Reason
@@ -93,30 +96,36 @@ func (c Candidate) why() string {
 	if c.AtLimit {
 		s += "; at this node's max_concurrent there"
 	}
+	if c.State == StateSuspect {
+		s += "; suspect (used only while no ready host can take the work)"
+	}
 	return s
 }
 
-// rank sorts candidates best first: eligible hosts under their limit by
+// rank sorts candidates best first: ready hosts under their limit by
 // estimate (then more free memory, then name), then those at their limit,
-// then the rest by name.
+// then suspect hosts (a host whose probe was slow on a loaded machine is
+// better than no host), then the rest by name.
 func rank(cs []Candidate) {
 	for i := range cs {
 		cs[i].Estimate = cs[i].estimate()
 	}
 	tier := func(c Candidate) int {
 		switch {
-		case c.eligible() && !c.AtLimit:
-			return 0
-		case c.eligible():
+		case !c.eligible():
+			return 3
+		case c.State == StateSuspect:
+			return 2
+		case c.AtLimit:
 			return 1
 		}
-		return 2
+		return 0
 	}
 	slices.SortStableFunc(cs, func(a, b Candidate) int {
 		if t := cmp.Compare(tier(a), tier(b)); t != 0 {
 			return t
 		}
-		if tier(a) < 2 {
+		if tier(a) < 3 {
 			if e := cmp.Compare(a.Estimate, b.Estimate); e != 0 {
 				return e
 			}
@@ -158,8 +167,9 @@ type answer struct {
 	err    error // the host could not be asked
 }
 
-// ask asks (or reads from the cache) what h's policy says of w.
-func (p *Pool) ask(ctx context.Context, h *host, w work) answer {
+// ask asks (or, with cachedOnly, only reads from the cache) what h's
+// policy says of w.
+func (p *Pool) ask(ctx context.Context, h *host, w work, cachedOnly bool) answer {
 	kernels := w.kernels
 	if w.any && len(kernels) == 0 {
 		kernels = kernel.Names()
@@ -171,7 +181,7 @@ func (p *Pool) ask(ctx context.Context, h *host, w work) answer {
 	if w.any {
 		var first *answer
 		for _, k := range kernels {
-			e, err := h.explainFor(ctx, k, w.gpu)
+			e, err := h.explainFor(ctx, k, w.gpu, cachedOnly)
 			if err != nil {
 				return answer{err: err, reason: err.Error()}
 			}
@@ -187,7 +197,7 @@ func (p *Pool) ask(ctx context.Context, h *host, w work) answer {
 	}
 	var ok answer
 	for i, k := range kernels {
-		e, err := h.explainFor(ctx, k, w.gpu)
+		e, err := h.explainFor(ctx, k, w.gpu, cachedOnly)
 		if err != nil {
 			return answer{err: err, reason: err.Error()}
 		}
@@ -219,15 +229,16 @@ func (p *Pool) candidates(ctx context.Context, w work) ([]Candidate, map[string]
 	var wg sync.WaitGroup
 	for i, h := range hs {
 		h.mu.Lock()
-		ready := h.state == StateReady
+		st := h.state
 		h.mu.Unlock()
-		if !ready {
+		if st != StateReady && st != StateSuspect {
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			answers[i] = p.ask(ctx, h, w)
+			// A suspect host may not answer: its cached answer only.
+			answers[i] = p.ask(ctx, h, w, st == StateSuspect)
 		}()
 	}
 	wg.Wait()
@@ -272,11 +283,11 @@ type lease struct {
 }
 
 // acquire counts one more piece of this pool's work on h, if h is still
-// ready.
+// ready (or suspect: rank put it after every ready host).
 func (h *host) acquire() (lease, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.state != StateReady || h.client == nil || h.removed {
+	if (h.state != StateReady && h.state != StateSuspect) || h.client == nil || h.removed {
 		return lease{}, false
 	}
 	h.outstanding++
@@ -347,7 +358,7 @@ func (p *Pool) Explain(ctx context.Context, kernelName string) Placement {
 	case len(cs) == 0:
 		pl.Why = p.noHost(kernelName).Error()
 	case !cs[0].eligible():
-		pl.Why = "no host is ready and allows " + kernelName
+		pl.Why = "no host is up and allows " + kernelName
 	default:
 		pl.Pick = cs[0].Host
 		pl.Why = "least estimated time to finish: " + cs[0].why()

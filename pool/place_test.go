@@ -33,8 +33,16 @@ func TestRank(t *testing.T) {
 			with(ready("a"), func(c *Candidate) { c.Allowed = false }),
 			with(ready("b"), func(c *Candidate) { c.Ours = 20 }),
 		}, "b"},
-		{"a suspect or down host is not picked", []Candidate{
+		{"a suspect host only when no ready one", []Candidate{
 			with(ready("a"), func(c *Candidate) { c.State = StateSuspect }),
+			with(ready("b"), func(c *Candidate) { c.Ours = 30 }),
+		}, "b"},
+		{"a suspect host rather than none", []Candidate{
+			with(ready("a"), func(c *Candidate) { c.State = StateSuspect }),
+			with(ready("b"), func(c *Candidate) { c.State = StateDown }),
+		}, "a"},
+		{"a down or probing host is never picked", []Candidate{
+			with(ready("a"), func(c *Candidate) { c.State = StateProbing }),
 			with(ready("b"), func(c *Candidate) { c.State = StateDown }),
 		}, ""},
 		{"direct beats relayed at equal load", []Candidate{

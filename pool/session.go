@@ -165,17 +165,19 @@ func (s *Session) Compute(ctx context.Context, kernelName string, args ...kernel
 	return firstOutput(res), nil
 }
 
-// ComputeRequest runs req in the session (its Session is set). It is never
-// retried elsewhere.
+// ComputeRequest runs req in the session (whatever session req names). It
+// is never retried elsewhere.
 func (s *Session) ComputeRequest(ctx context.Context, req *pb.ComputeRequest) (*pb.ComputeResponse, error) {
 	if err := s.begin(); err != nil {
 		return nil, err
 	}
 	defer s.end()
-	req.Session = s.id
-	if req.GetGpu() == "" {
-		req.Gpu = s.gpu
+	gpu := req.GetGpu()
+	if gpu == "" {
+		gpu = s.gpu
 	}
+	// A request of our own: the caller's is left as it was.
+	req = &pb.ComputeRequest{Kernel: req.GetKernel(), Args: req.GetArgs(), Gpu: gpu, Session: s.id, OutBuffer: req.GetOutBuffer()}
 	res, err := s.c.ComputeRequest(ctx, req)
 	if err != nil {
 		return nil, s.fail(req.GetKernel(), err)
