@@ -39,8 +39,9 @@ func (p *Pool) run() {
 }
 
 // discover reconciles the members with the overlay's peer list: peers the
-// target matches join, members no longer listed (or offline) leave. A
-// failed list changes nothing.
+// target matches join; members no longer listed (or offline) are lost at
+// once, shown as down, and forgotten after ForgetAfter. A failed list
+// changes nothing.
 func (p *Pool) discover(ctx context.Context) {
 	lctx, cancel := context.WithTimeout(ctx, p.cfg.ProbeTimeout)
 	peers, err := p.cfg.Network.Peers(lctx)
@@ -74,13 +75,18 @@ func (p *Pool) discover(ctx context.Context) {
 		seen[name] = true
 		if h, ok := p.hosts[name]; ok {
 			h.mu.Lock()
-			h.peer = pe
+			gone := h.removed
 			moved := h.addr != addr
-			h.addr = addr
+			if !gone {
+				h.peer, h.addr = pe, addr
+			}
 			h.mu.Unlock()
-			if moved {
-				// A new address is a new host: its sessions were elsewhere.
-				left = append(left, h)
+			if gone || moved {
+				// Back after leaving, or at a new address: a new host,
+				// whose sessions were not those of the old one.
+				if !gone {
+					left = append(left, h)
+				}
 				h = newHost(p, name, pe, addr, now)
 				p.hosts[name] = h
 				joined = append(joined, h)
@@ -91,10 +97,22 @@ func (p *Pool) discover(ctx context.Context) {
 		p.hosts[name] = h
 		joined = append(joined, h)
 	}
+	forgot := false
 	for name, h := range p.hosts {
-		if !seen[name] {
-			delete(p.hosts, name)
+		if seen[name] {
+			continue
+		}
+		// A host that left stays listed, down, for ForgetAfter: those
+		// watching the pool see it fail rather than vanish.
+		h.mu.Lock()
+		gone, since := h.removed, h.since
+		h.mu.Unlock()
+		switch {
+		case !gone:
 			left = append(left, h)
+		case now.Sub(since) >= p.cfg.ForgetAfter:
+			delete(p.hosts, name)
+			forgot = true
 		}
 	}
 	p.missing = p.missing[:0]
@@ -111,7 +129,7 @@ func (p *Pool) discover(ctx context.Context) {
 	for _, h := range joined {
 		p.log.Info("pool: host joined", "pool", p.target.String(), "host", h.name, "addr", h.addr)
 	}
-	if len(joined)+len(left) > 0 {
+	if len(joined)+len(left) > 0 || forgot {
 		p.notify()
 	}
 }

@@ -266,6 +266,7 @@ func (h *host) remove(why error) (*gpusvc.Client, []net.Conn) {
 	h.removed = true
 	c, conns := h.loseLocked()
 	h.setStateLocked(StateDown, why, time.Now())
+	h.since = time.Now()
 	return c, conns
 }
 

@@ -51,6 +51,9 @@ type Config struct {
 	// not serving) is probed again, backing off to 4 × RetryInterval while
 	// it stays down. 0 means 5s.
 	RetryInterval time.Duration
+	// ForgetAfter is how long a host that left the peer list stays in
+	// Hosts, down, before it is forgotten. 0 means 1m.
+	ForgetAfter time.Duration
 	// ExplainTTL is how long a host's answer to "may I run this kernel"
 	// is used before asking again. 0 means 10s.
 	ExplainTTL time.Duration
@@ -87,6 +90,7 @@ func (c *Config) populate() error {
 		{&c.DownAfter, 6 * time.Second},
 		{&c.RetryInterval, 5 * time.Second},
 		{&c.ExplainTTL, 10 * time.Second},
+		{&c.ForgetAfter, time.Minute},
 	} {
 		if *d.v <= 0 {
 			*d.v = d.def

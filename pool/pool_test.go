@@ -23,7 +23,7 @@ func fast(target string, nw pool.Network) pool.Config {
 	return pool.Config{
 		Target: target, Network: nw,
 		RefreshInterval: 100 * time.Millisecond, ProbeTimeout: time.Second,
-		DownAfter: 2 * time.Second, RetryInterval: 300 * time.Millisecond,
+		DownAfter: 2 * time.Second, RetryInterval: 300 * time.Millisecond, ForgetAfter: time.Second,
 	}
 }
 
@@ -131,9 +131,17 @@ func TestDiscoveryFollowsThePeerList(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitHosts(t, p, "gpu-c to join", state("gpu-c", pool.StateReady))
-	// One that leaves the peer list leaves the pool.
+	// One that leaves the peer list is down at once (lost: its work
+	// ends), and forgotten after ForgetAfter.
 	c.Leave()
-	waitHosts(t, p, "gpu-c to leave", func(hs map[string]pool.HostInfo) bool { _, ok := hs["gpu-c"]; return !ok })
+	waitHosts(t, p, "gpu-c to be down", func(hs map[string]pool.HostInfo) bool {
+		h, ok := hs["gpu-c"]
+		return ok && h.State == pool.StateDown && strings.Contains(h.Err, "left the overlay")
+	})
+	waitHosts(t, p, "gpu-c to be forgotten", func(hs map[string]pool.HostInfo) bool { _, ok := hs["gpu-c"]; return !ok })
+	// Back in the list, it is a member again.
+	c.Return()
+	waitHosts(t, p, "gpu-c to be back", state("gpu-c", pool.StateReady))
 	p.Close()
 
 	// A list names hosts; a name no peer has is shown missing; * is everyone.
@@ -149,8 +157,8 @@ func TestDiscoveryFollowsThePeerList(t *testing.T) {
 	}
 	p2.Close()
 	p3 := startPool(t, fast("*", nw))
-	if n := len(p3.Hosts()); n != 3 {
-		t.Errorf("*: %d hosts (%+v), want gpu-a, gpu-b and laptop", n, p3.Hosts())
+	if n := len(p3.Hosts()); n != 4 {
+		t.Errorf("*: %d hosts (%+v), want gpu-a, gpu-b, gpu-c and laptop", n, p3.Hosts())
 	}
 	p3.Close()
 	nw.Close()
