@@ -219,6 +219,14 @@ func (p *Pool) Changes() <-chan struct{} {
 	return p.changed
 }
 
+// Snapshot returns the hosts, as Hosts does, and a channel closed at the
+// next change after them, as Changes does, read so that no change falls
+// between the two.
+func (p *Pool) Snapshot() ([]HostInfo, <-chan struct{}) {
+	ch := p.Changes()
+	return p.Hosts(), ch
+}
+
 func (p *Pool) kickProbe() {
 	select {
 	case p.kick <- struct{}{}:
