@@ -255,7 +255,11 @@ func (p *Pool) session(ctx context.Context) (*Session, error) {
 	return s, nil
 }
 
-// Alloc reserves n zeroed bytes in the pool's own session.
+// Alloc reserves n zeroed bytes in the pool's own session, which opens on
+// the first use (Alloc, Upload, or a Compute with buffer arguments) on the
+// host placement picks, and stays there: once that host is lost, these
+// calls fail with ErrHostLost (its buffers were there). OpenSession gives
+// sessions of their own.
 func (p *Pool) Alloc(ctx context.Context, n uint64) (Buffer, error) {
 	s, err := p.session(ctx)
 	if err != nil {
