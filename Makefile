@@ -40,7 +40,7 @@ test: headscale grpcurl ## Run all tests (vet, gofmt, every Go test; root runs t
 
 .PHONY: bench
 bench: ## Benchmarks, each printed with its ratio to the raw path measured in the same run
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./gpusvc/ ./gpusvc/cpu/ ./gpusvc/compat/ ./policy/ ./overlay/forward/ ./qos/ ./node/ ./e2e/priority/
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./gpusvc/ ./gpusvc/cpu/ ./gpusvc/compat/ ./policy/ ./overlay/forward/ ./qos/ ./node/ ./e2e/priority/ ./pool/
 
 # A count, not a duration: with a duration, Go 1.26's fuzz coordinator can
 # fail a target with a bare "context deadline exceeded" as the time runs

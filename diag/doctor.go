@@ -15,6 +15,7 @@ import (
 	"tailscale.com/tailcfg"
 
 	pb "github.com/gpumesh/gpumesh/gpusvc/gpumeshpb"
+	"github.com/gpumesh/gpumesh/pool"
 )
 
 // Result is a check's verdict.
@@ -83,6 +84,12 @@ func Doctor(ctx context.Context, n Node, opts Options) []Check {
 	}
 	checks = append(checks, checkControl(ctx, controlURL, opts.Timeout))
 
+	var poolRep *pool.Report
+	if opts.Pool != "" {
+		if poolRep, opts.Hosts, err = lookPool(ctx, n, opts); err != nil {
+			checks = append(checks, Check{Name: "pool " + opts.Pool, Result: Fail, Detail: err.Error()})
+		}
+	}
 	peers := peersOf(st, opts.Hosts)
 	var wg sync.WaitGroup
 	explains := make([]explained, len(peers))
@@ -117,6 +124,9 @@ func Doctor(ctx context.Context, n Node, opts Options) []Check {
 		checks = append(checks, Check{Name: "gpu hosts", Result: Fail,
 			Detail: fmt.Sprintf("no peer answers on port %d", opts.Port),
 			Hint:   "name the host (gpumesh doctor --host gpu-host) to see why it does not; on the GPU host, run gpumesh serve"})
+	}
+	if poolRep != nil {
+		checks = append(checks, poolCheck(poolRep))
 	}
 	return checks
 }

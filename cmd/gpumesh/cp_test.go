@@ -34,6 +34,11 @@ func TestParseRemote(t *testing.T) {
 		{"gpu-host:0", remoteRef{}, true, true},
 		{"gpu-host:7/", remoteRef{}, true, true},
 		{"gpu-host:7/0", remoteRef{}, true, true},
+		{"tag:gpu:", remoteRef{host: "tag:gpu"}, true, false},
+		{"tag:gpu:7", remoteRef{host: "tag:gpu", session: 7}, true, false},
+		{"tag:gpu", remoteRef{}, false, false},
+		{"*:", remoteRef{host: "*"}, true, false},
+		{"gpu-a,gpu-b:", remoteRef{host: "gpu-a,gpu-b"}, true, false},
 	} {
 		got, remote, err := parseRemote(tc.in)
 		if remote != tc.remote || (err != nil) != tc.err || (!tc.err && got != tc.want) {

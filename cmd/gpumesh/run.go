@@ -10,6 +10,7 @@ import (
 	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/pool"
 )
 
 func init() { register(newRunCmd) }
@@ -23,13 +24,14 @@ func newRunCmd() *cobra.Command {
 		joinTimeout time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "run HOST KERNEL",
-		Short: "Run a built-in kernel on a GPU host by its tailnet name",
+		Use:   "run HOST|POOL KERNEL",
+		Short: "Run a built-in kernel on a GPU host by its tailnet name, or on a pool of hosts",
 		Long: `run joins the tailnet, calls KERNEL on HOST with random inputs of the given
 size (matrix_mul: two size×size matrices; the others: vectors of size), and
 prints the round-trip time. With --check it compares the result with the same
-computation done locally.`,
-		Example: "  gpumesh run gpu-host matrix_mul --size 512 --check",
+computation done locally. A pool target (tag:gpu, gpu-a,gpu-b, or *) runs it
+on the pool's least loaded host that allows it, and says which.`,
+		Example: "  gpumesh run gpu-host matrix_mul --size 512 --check\n  gpumesh run tag:gpu matrix_mul --size 512",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -43,6 +45,9 @@ computation done locally.`,
 				return err
 			}
 			defer ov.Close()
+			if pool.IsTarget(hostName) {
+				return runOnPool(ctx, cmd.OutOrStdout(), ov, hostName, kernelName, in, check, tf.verbose)
+			}
 			c, err := node.Dial(ov, hostName)
 			if err != nil {
 				return err

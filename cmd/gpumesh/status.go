@@ -126,7 +126,7 @@ type diagFlags struct {
 func (f *diagFlags) register(cmd *cobra.Command) {
 	f.tf.register(cmd, "gpumesh-client")
 	fl := cmd.Flags()
-	fl.StringSliceVar(&f.hosts, "host", nil, "GPU hosts to look at, by tailnet name (default: every peer that answers)")
+	fl.StringSliceVar(&f.hosts, "host", nil, "GPU hosts to look at, by tailnet name, or a pool (tag:gpu, *, or several names): its hosts, and which one it would pick (default: every peer that answers)")
 	fl.IntVar(&f.port, "port", gpusvc.DefaultPort, "the compute endpoint's port")
 	fl.DurationVar(&f.timeout, "timeout", 5*time.Second, "give each probe (ping, call) this long")
 	fl.DurationVar(&f.joinTimeout, "join-timeout", 30*time.Second, "when no gpumesh runs as this node, give up joining after this long")
@@ -134,6 +134,9 @@ func (f *diagFlags) register(cmd *cobra.Command) {
 }
 
 func (f *diagFlags) options() diag.Options {
+	if target, ok := diagPool(f.hosts); ok {
+		return diag.Options{Pool: target, Port: f.port, Timeout: f.timeout}
+	}
 	return diag.Options{Hosts: f.hosts, Port: f.port, Timeout: f.timeout}
 }
 
@@ -168,7 +171,10 @@ func (f *diagFlags) onNode(ctx context.Context, local func(diag.LocalClient) err
 }
 
 func newStatusCmd() *cobra.Command {
-	var f diagFlags
+	var (
+		f      diagFlags
+		kernel string
+	)
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show this node, the GPU hosts it sees, the path to each and their GPUs",
@@ -178,12 +184,18 @@ serve GPUs their backend, GPUs and load.
 
 When gpumesh serve or gpumesh up runs as this node (same --hostname and
 --state-dir), status asks it; otherwise it joins the tailnet as the node
-for the moment.`,
-		Example: "  gpumesh status\n  gpumesh status --host gpu-host --json",
+for the moment.
+
+With a pool (--host tag:gpu, --host '*', or several hosts) it looks at the
+pool's hosts and says which one the pool would pick for --kernel now, and
+why: which hosts' policies allow it, and each one's estimated time to
+finish (calls queued, time per call, round trip, path).`,
+		Example: "  gpumesh status\n  gpumesh status --host gpu-host --json\n  gpumesh status --host tag:gpu --kernel saxpy",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			opts := f.options()
+			opts.Kernel = kernel
 			var rep diag.Report
 			err := f.onNode(ctx,
 				func(c diag.LocalClient) (err error) { rep, err = c.Status(ctx, opts); return err },
@@ -199,5 +211,6 @@ for the moment.`,
 		},
 	}
 	f.register(cmd)
+	cmd.Flags().StringVar(&kernel, "kernel", "matrix_mul", "with a pool: the kernel to say where the pool would place")
 	return cmd
 }
