@@ -15,7 +15,7 @@ import (
 // A program on the tailnet uses every GPU host tagged tag:gpu as one.
 func ExampleDial() {
 	ctx := context.Background()
-	node, err := tsnet.New(tsnet.Config{Hostname: "trainer", ControlURL: "https://controlplane.tailscale.com", Dir: "/var/lib/trainer"})
+	node, err := tsnet.New(tsnet.Config{Hostname: "trainer", ControlURL: "https://headscale.example.com", Dir: "/var/lib/trainer"})
 	if err != nil {
 		log.Fatal(err)
 	}
