@@ -223,7 +223,7 @@ func (b *buffer) dropLocked() bool {
 // free zeroes and releases b in the backend and returns its bytes to the
 // owner's memory quota.
 func (t *sessions) free(b *buffer) {
-	if err := t.mem.Free(b.handle); err != nil {
+	if err := t.mem.Free(context.Background(), b.handle); err != nil {
 		t.log.Warn("free buffer", "handle", b.handle, "err", err)
 	}
 	t.quotas.releaseMemory(b.owner, b.size)
@@ -705,7 +705,7 @@ func (s *Server) Write(stream pb.GPU_WriteServer) (err error) {
 			return status.Errorf(codes.OutOfRange, "gpumesh: write of %d bytes at offset %d overruns the %d-byte buffer", len(data), off, b.size)
 		}
 		if len(data) > 0 {
-			if err := mem.WriteAt(b.handle, int64(off), data); err != nil {
+			if err := mem.WriteAt(ctx, b.handle, int64(off), data); err != nil {
 				return statusOf(fmt.Errorf("write: %w", err))
 			}
 			off += uint64(len(data))
@@ -796,7 +796,7 @@ func (s *Server) Read(req *pb.ReadRequest, stream pb.GPU_ReadServer) (err error)
 	buf := make([]byte, min(chunk, n))
 	for n > 0 {
 		k := min(chunk, n)
-		if err := mem.ReadAt(b.handle, int64(off), buf[:k]); err != nil {
+		if err := mem.ReadAt(ctx, b.handle, int64(off), buf[:k]); err != nil {
 			return statusOf(fmt.Errorf("read: %w", err))
 		}
 		if err := stream.Send(&pb.ReadResponse{Data: buf[:k]}); err != nil {

@@ -33,7 +33,7 @@ func (m *fakeMemory) Alloc(_ context.Context, _ int, n int64) (uint64, error) {
 	return m.next, nil
 }
 
-func (m *fakeMemory) Free(h uint64) error {
+func (m *fakeMemory) Free(_ context.Context, h uint64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.live[h]; !ok {
@@ -44,8 +44,8 @@ func (m *fakeMemory) Free(h uint64) error {
 	return nil
 }
 
-func (m *fakeMemory) WriteAt(uint64, int64, []byte) error { return nil }
-func (m *fakeMemory) ReadAt(uint64, int64, []byte) error  { return nil }
+func (m *fakeMemory) WriteAt(context.Context, uint64, int64, []byte) error { return nil }
+func (m *fakeMemory) ReadAt(context.Context, uint64, int64, []byte) error  { return nil }
 
 func (m *fakeMemory) count() int {
 	m.mu.Lock()

@@ -331,6 +331,11 @@ func (b *Backend) operands(st cu.Stream, args []kernel.Arg) (ptrs []cu.DevicePtr
 	return ptrs, free, nil
 }
 
+// maxOutElems bounds an output the backend allocates (on the device, and
+// in host memory to return it), whoever asks: the server bounds outputs
+// by its own limits first.
+const maxOutElems = 1 << 33
+
 // Compute runs a built-in kernel on the session's stream.
 func (b *Backend) Compute(ctx context.Context, c gpusvc.Call) (out kernel.Tensor, err error) {
 	if err := b.checkGPU(c.GPU); err != nil {
@@ -350,6 +355,9 @@ func (b *Backend) Compute(ctx context.Context, c gpusvc.Call) (out kernel.Tensor
 	}
 	outElems := int64(1)
 	for _, d := range c.OutShape {
+		if d <= 0 || outElems > maxOutElems/d {
+			return kernel.Tensor{}, fmt.Errorf("cuda: %s: output %v is over %d elements: %w", c.Kernel, c.OutShape, int64(maxOutElems), kernel.ErrInvalid)
+		}
 		outElems *= d
 	}
 	outBytes := outElems * int64(dt.Size())
@@ -511,7 +519,7 @@ func (b *Backend) Alloc(_ context.Context, gpu int, n int64) (uint64, error) {
 }
 
 // Free zeroes and releases a buffer.
-func (b *Backend) Free(h uint64) error {
+func (b *Backend) Free(_ context.Context, h uint64) error {
 	b.mu.Lock()
 	buf, ok := b.buffers[h]
 	delete(b.buffers, h)
@@ -544,7 +552,7 @@ func (b *Backend) span(h uint64, off int64, n int, what string) (cu.DevicePtr, e
 }
 
 // WriteAt copies p into buffer h at off; the copy is complete on return.
-func (b *Backend) WriteAt(h uint64, off int64, p []byte) error {
+func (b *Backend) WriteAt(_ context.Context, h uint64, off int64, p []byte) error {
 	d, err := b.span(h, off, len(p), "write")
 	if err != nil || len(p) == 0 {
 		return err
@@ -558,7 +566,7 @@ func (b *Backend) WriteAt(h uint64, off int64, p []byte) error {
 }
 
 // ReadAt copies from buffer h at off into p.
-func (b *Backend) ReadAt(h uint64, off int64, p []byte) error {
+func (b *Backend) ReadAt(_ context.Context, h uint64, off int64, p []byte) error {
 	d, err := b.span(h, off, len(p), "read")
 	if err != nil || len(p) == 0 {
 		return err
