@@ -123,8 +123,8 @@ func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, erro
 	return context.WithValue(ctx, tappedKey{}, tapped{who: who, admit: d}), nil
 }
 
-// Refusal records are bounded: per caller refusalRate a second (burst
-// refusalBurst), the rest counted and reported with a later record (at
+// Refusal records are bounded: per caller and method refusalRate a second
+// (burst refusalBurst), the rest counted and reported with a later record (at
 // the latest within a second of the last one, or when the server stops);
 // refusalQueue records wait to be written at most.
 const (
@@ -143,10 +143,10 @@ type refusals struct {
 	once   sync.Once
 
 	mu sync.Mutex
-	by map[string]*refusalCount // by caller key; guarded by mu
+	by map[string]*refusalCount // by caller key and method; guarded by mu
 }
 
-// refusalCount is one caller's refusals. Guarded by refusals.mu.
+// refusalCount is one caller's refusals of one method. Guarded by refusals.mu.
 type refusalCount struct {
 	lim        *rate.Limiter
 	suppressed int64      // attempts not recorded since the last record
@@ -232,9 +232,9 @@ func (r *refusals) addDecision(who *caller, method string, d policy.Decision, er
 		Time: now, Method: method, Code: st.Code(), Err: bounded(st.Message(), maxErrorBytes),
 		Rule: d.Rule, Reason: d.Reason,
 	}
-	key := ""
+	key := "/" + method // each caller's refusals are counted by method
 	if who != nil {
-		rec.Caller, key = who.id, who.key
+		rec.Caller, key = who.id, who.key+key
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -243,7 +243,7 @@ func (r *refusals) addDecision(who *caller, method string, d policy.Decision, er
 		if len(r.by) >= maxRefusalKeys {
 			// Too many callers refused at once: this one is not counted
 			// apart, but with the others from its first record on.
-			key = ""
+			key = "/"
 			if c = r.by[key]; c == nil {
 				c = &refusalCount{lim: rate.NewLimiter(refusalRate, refusalBurst)}
 				r.by[key] = c

@@ -64,11 +64,12 @@ func (s *Server) compute(ctx context.Context, c *call, req *pb.ComputeRequest) (
 		return nil, status.Errorf(codes.ResourceExhausted, "gpumesh: %s: an output of %v is %d bytes, over the host's %d-byte limit on a result; write it into a buffer (out_buffer) instead",
 			name, clipShape(shape), outBytes, s.cfg.MaxResponseBytes)
 	}
-	// Allocate: the output counts against the host's budget while the call runs.
+	// Allocate: the output counts against the host's budget until the
+	// reply carrying it has been handed to the transport.
 	if err := s.quotas.take(outBytes); err != nil {
 		return nil, err
 	}
-	c.onEnd(func() { s.quotas.give(outBytes) })
+	c.onReply(func() { s.quotas.give(outBytes) })
 	t0 := time.Now()
 	t, err := s.cfg.Backend.Compute(backendCtx(ctx, c, req.GetSession()), call)
 	if err != nil {

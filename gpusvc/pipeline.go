@@ -39,6 +39,7 @@ type call struct {
 	decided  bool
 	decision policy.Decision
 	undo     []func() // quota slots and reservations, given back at the end
+	reply    []func() // given back once the reply is sent (or at the end)
 }
 
 type callKey struct{}
@@ -90,6 +91,7 @@ func (s *Server) end(c *call, panicked any, err error) error {
 		c.undo[i]()
 	}
 	c.undo = nil
+	c.replied()
 	s.inFlight.Add(-1)
 	s.record(c, err)
 	return err
@@ -105,20 +107,44 @@ func (c *call) name() string {
 // onEnd runs f when the call ends.
 func (c *call) onEnd(f func()) { c.undo = append(c.undo, f) }
 
+// onReply runs f once the call's reply has been handed to the transport
+// (its output is held until then), or when the call ends, if that is
+// sooner (a failed call sends no reply).
+func (c *call) onReply(f func()) { c.reply = append(c.reply, f) }
+
+// takeReply hands the onReply functions to whoever sends the reply.
+func (c *call) takeReply() func() {
+	fs := c.reply
+	c.reply = nil
+	return func() {
+		for _, f := range fs {
+			f()
+		}
+	}
+}
+
+func (c *call) replied() { c.takeReply()() }
+
 // unaryEntry is the interceptor of every unary call.
 func (s *Server) unaryEntry(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (res any, err error) {
+	markBegun(ctx)
 	c, err := s.begin(ctx, methodName(info.FullMethod))
 	defer func() { err = s.end(c, recover(), err) }()
 	if err != nil {
 		return nil, err
 	}
-	return h(withCall(ctx, c), req)
+	res, err = h(withCall(ctx, c), req)
+	if err == nil {
+		afterReply(ctx, c.takeReply()) // the stats handler's End: the reply is sent
+	}
+	return res, err
 }
 
 // streamEntry is the interceptor of every streaming call. Write and Read
 // are one call each; a Stream is many, each begun and ended by the Stream
 // handler itself, and only a Stream refused as a whole is recorded as one.
 func (s *Server) streamEntry(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
+	markBegun(ss.Context())
 	method := methodName(info.FullMethod)
 	if method == "Stream" {
 		defer func() {
@@ -144,6 +170,11 @@ type callStream struct {
 }
 
 func (cs *callStream) Context() context.Context { return cs.ctx }
+
+// unknown answers a method the service does not have, naming those it has.
+func (s *Server) unknown(any, grpc.ServerStream) error {
+	return status.Errorf(codes.Unimplemented, "gpumesh: this host serves gpumesh.v1.GPU: %s", strings.Join(methods, ", "))
+}
 
 // methods are the service's methods: a record names one of these, never
 // what a client wrote in its request's path.

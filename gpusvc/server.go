@@ -197,6 +197,8 @@ func NewServer(cfg Config) (*Server, error) {
 	s.grpc = grpc.NewServer(
 		grpc.Creds(overlayCreds{srv: s}),
 		grpc.InTapHandle(s.tap),
+		grpc.StatsHandler(rpcStats{s}),
+		grpc.UnknownServiceHandler(s.unknown),
 		grpc.MaxConcurrentStreams(uint32(cfg.MaxStreamsPerConn)),
 		grpc.ChainUnaryInterceptor(s.unaryEntry),
 		grpc.ChainStreamInterceptor(s.streamEntry),

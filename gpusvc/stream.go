@@ -61,6 +61,12 @@ func (s *Server) Stream(stream pb.GPU_StreamServer) error {
 			return nil // the calls in flight are answered first
 		}
 		if err != nil {
+			if c := status.Code(err); c != codes.Canceled && c != codes.DeadlineExceeded {
+				// A message the stream could not take (too large, not
+				// decodable): one call, which ends the stream.
+				rc, _ := s.begin(ctx, "Stream")
+				s.end(rc, nil, err)
+			}
 			return err
 		}
 		if req.GetCancel() {
@@ -137,7 +143,10 @@ func (sc *streamCalls) run(ctx context.Context, cancel context.CancelFunc, id ui
 	s := sc.srv
 	defer sc.wg.Done()
 	defer cancel()
-	var res *pb.ComputeResponse
+	var (
+		res     *pb.ComputeResponse
+		release = func() {}
+	)
 	c, err := s.begin(ctx, "Compute")
 	func() {
 		defer func() { err = s.end(c, recover(), err) }()
@@ -162,11 +171,13 @@ func (sc *streamCalls) run(ctx context.Context, cancel context.CancelFunc, id ui
 		queued = false
 		s.queued.Add(-1)
 		res, err = s.compute(withCall(ctx, c), c, req)
+		release = c.takeReply()
 	}()
 	sc.mu.Lock()
 	delete(sc.calls, id)
 	sc.mu.Unlock()
 	sc.send(id, res, err)
+	release()
 }
 
 // cancel ends the call id, if it is in flight.
