@@ -27,7 +27,7 @@ func (s *Server) compute(ctx context.Context, c *call, req *pb.ComputeRequest) (
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := kernel.Builtins[name]; !ok {
+	if _, ok := kernel.Lookup(name); !ok {
 		return nil, status.Errorf(codes.InvalidArgument, "gpumesh: unknown kernel %q (built-ins: %v)", name, kernel.Names())
 	}
 	if n := len(req.GetArgs()); n > maxArgs {

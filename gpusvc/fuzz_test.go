@@ -2,6 +2,7 @@ package gpusvc
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -124,4 +125,11 @@ func FuzzCompute(f *testing.F) {
 			t.Fatalf("the call ended holding %d bytes of the budget", held)
 		}
 	})
+}
+
+// TestBuiltinsAgree: the kernels the policy knows are the kernels there are.
+func TestBuiltinsAgree(t *testing.T) {
+	if got, want := kernel.Names(), policy.BuiltinKernels(); !slices.Equal(got, want) {
+		t.Errorf("kernel.Names() = %v; policy.BuiltinKernels() = %v", got, want)
+	}
 }

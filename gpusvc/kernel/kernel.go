@@ -148,35 +148,34 @@ type Spec struct {
 	Check func(args []Arg) (out []int64, err error)
 }
 
-// Builtins are the named kernels every backend implements, by name.
-var Builtins = map[string]Spec{}
-
-func init() {
-	for _, s := range []Spec{
-		{"matrix_mul", "C[m,n] = A[m,k] · B[k,n]", checkMatMul},
-		{"saxpy", "y = a·x + y, for scalar a and vectors x, y", checkSaxpy},
-		{"reduce_sum", "sum of all elements of x, shape [1]", checkReduceSum},
-		{"softmax", "softmax over the last axis of x", checkUnary("softmax", 1)},
-		{"relu", "max(x, 0) element-wise", checkUnary("relu", 0)},
-		{"transpose", "B[n,m] = A[m,n]ᵀ", checkTranspose},
-	} {
-		Builtins[s.Name] = s
+// Lookup returns the built-in kernel named name: the kernels every
+// backend implements.
+func Lookup(name string) (Spec, bool) {
+	switch name {
+	case "matrix_mul":
+		return Spec{name, "C[m,n] = A[m,k] · B[k,n]", checkMatMul}, true
+	case "saxpy":
+		return Spec{name, "y = a·x + y, for scalar a and vectors x, y", checkSaxpy}, true
+	case "reduce_sum":
+		return Spec{name, "sum of all elements of x, shape [1]", checkReduceSum}, true
+	case "softmax":
+		return Spec{name, "softmax over the last axis of x", checkUnary("softmax", 1)}, true
+	case "relu":
+		return Spec{name, "max(x, 0) element-wise", checkUnary("relu", 0)}, true
+	case "transpose":
+		return Spec{name, "B[n,m] = A[m,n]ᵀ", checkTranspose}, true
 	}
+	return Spec{}, false
 }
 
 // Names returns the built-in kernel names, sorted.
 func Names() []string {
-	out := make([]string, 0, len(Builtins))
-	for n := range Builtins {
-		out = append(out, n)
-	}
-	slices.Sort(out)
-	return out
+	return []string{"matrix_mul", "reduce_sum", "relu", "saxpy", "softmax", "transpose"}
 }
 
 // Check validates a call of the named built-in and returns its output shape.
 func Check(name string, args []Arg) ([]int64, error) {
-	s, ok := Builtins[name]
+	s, ok := Lookup(name)
 	if !ok {
 		return nil, fmt.Errorf("%w %q (built-ins: %v)", ErrUnknownKernel, name, Names())
 	}
