@@ -149,6 +149,7 @@ func TestHostile(t *testing.T) {
 	t.Run("finding4_nothing_held_before_authorized", func(t *testing.T) {
 		api := w.api(t, "stranger")
 		mark := w.rec.mark()
+		start := time.Now()
 		const attempts = 200
 		var wg sync.WaitGroup
 		codesSeen := make(chan codes.Code, attempts)
@@ -178,8 +179,10 @@ func TestHostile(t *testing.T) {
 				t.Errorf("record of a refused attempt: %+v; want Write with nothing read", r)
 			}
 		}
-		if n := len(w.rec.since(mark)); n > 2*refusalBurst {
-			t.Errorf("%d records for %d refusals in a burst: refusals flood the audit log", n, attempts)
+		// At most a burst, then ten a second (and a count each second):
+		// the bound follows how long this machine took, not an assumed speed.
+		if n, limit := len(w.rec.since(mark)), refusalBurst+11*(1+int(time.Since(start).Seconds())); n > limit {
+			t.Errorf("%d records for %d refusals in %v: refusals flood the audit log (at most %d)", n, attempts, time.Since(start), limit)
 		}
 		eventually(t, "the host holds no stream and no call", func() bool {
 			l := w.srv.Load()
