@@ -158,13 +158,19 @@ func startWorld(t testing.TB, clients ...string) *world {
 	}
 	w.host = nodes[0]
 
+	// Tests read the per-call debug lines; benchmarks log as `serve` does
+	// by default (info), so formatting a line per call is not measured.
+	level := slog.LevelDebug
+	if _, bench := t.(*testing.B); bench {
+		level = slog.LevelInfo
+	}
 	w.srv, err = gpusvc.NewServer(gpusvc.Config{
 		Backend:         w.backend,
 		WhoIs:           w.host.WhoIs,
 		Policy:          func() *policy.Policy { return pol },
 		Host:            "gpu-host",
 		MaxRequestBytes: maxRequest,
-		Logger:          slog.New(slog.NewTextHandler(lockedWriter{&w.logMu, &w.log}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:          slog.New(slog.NewTextHandler(lockedWriter{&w.logMu, &w.log}, &slog.HandlerOptions{Level: level})),
 		OnCall: func(r gpusvc.CallRecord) {
 			w.recMu.Lock()
 			w.records = append(w.records, r)
