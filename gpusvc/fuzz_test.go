@@ -2,6 +2,7 @@ package gpusvc
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"strconv"
 	"strings"
@@ -131,5 +132,22 @@ func FuzzCompute(f *testing.F) {
 func TestBuiltinsAgree(t *testing.T) {
 	if got, want := kernel.Names(), policy.BuiltinKernels(); !slices.Equal(got, want) {
 		t.Errorf("kernel.Names() = %v; policy.BuiltinKernels() = %v", got, want)
+	}
+}
+
+// TestCapabilitiesShown: Explain shows the capabilities the host sees the
+// caller hold, sorted and bounded.
+func TestCapabilitiesShown(t *testing.T) {
+	caps := map[string][]json.RawMessage{
+		"gpumesh.dev/cap/gpu": {json.RawMessage(`{"kernels":["relu"]}`), json.RawMessage(strings.Repeat("x", 5000))},
+		"example.com/cap/a":   nil,
+	}
+	got := capabilitiesPB(overlay.Identity{Node: "n", Caps: caps})
+	if len(got) != 2 || got[0].GetName() != "example.com/cap/a" || got[1].GetName() != "gpumesh.dev/cap/gpu" {
+		t.Fatalf("capabilities %v", got)
+	}
+	v := got[1].GetValues()
+	if len(v) != 2 || v[0] != `{"kernels":["relu"]}` || len(v[1]) > maxCapValueBytes+len("…") {
+		t.Errorf("values %q", v)
 	}
 }

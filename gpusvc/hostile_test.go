@@ -396,6 +396,41 @@ func TestHostile(t *testing.T) {
 	})
 }
 
+// TestDevicesReportsLimitsAndLoad: Devices tells a caller its limits (what
+// its client sizes requests and the stream by) and the host's load, from
+// counters (issue 15's placement needs them).
+func TestDevicesReportsLimitsAndLoad(t *testing.T) {
+	w := startHostile(t, "pair")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pair := w.client(t, "pair")
+	h := w.backend.hold(t, "transpose")
+	done := make(chan error, 1)
+	go func() {
+		_, err := pair.Compute(ctx, "transpose", f32([]int64{2, 2}))
+		done <- err
+	}()
+	h.wait(t, 1)
+	res, err := pair.Devices(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.open()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	l, load := res.GetLimits(), res.GetLoad()
+	if l.GetMaxConcurrent() != 2 || l.GetStreamWindow() != 4 || l.GetMaxRequestBytes() != gpusvc.DefaultMaxRequestBytes {
+		t.Errorf("limits %v; want max_concurrent 2, stream_window 4, max_request_bytes the host's", l)
+	}
+	if load.GetCallsInFlight() < 2 || load.GetStreams() < 2 || load.GetConns() != 1 || load.GetMemoryBudgetBytes() != hostileMaxMemory {
+		t.Errorf("load %v; want the held call and this one in flight, on one connection, and the budget", load)
+	}
+	if d := res.GetDevices(); len(d) != 1 || d[0].GetUuid() != testUUID {
+		t.Errorf("devices %v", d)
+	}
+}
+
 // refusalBurst mirrors the server's burst of refusal records per caller.
 const refusalBurst = 20
 
