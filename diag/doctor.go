@@ -224,6 +224,14 @@ func judgeHost(p Peer, ex explained, opts Options) []Check {
 	checks := []Check{peer}
 
 	svc := Check{Name: "service " + name}
+	if why, ok := strings.CutPrefix(p.ServiceError, "PermissionDenied: "); ok && p.GPU == nil {
+		// A host refuses a node its policy gives nothing before it says
+		// anything else: the service answers, the policy check fails.
+		svc.Result, svc.Detail = OK, fmt.Sprintf("%s:%d answers, and refuses this node", name, opts.Port)
+		pol := Check{Name: "policy " + name, Result: Fail, Detail: strings.TrimPrefix(why, "gpumesh: ")}
+		pol.Hint = fmt.Sprintf("ask %s's owner for a rule that names this node; they can check one with `gpumesh policy explain POLICY --as NODE --kernel %s`", name, opts.Kernel)
+		return append(checks, svc, pol)
+	}
 	if p.GPU == nil {
 		svc.Result = Fail
 		svc.Detail = fmt.Sprintf("%s:%d does not answer: %s", name, opts.Port, p.ServiceError)

@@ -34,6 +34,9 @@ type HostConfig struct {
 	Port int
 	// MaxRequestBytes caps one request; 0 means gpusvc.DefaultMaxRequestBytes.
 	MaxRequestBytes int64
+	// MaxMemory is the host's memory budget for what callers make it hold
+	// (gpusvc.Config.MaxMemory); 0 means gpusvc.DefaultMaxMemory.
+	MaxMemory int64
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 	// OnCall observes every finished call (audit, metrics, the demo).
@@ -114,6 +117,7 @@ func StartHost(ctx context.Context, cfg HostConfig) (_ *Host, err error) {
 		Policy:          cfg.Policy.Current,
 		Host:            cfg.Name,
 		MaxRequestBytes: cfg.MaxRequestBytes,
+		MaxMemory:       cfg.MaxMemory,
 		Logger:          logger,
 		OnCall:          cfg.OnCall,
 	}

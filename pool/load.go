@@ -24,14 +24,14 @@ type Load struct {
 	Sessions int `json:"sessions"`
 	// MemoryHeld is the bytes of resident buffers the host holds, against
 	// its MemoryBudget (0: none set).
-	MemoryHeld   uint64 `json:"memory_held"`
-	MemoryBudget uint64 `json:"memory_budget,omitempty"`
+	MemoryHeld   uint64 `json:"memory_held_bytes"`
+	MemoryBudget uint64 `json:"memory_budget_bytes,omitempty"`
 	// GPUs are the host's devices with their telemetry.
 	GPUs []GPU `json:"gpus"`
 	// Age is how old the host's figures were when it answered (it caches
 	// its telemetry rather than asking the driver on every Devices); 0
 	// when it does not say.
-	Age time.Duration `json:"age,omitempty"`
+	Age time.Duration `json:"age_ns,omitempty"`
 }
 
 // GPU is one of a host's devices as it describes it, with its telemetry.
@@ -92,13 +92,20 @@ func (l Load) gpu(name string) (GPU, bool) {
 	return GPU{}, false
 }
 
-// loadOf reads a host's load from its Devices answer. This is the one
-// place the wire's load fields are read: today's DevicesResponse carries
-// the GPUs' telemetry only; the host-wide figures (calls in flight and
-// queued, sessions, memory held and budget, the telemetry's age) are set
-// here once DevicesResponse carries them, with Reported = true.
+// loadOf reads a host's load from its Devices answer: the one place the
+// wire's load fields are read. A host that sends no load message (an older
+// gpumesh) reports its GPUs only, and Reported stays false.
 func loadOf(d *pb.DevicesResponse) Load {
 	var l Load
+	if w := d.GetLoad(); w != nil {
+		l.Reported = true
+		l.InFlight = int(max(w.GetCallsInFlight(), 0))
+		l.Queued = int(max(w.GetCallsQueued(), 0))
+		l.Sessions = int(max(w.GetSessions(), 0))
+		l.MemoryHeld = uint64(max(w.GetMemoryHeldBytes(), 0))
+		l.MemoryBudget = uint64(max(w.GetMemoryBudgetBytes(), 0))
+		l.Age = time.Duration(max(w.GetTelemetryAgeMs(), 0)) * time.Millisecond
+	}
 	for _, x := range d.GetDevices() {
 		g := GPU{
 			Index: x.GetIndex(), UUID: x.GetUuid(), Name: x.GetName(),

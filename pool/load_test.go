@@ -2,6 +2,7 @@ package pool
 
 import (
 	"testing"
+	"time"
 
 	pb "github.com/gpumesh/gpumesh/gpusvc/gpumeshpb"
 )
@@ -32,5 +33,24 @@ func TestLoadOf(t *testing.T) {
 	}
 	if l.GPUs[0].CUDAVersion != "12.4" {
 		t.Errorf("GPU 0: %+v", l.GPUs[0])
+	}
+}
+
+func TestLoadOfReported(t *testing.T) {
+	l := loadOf(&pb.DevicesResponse{
+		Devices: []*pb.Device{{Index: 0, Name: "CPU"}},
+		Load: &pb.Load{CallsInFlight: 3, CallsQueued: 7, Sessions: 2, MemoryHeldBytes: 1 << 20,
+			MemoryBudgetBytes: 1 << 30, TelemetryAgeMs: 250},
+	})
+	want := Load{Reported: true, InFlight: 3, Queued: 7, Sessions: 2, MemoryHeld: 1 << 20, MemoryBudget: 1 << 30, Age: 250 * time.Millisecond}
+	if l.Reported != want.Reported || l.InFlight != want.InFlight || l.Queued != want.Queued || l.Sessions != want.Sessions ||
+		l.MemoryHeld != want.MemoryHeld || l.MemoryBudget != want.MemoryBudget || l.Age != want.Age || len(l.GPUs) != 1 {
+		t.Errorf("loadOf = %+v, want %+v with one GPU", l, want)
+	}
+	// A hostile or broken host's negative figures read as zero, never as
+	// huge unsigned numbers that would skew placement.
+	l = loadOf(&pb.DevicesResponse{Load: &pb.Load{CallsQueued: -5, MemoryHeldBytes: -1, TelemetryAgeMs: -9}})
+	if l.Queued != 0 || l.MemoryHeld != 0 || l.Age != 0 {
+		t.Errorf("negative load figures = %+v, want zeros", l)
 	}
 }

@@ -97,7 +97,7 @@ func (c *Config) populate() error {
 		}
 	}
 	if c.Idempotent == nil {
-		c.Idempotent = func(k string) bool { _, ok := kernel.Builtins[k]; return ok }
+		c.Idempotent = func(k string) bool { _, ok := kernel.Lookup(k); return ok }
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -101,7 +101,9 @@ func TestCpRoundTrip(t *testing.T) {
 	defer hostNode.Close()
 	dir := t.TempDir()
 	pol := filepath.Join(dir, "policy.hcl")
-	os.WriteFile(pol, []byte("version = 1\nrule \"cloud\" {\n  subjects = [\"cloud\"]\n  kernels = [\"*\"]\n  gpus = [\"*\"]\n}\n"), 0o600)
+	// The thief may use the host too: what keeps it from the cloud node's
+	// buffer is the session's owner, not the policy.
+	os.WriteFile(pol, []byte("version = 1\nrule \"cloud\" {\n  subjects = [\"cloud\", \"thief\"]\n  kernels = [\"*\"]\n  gpus = [\"*\"]\n}\n"), 0o600)
 	store, err := policy.NewStore(pol, t.Logf)
 	if err != nil {
 		t.Fatal(err)

@@ -66,7 +66,7 @@ on the pool's least loaded host that allows it, and says which.`,
 
 // randomInputs makes arguments for a built-in kernel.
 func randomInputs(name string, n int) ([]kernel.Arg, error) {
-	if _, ok := kernel.Builtins[name]; !ok {
+	if _, ok := kernel.Lookup(name); !ok {
 		return nil, fmt.Errorf("unknown kernel %q (built-ins: %v)", name, kernel.Names())
 	}
 	if n <= 0 {

@@ -64,6 +64,7 @@ func newServeCmd() *cobra.Command {
 		policyPath  string
 		port        int
 		maxRequest  string
+		maxMemory   string
 		joinTimeout time.Duration
 		dscpFlag    string
 		shapeLink   string
@@ -95,6 +96,12 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 			if err != nil {
 				return fmt.Errorf("--max-request: %w", err)
 			}
+			var maxMem int64
+			if maxMemory != "" {
+				if maxMem, err = policy.ParseSize(maxMemory); err != nil || maxMem <= 0 {
+					return fmt.Errorf("--max-memory %q: want a positive size such as 64GiB", maxMemory)
+				}
+			}
 			qcfg, err := qosConfig(dscpFlag, shapeLink, shapeRate, linkRate)
 			if err != nil {
 				return err
@@ -110,7 +117,7 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 			}
 			hcfg := node.HostConfig{
 				Overlay: ov, Name: tf.hostname, Policy: store, Port: port,
-				MaxRequestBytes: maxReq, Logger: log, QoS: qcfg,
+				MaxRequestBytes: maxReq, MaxMemory: maxMem, Logger: log, QoS: qcfg,
 			}
 			stopHooks, err := applyServeHooks(ctx, &hcfg)
 			if err != nil {
@@ -149,6 +156,7 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 	cmd.Flags().StringVar(&policyPath, "policy", "", "policy file (.hcl or .json)")
 	cmd.Flags().IntVar(&port, "port", gpusvc.DefaultPort, "TCP port of the endpoint on the tailnet")
 	cmd.Flags().StringVar(&maxRequest, "max-request", "64MiB", "largest request accepted")
+	cmd.Flags().StringVar(&maxMemory, "max-memory", "", "memory all callers together may make this host hold: resident buffers, kernel outputs, queued requests (default: half the RAM, at most the GPUs' memory)")
 	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")
 	cmd.Flags().StringVar(&dscpFlag, "dscp", "AF41", `DSCP for the overlay's outer UDP packets (name or 0-63; "off" to leave them unmarked)`)
 	cmd.Flags().StringVar(&shapeLink, "shape-link", "", "shape this interface's egress by QoS class with tc/HTB (needs CAP_NET_ADMIN)")

@@ -132,7 +132,13 @@ func startObserve(_ context.Context, f observeFlags, cfg *node.HostConfig) (_ *o
 		})
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", o.metrics.Handler())
+	handler := o.metrics.Handler()
+	if strings.HasPrefix(f.metricsListen, "tailnet:") {
+		// On the tailnet, only callers the policy grants observe:metrics.
+		handler = metrics.Access{WhoIs: cfg.Overlay.WhoIs, Policy: cfg.Policy.Current,
+			Logf: func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) }}.Restrict(handler)
+	}
+	mux.Handle("/metrics", handler)
 	o.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	o.metricsAddr = ln.Addr()
 	o.wg.Add(1)

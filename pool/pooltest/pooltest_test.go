@@ -47,17 +47,17 @@ func TestSim(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.WriteAt(h, 1, []byte{7, 8}); err != nil {
+	if err := s.WriteAt(ctx, h, 1, []byte{7, 8}); err != nil {
 		t.Fatal(err)
 	}
 	p := make([]byte, 4)
-	if err := s.ReadAt(h, 0, p); err != nil || p[1] != 7 || p[2] != 8 {
+	if err := s.ReadAt(ctx, h, 0, p); err != nil || p[1] != 7 || p[2] != 8 {
 		t.Errorf("read back %v, %v", p, err)
 	}
-	if err := s.WriteAt(h, 3, []byte{1, 2}); err == nil {
+	if err := s.WriteAt(ctx, h, 3, []byte{1, 2}); err == nil {
 		t.Error("a write past the buffer's end succeeded")
 	}
-	if err := s.Free(h); err != nil || s.Free(h) == nil {
+	if err := s.Free(ctx, h); err != nil || s.Free(ctx, h) == nil {
 		t.Errorf("free: %v, or a second free of the same buffer succeeded", err)
 	}
 }

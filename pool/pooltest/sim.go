@@ -135,7 +135,7 @@ func (s *Sim) Alloc(_ context.Context, _ int, n int64) (uint64, error) {
 }
 
 // Free releases a buffer.
-func (s *Sim) Free(h uint64) error {
+func (s *Sim) Free(_ context.Context, h uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.buffers[h]; !ok {
@@ -146,7 +146,7 @@ func (s *Sim) Free(h uint64) error {
 }
 
 // WriteAt copies p into a buffer.
-func (s *Sim) WriteAt(h uint64, off int64, p []byte) error {
+func (s *Sim) WriteAt(_ context.Context, h uint64, off int64, p []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b, ok := s.buffers[h]
@@ -158,7 +158,7 @@ func (s *Sim) WriteAt(h uint64, off int64, p []byte) error {
 }
 
 // ReadAt copies a buffer's bytes into p.
-func (s *Sim) ReadAt(h uint64, off int64, p []byte) error {
+func (s *Sim) ReadAt(_ context.Context, h uint64, off int64, p []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b, ok := s.buffers[h]
