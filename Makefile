@@ -59,4 +59,4 @@ python-stubs: ## Regenerate examples/python stubs (needs protobuf-compiler, prot
 clean: ## Remove built binaries
 	rm -rf $(BIN)
 
--include Makefile.gpu Makefile.headscale
+-include Makefile.gpu Makefile.headscale Makefile.kubernetes
