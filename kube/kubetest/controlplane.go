@@ -128,7 +128,9 @@ type proc struct {
 func Start(tb testing.TB, opts Options) *ControlPlane {
 	tb.Helper()
 	bin := Require(tb)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	// Minutes, not seconds: on a loaded 2-core machine the apiserver alone
+	// can take one.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cp := &ControlPlane{Dir: tb.TempDir()}
 	tb.Cleanup(func() {
