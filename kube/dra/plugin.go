@@ -15,11 +15,13 @@ import (
 	"sync"
 
 	"github.com/go-logr/logr"
+	"google.golang.org/grpc"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
+	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/gpumesh/gpumesh/kube"
@@ -68,8 +70,9 @@ type Plugin struct {
 	log    *slog.Logger
 	helper *kubeletplugin.Helper
 
-	mu     sync.Mutex
-	closed bool // guarded by mu
+	mu         sync.Mutex
+	closed     bool // guarded by mu
+	registered bool // the kubelet's last NotifyRegistrationStatus said so; guarded by mu
 }
 
 var _ kubeletplugin.DRAPlugin = (*Plugin)(nil)
@@ -108,6 +111,7 @@ func StartPlugin(ctx context.Context, cfg PluginConfig) (*Plugin, error) {
 		// Health follows the hosts through the published slices.
 		kubeletplugin.HealthService(false),
 		kubeletplugin.GRPCVerbosity(-1),
+		kubeletplugin.GRPCInterceptor(p.observe),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("dra: start the kubelet plugin: %w", err)
@@ -133,8 +137,21 @@ func (p *Plugin) Close() error {
 
 // Registered reports whether the kubelet has accepted the plugin.
 func (p *Plugin) Registered() bool {
-	st := p.helper.RegistrationStatus()
-	return st != nil && st.PluginRegistered
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.registered
+}
+
+// observe sees the kubelet's calls on both of the helper's servers and
+// keeps what NotifyRegistrationStatus says (the helper's own copy is not
+// safe to read concurrently).
+func (p *Plugin) observe(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if st, ok := req.(*registerapi.RegistrationStatus); ok {
+		p.mu.Lock()
+		p.registered = st.GetPluginRegistered()
+		p.mu.Unlock()
+	}
+	return handler(ctx, req)
 }
 
 // PrepareResourceClaims implements kubeletplugin.DRAPlugin: a tunnel for

@@ -96,7 +96,7 @@ func Require(tb testing.TB) string {
 type Options struct {
 	// NoControllerManager leaves kube-controller-manager out: then
 	// ResourceClaimTemplates make no claims and deleted pods' claims stay
-	// allocated (see the reference's dra/README.md).
+	// allocated.
 	NoControllerManager bool
 }
 

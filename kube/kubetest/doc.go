@@ -1,7 +1,7 @@
 // Package kubetest runs a real Kubernetes control plane for tests: etcd,
 // kube-apiserver, kube-scheduler and kube-controller-manager (v1.37.2,
 // built by `make kube-tools` into .tools/bin), on loopback, with the
-// flags /work/shared/reference/kubernetes measured; and the tailnet side
+// flags a loopback control plane needs (see Start); and the tailnet side
 // of the kube tests: an embedded tailnet with GPU hosts serving the CPU
 // backend under a policy file, and an agent node.
 //
