@@ -1,0 +1,139 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+
+	k8sdeploy "github.com/gpumesh/gpumesh/deploy/kubernetes"
+	"github.com/gpumesh/gpumesh/kube"
+	"github.com/gpumesh/gpumesh/kube/agent"
+)
+
+func init() { register(newKubeCmd) }
+
+func newKubeCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "kube",
+		Short: "Offer the tailnet's GPUs to Kubernetes pods (node agent, manifests)",
+		Long: `kube runs gpumesh's Kubernetes node agent and prints its manifests.
+
+The agent (a DaemonSet on GPU-less nodes) joins the tailnet as its node and
+offers the GPUs of the GPU hosts it is given to the node's pods, two ways:
+as the extended resource gpumesh.dev/gpu (device plugin) and through Dynamic
+Resource Allocation (DeviceClass gpu.gpumesh.dev). A pod reaches its GPU
+through a Unix socket the agent mounts into it: GPUMESH_TARGET.`,
+	}
+	cmd.AddCommand(newKubeAgentCmd(), newKubeManifestsCmd())
+	return cmd
+}
+
+func newKubeAgentCmd() *cobra.Command {
+	var (
+		tf           tailnetFlags
+		cfg          agent.Config
+		kubeconfig   string
+		nodeSelector string
+		joinTimeout  time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "agent --hosts GPU-HOST[,...]",
+		Short: "Run the Kubernetes node agent (device plugin and DRA driver)",
+		Long: `agent joins the tailnet as this Kubernetes node and serves its pods the GPUs
+of the GPU hosts named by --hosts, until interrupted.
+
+With --device-plugin it registers gpumesh.dev/gpu with the kubelet: every
+node offers every remote GPU (times --slots), and the hosts' policies share
+them out. With --dra it runs the DRA kubelet plugin, and with --publish it
+campaigns (a Lease in --namespace) to publish the ResourceSlices, one agent
+for the cluster: the scheduler then allocates each GPU to one claim.`,
+		Example: `  gpumesh kube agent --hosts gpu-a,gpu-b --authkey-file /etc/gpumesh/authkey \
+    --state-dir /var/lib/gpumesh/state --advertise-tags tag:k8s`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			if len(cfg.HostNames) == 0 {
+				return fmt.Errorf("--hosts: name at least one GPU host")
+			}
+			sel, err := agent.ParseNodeSelector(nodeSelector)
+			if err != nil {
+				return fmt.Errorf("--node-selector: %w", err)
+			}
+			cfg.NodeSelector = sel
+			if cfg.DRA {
+				rc, err := agent.RESTConfig(kubeconfig)
+				if err != nil {
+					return err
+				}
+				if cfg.Client, err = kubernetes.NewForConfig(rc); err != nil {
+					return err
+				}
+			}
+			if cfg.NodeName == "" {
+				cfg.NodeName = tf.hostname
+			}
+			ov, err := joinOverlay(ctx, &tf, nil, 0, joinTimeout)
+			if err != nil {
+				return err
+			}
+			defer ov.Close()
+			cfg.Overlay = ov
+			cfg.Logger = logger(tf.verbose)
+			a, err := agent.Start(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			fmt.Fprintf(cmd.OutOrStdout(), "gpumesh: kube agent up as %s on %s, GPU hosts %v\n", cfg.NodeName, ov.desc, cfg.HostNames)
+			select {
+			case <-ctx.Done():
+				fmt.Fprintln(cmd.OutOrStdout(), "gpumesh: shutting down")
+				return nil
+			case err := <-a.Err():
+				return err
+			}
+		},
+	}
+	tf.register(cmd, envOr("NODE_NAME", "gpumesh-k8s"))
+	fl := cmd.Flags()
+	fl.StringSliceVar(&cfg.HostNames, "hosts", nil, "GPU hosts to offer, by tailnet name")
+	fl.DurationVar(&cfg.ProbeInterval, "probe-interval", 5*time.Second, "how often each GPU host is asked for its devices")
+	fl.StringVar(&cfg.NodeName, "node-name", envOr("NODE_NAME", ""), "this Kubernetes node's name (default: --hostname); env NODE_NAME")
+	fl.StringVar(&cfg.Namespace, "namespace", envOr("POD_NAMESPACE", "gpumesh-system"), "namespace of the publishing Lease; env POD_NAMESPACE")
+	fl.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: the pod's service account)")
+	fl.StringVar(&cfg.TunnelDir, "tunnel-dir", agent.DefaultTunnelDir, "where the pods' tunnels live on the node (a hostPath)")
+	fl.StringVar(&cfg.ContainerDir, "container-dir", kube.DefaultContainerDir, "where a tunnel appears in its container")
+	fl.BoolVar(&cfg.DevicePlugin, "device-plugin", true, "offer the GPUs as gpumesh.dev/gpu through the kubelet's device plugin API")
+	fl.IntVar(&cfg.Slots, "slots", 1, "devices per GPU the device plugin offers, for sharing")
+	fl.StringVar(&cfg.DevicePluginDir, "device-plugin-dir", "", "the kubelet's device plugin directory (default /var/lib/kubelet/device-plugins)")
+	fl.BoolVar(&cfg.DRA, "dra", true, "run the DRA kubelet plugin for the gpu.gpumesh.dev DeviceClass")
+	fl.BoolVar(&cfg.Publish, "publish", true, "campaign to publish the ResourceSlices (one agent publishes)")
+	fl.StringVar(&nodeSelector, "node-selector", "", "publish the GPUs for nodes with this LABEL=VALUE only (default: all nodes)")
+	fl.StringVar(&cfg.RegistrarDir, "registrar-dir", "", "the kubelet's plugin registration directory (default /var/lib/kubelet/plugins_registry)")
+	fl.StringVar(&cfg.PluginDir, "plugin-dir", "", "the DRA plugin's socket directory (default /var/lib/kubelet/plugins/gpu.gpumesh.dev)")
+	fl.StringVar(&cfg.CDIDir, "cdi-dir", "", "where the container runtime reads CDI specs (default /var/run/cdi)")
+	fl.DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")
+	return cmd
+}
+
+func newKubeManifestsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "manifests",
+		Short: "Print the Kubernetes manifests (namespace, RBAC, DeviceClass, DaemonSet)",
+		Long: `manifests prints deploy/kubernetes/gpumesh.yaml: the gpumesh-system namespace,
+the agent's ServiceAccount and RBAC, the DeviceClass gpu.gpumesh.dev and the
+DaemonSet. Set the GPU hosts' names in the DaemonSet's --hosts, put a tailnet
+auth key in the Secret gpumesh-authkey, and label the nodes that get remote
+GPUs gpumesh.dev/agent=true.`,
+		Example: `  gpumesh kube manifests | kubectl apply -f -
+  kubectl -n gpumesh-system create secret generic gpumesh-authkey --from-file=authkey=./authkey
+  kubectl label node NODE gpumesh.dev/agent=true`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := cmd.OutOrStdout().Write(k8sdeploy.Install)
+			return err
+		},
+	}
+}

@@ -1,0 +1,524 @@
+package agent_test
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	dppb "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+	"k8s.io/utils/ptr"
+
+	k8sdeploy "github.com/gpumesh/gpumesh/deploy/kubernetes"
+	"github.com/gpumesh/gpumesh/gpusvc"
+	"github.com/gpumesh/gpumesh/kube/agent"
+	"github.com/gpumesh/gpumesh/kube/deviceplugin"
+	"github.com/gpumesh/gpumesh/kube/dra"
+	"github.com/gpumesh/gpumesh/kube/kubelettest"
+	"github.com/gpumesh/gpumesh/kube/kubetest"
+)
+
+// nodeName is the Kubernetes node the agent serves, and its tailnet name.
+const nodeName = "k8s-node-1"
+
+// cluster is one test's world: a control plane, a tailnet with a GPU host,
+// the node's kubelet directories and the agent serving them.
+type cluster struct {
+	cp    *kubetest.ControlPlane
+	mesh  *kubetest.Mesh
+	host  *kubetest.GPUHost
+	dirs  dirs
+	dpk   *kubelettest.DevicePluginKubelet
+	agent *agent.Agent
+}
+
+// dirs are the node's directories the agent shares with the kubelet and
+// the container runtime.
+type dirs struct {
+	devicePlugins, registry, plugin, cdi, tunnels string
+}
+
+func newDirs(t testing.TB) dirs {
+	t.Helper()
+	base := t.TempDir()
+	d := dirs{
+		devicePlugins: filepath.Join(base, "device-plugins"),
+		registry:      filepath.Join(base, "plugins_registry"),
+		plugin:        filepath.Join(base, "plugins", dra.DriverName),
+		cdi:           filepath.Join(base, "cdi"),
+		tunnels:       filepath.Join(base, "t"),
+	}
+	for _, p := range []string{d.devicePlugins, d.registry, d.plugin, d.cdi} {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d
+}
+
+// startCluster makes the node, the tailnet with its GPU host, the node's
+// directories and the kubelet's device plugin socket, then starts the
+// agent with the device plugin and DRA (publishing). The gpumesh-system
+// namespace must exist (the manifests make it).
+func startCluster(ctx context.Context, t testing.TB, cp *kubetest.ControlPlane) *cluster {
+	t.Helper()
+	c := &cluster{cp: cp}
+	createNode(ctx, t, cp.Client, nodeName)
+	c.mesh = kubetest.StartMesh(t, nodeName, "")
+	c.host = c.mesh.AddHost(t, "gpu-host", "tag:gpu", "tag:ml")
+	c.dirs = newDirs(t)
+	// The kubelet is up before the agent, as on a node.
+	c.dpk = kubelettest.StartDevicePluginKubelet(t, c.dirs.devicePlugins)
+	var err error
+	c.agent, err = agent.Start(ctx, agent.Config{
+		Overlay:         c.mesh.Agent,
+		HostNames:       []string{"gpu-host"},
+		ProbeInterval:   200 * time.Millisecond,
+		NodeName:        nodeName,
+		Client:          cp.Client,
+		TunnelDir:       c.dirs.tunnels,
+		DevicePlugin:    true,
+		DevicePluginDir: c.dirs.devicePlugins,
+		DRA:             true,
+		RegistrarDir:    c.dirs.registry,
+		PluginDir:       c.dirs.plugin,
+		CDIDir:          c.dirs.cdi,
+		Publish:         true,
+		Namespace:       "gpumesh-system",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestKubernetes runs the agent against a real control plane and the test
+// kubelet, on an embedded tailnet with a GPU host serving the CPU backend.
+// The manifests are applied first: the DRA flow uses their DeviceClass and
+// namespace.
+func TestKubernetes(t *testing.T) {
+	cp := kubetest.Start(t, kubetest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+
+	t.Run("manifests", func(t *testing.T) {
+		applied, err := applyYAML(ctx, cp, k8sdeploy.Install, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("applied %s", strings.Join(applied, ", "))
+		for _, want := range []string{"Namespace gpumesh-system", "DeviceClass gpu.gpumesh.dev", "DaemonSet gpumesh-agent", "ClusterRole gpumesh-agent"} {
+			if !slices.Contains(applied, want) {
+				t.Errorf("gpumesh.yaml does not apply %s", want)
+			}
+		}
+		for name, ex := range map[string][]byte{"device plugin pod": k8sdeploy.ExampleDevicePluginPod, "claim template and pod": k8sdeploy.ExampleClaimPod} {
+			applied, err := applyYAML(ctx, cp, ex, true)
+			if err != nil {
+				t.Errorf("example %s: %v", name, err)
+			}
+			t.Logf("example %s: the apiserver admits %s (dry run)", name, strings.Join(applied, ", "))
+		}
+		// A broken manifest fails: the checks above can fail.
+		if _, err := applyYAML(ctx, cp, []byte("apiVersion: resource.k8s.io/v1\nkind: DeviceClass\nmetadata: {name: broken}\nspec: {selectors: [{cel: {expression: 'device.nosuchfield =='}}]}\n"), true); err == nil {
+			t.Error("a DeviceClass with a broken CEL expression was accepted")
+		}
+	})
+	if t.Failed() {
+		return
+	}
+
+	c := startCluster(ctx, t, cp)
+	defer func() {
+		if err := c.agent.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			t.Errorf("agent close: %v", err)
+		}
+	}()
+
+	t.Run("dra", func(t *testing.T) { c.testDRA(ctx, t) })
+	t.Run("device plugin", func(t *testing.T) { c.testDevicePlugin(ctx, t) })
+	t.Run("publisher failover", func(t *testing.T) { c.testFailover(ctx, t) })
+}
+
+// testFailover: a second agent's publisher waits while the first holds
+// the Lease, and takes over as soon as the first stops.
+func (c *cluster) testFailover(ctx context.Context, t *testing.T) {
+	p2, err := dra.NewPublisher(dra.PublisherConfig{
+		Client: c.cp.Client, Hosts: c.agent.Hosts(), Namespace: "gpumesh-system", Identity: "k8s-node-2",
+		LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := p2.Changed()
+	pctx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- p2.Run(pctx) }()
+	defer func() {
+		stop()
+		if err := <-ran; err != nil {
+			t.Errorf("second publisher: %v", err)
+		}
+	}()
+	holder := func() string {
+		l, err := c.cp.Client.CoordinationV1().Leases("gpumesh-system").Get(ctx, dra.LeaseName, metav1.GetOptions{})
+		if err != nil || l.Spec.HolderIdentity == nil {
+			return ""
+		}
+		return *l.Spec.HolderIdentity
+	}
+	if h := holder(); h != nodeName {
+		t.Fatalf("the Lease is held by %q; want %s", h, nodeName)
+	}
+	if p2.Leading() {
+		t.Fatal("two publishers lead at once")
+	}
+	if err := c.agent.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for !p2.Leading() {
+		select {
+		case <-changed:
+			changed = p2.Changed()
+		case <-ctx.Done():
+			t.Fatalf("the second publisher never took over; the Lease is held by %q", holder())
+		}
+	}
+	if h := holder(); h != "k8s-node-2" {
+		t.Errorf("the Lease is held by %q; want k8s-node-2", h)
+	}
+}
+
+// testDRA: the agent publishes the GPU host's slice; a pod whose claim
+// template selects by tag is scheduled by the real scheduler onto the node;
+// the test kubelet has the agent prepare the claim; a process in a
+// container with exactly the CDI edits runs matrix_mul and holds a buffer;
+// deleting the pod unprepares the claim, cuts the process off and the host
+// frees the buffer.
+func (c *cluster) testDRA(ctx context.Context, t *testing.T) {
+	client := c.cp.Client
+	var slice resourceapi.ResourceSlice
+	eventually(ctx, t, "the gpu-host ResourceSlice", func() (bool, error) {
+		l, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, s := range l.Items {
+			if s.Spec.Driver == dra.DriverName && s.Spec.Pool.Name == "gpu-host" {
+				slice = s
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if !ptrTrue(slice.Spec.AllNodes) || slice.Spec.NodeName != nil || len(slice.Spec.Devices) != 1 {
+		t.Fatalf("slice %+v; want one device on all nodes", slice.Spec)
+	}
+	d := slice.Spec.Devices[0]
+	if d.Name != "gpu-0" || str(d.Attributes[dra.AttrHost]) != "gpu-host" || str(d.Attributes[dra.AttrTags]) != "tag:gpu,tag:ml" || str(d.Attributes[dra.AttrBackend]) != "cpu" {
+		t.Errorf("device %+v; want gpu-0 of gpu-host tagged tag:gpu,tag:ml", d)
+	}
+	if !c.agent.Status().Publishing {
+		t.Error("the only agent does not say it publishes")
+	}
+
+	// The claim template selects by tag with CEL, as the example does.
+	tmpl := &resourceapi.ResourceClaimTemplate{
+		ObjectMeta: metav1.ObjectMeta{Name: "ml-gpu", Namespace: "default"},
+		Spec: resourceapi.ResourceClaimTemplateSpec{Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{
+			Requests: []resourceapi.DeviceRequest{{Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{
+				DeviceClassName: dra.DeviceClassName,
+				Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{
+					Expression: `"tag:ml" in device.attributes["gpu.gpumesh.dev"].tags.split(",")`,
+				}}},
+			}}},
+		}}},
+	}
+	if _, err := client.ResourceV1().ResourceClaimTemplates("default").Create(ctx, tmpl, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "trainer", Namespace: "default"},
+		Spec: corev1.PodSpec{
+			ResourceClaims: []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: ptr.To("ml-gpu")}},
+			Containers: []corev1.Container{{
+				Name: "main", Image: "registry.invalid/never-runs",
+				Resources: corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "gpu"}}},
+			}},
+		},
+	}
+	created := time.Now()
+	if _, err := client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	bound := waitBound(ctx, t, client, "default", "trainer")
+	boundAt := time.Now()
+	if bound.Spec.NodeName != nodeName {
+		t.Fatalf("pod bound to %q; want %s", bound.Spec.NodeName, nodeName)
+	}
+	// The kubelet reads the claim's name from the pod's status.
+	var claimName string
+	eventually(ctx, t, "the pod's generated claim", func() (bool, error) {
+		p, err := client.CoreV1().Pods("default").Get(ctx, "trainer", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, s := range p.Status.ResourceClaimStatuses {
+			if s.Name == "gpu" && s.ResourceClaimName != nil {
+				claimName = *s.ResourceClaimName
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	claim, err := client.ResourceV1().ResourceClaims("default").Get(ctx, claimName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := claim.Status.Allocation; a == nil || len(a.Devices.Results) != 1 || a.Devices.Results[0].Pool != "gpu-host" || a.Devices.Results[0].Device != "gpu-0" {
+		t.Fatalf("claim allocation %+v; want gpu-host's gpu-0", claim.Status.Allocation)
+	}
+
+	dk := &kubelettest.DRAKubelet{RegistryDir: c.dirs.registry}
+	plugin, err := dk.WaitPlugin(ctx, t, dra.DriverName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kclaim := kubelettest.Claim{Namespace: "default", Name: claimName, UID: claim.UID}
+	devs, err := plugin.Prepare(ctx, kclaim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prepared := time.Now()
+	t.Logf("pod creation -> bound %v -> claim prepared %v (total %v); kubelet speaks %s",
+		boundAt.Sub(created).Round(time.Millisecond), prepared.Sub(boundAt).Round(time.Millisecond), prepared.Sub(created).Round(time.Millisecond), plugin.Service)
+	if !c.agent.Status().DRARegistered {
+		t.Error("the agent does not know the kubelet registered its DRA plugin")
+	}
+	ids := kubelettest.CDIDeviceIDs(devs)
+	if len(devs) != 1 || devs[0].GetPoolName() != "gpu-host" || devs[0].GetDeviceName() != "gpu-0" || len(ids) != 1 || !strings.HasPrefix(ids[0], dra.CDIKind+"=") {
+		t.Fatalf("prepared devices %v; want gpu-host/gpu-0 with one %s CDI device", devs, dra.CDIKind)
+	}
+	ctr, err := kubelettest.FromCDI(c.dirs.cdi, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ctr.Env["GPUMESH_GPU"] != "0" || !strings.HasPrefix(ctr.Env["GPUMESH_TARGET"], "unix:///var/run/gpumesh/") || len(ctr.Mounts) != 1 {
+		t.Fatalf("container %+v; want GPUMESH_TARGET under /var/run/gpumesh, GPU 0, one mount", ctr)
+	}
+	// Preparing again (a restarted kubelet does) gives the same devices.
+	if again, err := plugin.Prepare(ctx, kclaim); err != nil || !slices.Equal(kubelettest.CDIDeviceIDs(again), ids) {
+		t.Errorf("preparing again = %v, %v; want the same CDI devices %v", again, err, ids)
+	}
+
+	// The pod's process, when containers can run here (root).
+	var proc *proc
+	if err := kubelettest.CanRun(); err != nil {
+		t.Logf("the pod's process cannot run here (%v): the claim is checked without it", err)
+	} else {
+		py := kubetest.Python(t)
+		cmd, err := ctr.Command(ctx, py, "-B", filepath.Join("testdata", "hold.py"), kubetest.PythonExamples(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		proc = start(t, cmd)
+		proc.waitLine(ctx, t, "holding ")
+		out := proc.output()
+		t.Logf("the pod's process:\n%s", out)
+		if !strings.Contains(out, "the host sees me as "+nodeName) || !strings.Contains(out, "matrix_mul 8x8 ok") {
+			t.Fatalf("the process did not run matrix_mul on gpu-host as %s", nodeName)
+		}
+		if held := c.host.HeldBytes(ctx); held < 256<<10 {
+			t.Fatalf("the host holds %d bytes; want the process's 256 KiB buffer", held)
+		}
+		calls, _ := c.host.Calls()
+		if !slices.ContainsFunc(calls, func(r gpusvc.CallRecord) bool {
+			return r.Kernel == "matrix_mul" && r.Allow && r.Caller.Node == nodeName
+		}) {
+			t.Errorf("the host recorded no matrix_mul from %s: %+v", nodeName, calls)
+		}
+	}
+
+	// The pod is deleted: the kubelet unprepares its claim.
+	deletePod(ctx, t, client, "default", "trainer")
+	if err := plugin.Unprepare(ctx, kclaim); err != nil {
+		t.Fatal(err)
+	}
+	if proc != nil {
+		if err := proc.wait(ctx, t); err != nil {
+			t.Fatalf("the process failed: %v\n%s", err, proc.output())
+		}
+		if !strings.Contains(proc.output(), "after: UNAVAILABLE") {
+			t.Errorf("after unprepare the process could still call: %s", proc.output())
+		}
+	}
+	if _, err := os.Stat(ctr.Mounts[0].HostPath); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the tunnel's directory is still there: %v", err)
+	}
+	if specs, _ := filepath.Glob(filepath.Join(c.dirs.cdi, "*.json")); len(specs) != 0 {
+		t.Errorf("CDI specs left: %v", specs)
+	}
+	// Unpreparing again is not an error.
+	if err := plugin.Unprepare(ctx, kclaim); err != nil {
+		t.Errorf("unpreparing again: %v", err)
+	}
+	// Nobody can reach the session any more; the host frees it (here when
+	// the policy's 2s idle timeout ends it).
+	eventually(ctx, t, "the host to free the pod's buffer", func() (bool, error) {
+		return c.host.HeldBytes(ctx) == 0, nil
+	})
+	// The controller-manager frees the device: the claim is deallocated
+	// (deleting it is the garbage collector's job, which does not run
+	// here).
+	eventually(ctx, t, "the claim deallocated", func() (bool, error) {
+		return claimFreed(ctx, client, claimName)
+	})
+}
+
+// testDevicePlugin: the plugin registered with the test kubelet, which
+// advertises its healthy devices in the Node's status; a pod asking for
+// gpumesh.dev/gpu is bound by the real scheduler; the kubelet allocates a
+// device and a container with exactly that env and mount runs compute.py;
+// the GPU host leaving turns the device unhealthy; a kubelet restart gets
+// a new registration.
+func (c *cluster) testDevicePlugin(ctx context.Context, t *testing.T) {
+	client := c.cp.Client
+	reg, err := c.dpk.Registration(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg.GetResourceName() != deviceplugin.ResourceName {
+		t.Fatalf("registered %q; want %s", reg.GetResourceName(), deviceplugin.ResourceName)
+	}
+	dp := c.dpk.Connect(t, reg)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	lists, err := dp.Watch(wctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs, err := kubelettest.WaitDevices(ctx, lists, "gpu-host-gpu0 healthy", func(l []*dppb.Device) bool {
+		return len(l) == 1 && l[0].GetID() == "gpu-host-gpu0" && l[0].GetHealth() == dppb.Healthy
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The kubelet reports the healthy devices as the node's capacity.
+	setExtended(ctx, t, client, len(devs))
+
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "inference", Namespace: "default"},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name: "main", Image: "registry.invalid/never-runs",
+			Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{deviceplugin.ResourceName: resource.MustParse("1")}},
+		}}},
+	}
+	if _, err := client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if p := waitBound(ctx, t, client, "default", "inference"); p.Spec.NodeName != nodeName {
+		t.Fatalf("pod bound to %q; want %s", p.Spec.NodeName, nodeName)
+	}
+	// The kubelet admits the pod: it allocates one healthy device.
+	res, err := dp.Client.Allocate(ctx, &dppb.AllocateRequest{ContainerRequests: []*dppb.ContainerAllocateRequest{{DevicesIds: []string{devs[0].GetID()}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctr := kubelettest.FromAllocation(res.GetContainerResponses()[0])
+	if err := kubelettest.CanRun(); err == nil {
+		py := kubetest.Python(t)
+		cmd, err := ctr.Command(ctx, "/bin/sh", "-c", `exec "$0" -B "$1"/compute.py --target "$GPUMESH_TARGET" --size 8`, py, kubetest.PythonExamples(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := cmd.CombinedOutput()
+		t.Logf("compute.py in the pod:\n%s", out)
+		if err != nil || !strings.Contains(string(out), "the host sees me as "+nodeName) || !strings.Contains(string(out), "\nOK: ") {
+			t.Fatalf("compute.py through the device plugin's tunnel: %v", err)
+		}
+	} else {
+		t.Logf("the pod's process cannot run here (%v); the allocation is checked without it", err)
+	}
+	if len(ctr.Mounts) != 1 || !strings.HasPrefix(ctr.Env["GPUMESH_TARGET"], "unix://"+ctr.Mounts[0].ContainerPath+"/") {
+		t.Fatalf("allocation %+v; want GPUMESH_TARGET inside the one mount", ctr)
+	}
+	deletePod(ctx, t, client, "default", "inference")
+
+	// The kubelet restarts: the plugin registers again.
+	c.dpk.Restart(t)
+	reg, err = c.dpk.Registration(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lists, err = c.dpk.Connect(t, reg).Watch(wctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kubelettest.WaitDevices(ctx, lists, "the device after the kubelet restart", func(l []*dppb.Device) bool {
+		return len(l) == 1 && l[0].GetHealth() == dppb.Healthy
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The GPU host leaves the tailnet: its device turns unhealthy, and the
+	// DRA publisher withdraws its pool.
+	c.host.Leave()
+	if _, err := kubelettest.WaitDevices(ctx, lists, "gpu-host-gpu0 unhealthy", func(l []*dppb.Device) bool {
+		return len(l) == 1 && l[0].GetHealth() == dppb.Unhealthy
+	}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(ctx, t, "gpu-host's slice withdrawn", func() (bool, error) {
+		l, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		return !slices.ContainsFunc(l.Items, func(s resourceapi.ResourceSlice) bool { return s.Spec.Pool.Name == "gpu-host" }), nil
+	})
+}
+
+// setExtended sets the node's gpumesh.dev/gpu capacity, as the kubelet
+// does from the plugin's healthy devices.
+func setExtended(ctx context.Context, t *testing.T, client kubernetes.Interface, n int) {
+	t.Helper()
+	q := resource.NewQuantity(int64(n), resource.DecimalSI).String()
+	patch := `{"status":{"capacity":{"` + deviceplugin.ResourceName + `":"` + q + `"},"allocatable":{"` + deviceplugin.ResourceName + `":"` + q + `"}}}`
+	if _, err := client.CoreV1().Nodes().Patch(ctx, nodeName, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func ptrTrue(b *bool) bool { return b != nil && *b }
+
+func str(a resourceapi.DeviceAttribute) string {
+	if a.StringValue == nil {
+		return ""
+	}
+	return *a.StringValue
+}
+
+// claimFreed reports whether a claim no longer holds its device: it is
+// gone, or deallocated and reserved for nobody.
+func claimFreed(ctx context.Context, client kubernetes.Interface, name string) (bool, error) {
+	cl, err := client.ResourceV1().ResourceClaims("default").Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return cl.Status.Allocation == nil && len(cl.Status.ReservedFor) == 0, nil
+}

@@ -1,0 +1,247 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gpumesh/gpumesh/gpusvc"
+	"github.com/gpumesh/gpumesh/overlay"
+)
+
+// StaticConfig configures StaticHosts.
+type StaticConfig struct {
+	// Names are the GPU hosts' tailnet names (or overlay IPs). Required.
+	Names []string
+	// Overlay reaches the hosts and says who they are (their tags).
+	// Required, and up.
+	Overlay overlay.Overlay
+	// Port is the hosts' compute port; 0 means gpusvc.DefaultPort.
+	Port int
+	// Interval is how often every host is probed; 0 means 5s.
+	Interval time.Duration
+	// Timeout bounds one probe; a host that does not answer within it is
+	// unhealthy. 0 means 3s.
+	Timeout time.Duration
+	// Logger receives logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// StaticHosts is Hosts over a fixed list of host names, each probed with a
+// Devices call every Interval: a host is healthy while it answers.
+type StaticHosts struct {
+	cfg    StaticConfig
+	log    *slog.Logger
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	probes []*probe // one per name, in the order of cfg.Names
+
+	mu      sync.Mutex
+	hosts   []Host        // sorted by name; guarded by mu
+	changed chan struct{} // closed when hosts change; guarded by mu
+	closed  bool          // guarded by mu
+}
+
+var _ Hosts = (*StaticHosts)(nil)
+
+// StartStatic probes every host once, so that the first Snapshot says what
+// answered, then keeps probing until Close.
+func StartStatic(ctx context.Context, cfg StaticConfig) (*StaticHosts, error) {
+	if cfg.Overlay == nil {
+		return nil, errors.New("kube: static hosts need an overlay")
+	}
+	if len(cfg.Names) == 0 {
+		return nil, errors.New("kube: no GPU hosts given")
+	}
+	seen := make(map[string]bool)
+	for _, n := range cfg.Names {
+		if n == "" || seen[n] {
+			return nil, fmt.Errorf("kube: host name %q is empty or given twice", n)
+		}
+		seen[n] = true
+	}
+	if cfg.Port == 0 {
+		cfg.Port = gpusvc.DefaultPort
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = 5 * time.Second
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 3 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &StaticHosts{cfg: cfg, log: log, changed: make(chan struct{})}
+	for _, n := range cfg.Names {
+		s.probes = append(s.probes, &probe{name: n, target: net.JoinHostPort(n, strconv.Itoa(cfg.Port)), ov: cfg.Overlay})
+	}
+	s.round(ctx)
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.run(pctx)
+	}()
+	return s, nil
+}
+
+// Snapshot implements Hosts.
+func (s *StaticHosts) Snapshot() ([]Host, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hosts, s.changed
+}
+
+// Dial implements Hosts: it connects to a listed host's compute port.
+func (s *StaticHosts) Dial(ctx context.Context, name string) (net.Conn, error) {
+	if !slices.Contains(s.cfg.Names, name) {
+		return nil, fmt.Errorf("kube: %q is not one of the GPU hosts %v", name, s.cfg.Names)
+	}
+	return s.cfg.Overlay.Dial(ctx, "tcp", net.JoinHostPort(name, strconv.Itoa(s.cfg.Port)))
+}
+
+func (s *StaticHosts) run(ctx context.Context) {
+	t := time.NewTicker(s.cfg.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.round(ctx)
+	}
+}
+
+// round probes every host at once and publishes the result if it changed.
+func (s *StaticHosts) round(ctx context.Context) {
+	hosts := make([]Host, len(s.probes))
+	var wg sync.WaitGroup
+	for i, p := range s.probes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+			defer cancel()
+			hosts[i] = p.run(pctx)
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return
+	}
+	slices.SortFunc(hosts, func(a, b Host) int { return strings.Compare(a.Name, b.Name) })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || slices.EqualFunc(hosts, s.hosts, Host.Equal) {
+		return
+	}
+	for _, h := range hosts {
+		if old, ok := Find(s.hosts, h.Name); !ok || old.Healthy != h.Healthy {
+			s.log.Info("kube: GPU host", "host", h.Name, "healthy", h.Healthy, "problem", h.Problem, "devices", len(h.Devices))
+		}
+	}
+	s.hosts = hosts
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// Close stops probing. A second Close returns net.ErrClosed.
+func (s *StaticHosts) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return net.ErrClosed
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	for _, p := range s.probes {
+		p.close()
+	}
+	return nil
+}
+
+// probe asks one host for its devices. It is run by one goroutine at a
+// time (a round waits for all its probes), but its client dials from
+// gRPC's goroutines.
+type probe struct {
+	name   string
+	target string
+	ov     overlay.Overlay
+	client *gpusvc.Client // nil until the first probe, and after a failed one
+	last   Host           // the last answer, kept while the host is down
+
+	mu     sync.Mutex
+	remote net.Addr // the host's overlay address, from the client's last dial; guarded by mu
+}
+
+func (p *probe) run(ctx context.Context) Host {
+	if p.client == nil {
+		c, err := gpusvc.NewClient(p.target, func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := p.ov.Dial(ctx, network, addr)
+			if err == nil {
+				p.mu.Lock()
+				p.remote = conn.RemoteAddr()
+				p.mu.Unlock()
+			}
+			return conn, err
+		})
+		if err != nil {
+			return p.down(err)
+		}
+		p.client = c
+	}
+	res, err := p.client.Devices(ctx)
+	if err != nil {
+		// A fresh connection next time: one that went quiet may be dead.
+		p.close()
+		return p.down(err)
+	}
+	h := Host{Name: p.name, Backend: res.GetBackend(), Healthy: true}
+	for _, d := range res.GetDevices() {
+		h.Devices = append(h.Devices, Device{
+			Index:         int(d.GetIndex()),
+			UUID:          d.GetUuid(),
+			Model:         d.GetName(),
+			MemoryBytes:   d.GetMemoryTotal(),
+			CUDAVersion:   d.GetCudaVersion(),
+			DriverVersion: d.GetDriverVersion(),
+		})
+	}
+	p.mu.Lock()
+	remote := p.remote
+	p.mu.Unlock()
+	if remote != nil {
+		if id, err := p.ov.WhoIs(ctx, remote.String()); err == nil {
+			h.Tags = slices.Clone(id.Tags)
+			slices.Sort(h.Tags)
+		}
+	}
+	p.last = h
+	return h
+}
+
+func (p *probe) down(err error) Host {
+	h := p.last
+	h.Name, h.Healthy, h.Problem = p.name, false, err.Error()
+	return h
+}
+
+func (p *probe) close() {
+	if p.client != nil {
+		p.client.Close()
+		p.client = nil
+	}
+}
