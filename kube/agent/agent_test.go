@@ -242,7 +242,7 @@ func (c *cluster) testDRA(ctx context.Context, t *testing.T) {
 			Requests: []resourceapi.DeviceRequest{{Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{
 				DeviceClassName: dra.DeviceClassName,
 				Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{
-					Expression: `"tag:ml" in device.attributes["gpu.gpumesh.dev"].tags.split(",")`,
+					Expression: `"tag:ml" in device.attributes["` + dra.DriverName + `"].tags.split(",")`,
 				}}},
 			}}},
 		}}},
