@@ -131,6 +131,7 @@ type Server struct {
 	sessions  *sessions
 	admission *admission
 	refusals  *refusals
+	pods      pods     // Kubernetes pods' connections and releases (pods.go)
 	resident  []string // the rights any of which lets a caller hold buffers
 	grpc      *grpc.Server
 

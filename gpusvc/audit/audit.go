@@ -52,6 +52,9 @@ type Entry struct {
 	User       string    `json:"user,omitempty"`
 	Tags       []string  `json:"tags,omitempty"`
 	Addr       string    `json:"addr,omitempty"` // the caller's first overlay address
+	// Pod is the Kubernetes pod the call came from, through the node
+	// above (a trusted agent); absent for other callers.
+	Pod *Pod `json:"pod,omitempty"`
 	Method     string    `json:"method"`
 	Kernel     string    `json:"kernel,omitempty"`
 	GPU        string    `json:"gpu,omitempty"`
@@ -67,6 +70,15 @@ type Entry struct {
 	// before they were read, that have no line of their own (at most ten
 	// such lines a second are written per caller).
 	Suppressed int64 `json:"suppressed,omitempty"`
+}
+
+// Pod is a caller's Kubernetes pod, as its agent named it.
+type Pod struct {
+	Namespace      string `json:"namespace"`
+	ServiceAccount string `json:"service_account"`
+	Name           string `json:"name,omitempty"`
+	UID            string `json:"uid"`
+	Allocation     string `json:"allocation,omitempty"`
 }
 
 // EntryOf turns a call record into a log entry.
@@ -100,6 +112,9 @@ func EntryOf(r gpusvc.CallRecord) Entry {
 	}
 	if len(r.Caller.Addrs) > 0 {
 		e.Addr = r.Caller.Addrs[0].String()
+	}
+	if p := r.Caller.Pod; p != nil {
+		e.Pod = &Pod{Namespace: p.Namespace, ServiceAccount: p.ServiceAccount, Name: p.Name, UID: p.UID, Allocation: p.Allocation}
 	}
 	return e
 }
