@@ -42,9 +42,6 @@ type QoSConfig struct {
 	LinkRate int64
 }
 
-// defaultClass takes traffic of callers whose rule names no class.
-const defaultClass = "default"
-
 // qosParts are what a host runs for QoS; each of sched, marker and shaper
 // may be nil. They follow the policy: an applier registered with the
 // policy store rebuilds the scheduler's classes, the tc tree and the peer
@@ -113,18 +110,9 @@ func (p *qosParts) routePeers(ctx context.Context, pp overlay.PeerPather, ov ove
 	}()
 }
 
-// classOf is the QoS class of a caller and its DSCP: the class of its allow
-// rule for the built-in kernels (classes are per rule), or the default
-// class.
+// classOf is the QoS class of a caller and its DSCP (policy.ClassOf).
 func classOf(pol *policy.Policy, id overlay.Identity) (string, dscp.Code) {
-	d := pol.EvaluateAny(gpusvc.Subject(id), policy.Request{}, policy.BuiltinKernels())
-	if pc, ok := pol.Class(d.Class); ok && d.Allow {
-		return d.Class, pc.DSCP
-	}
-	if pc, ok := pol.Class(defaultClass); ok { // the policy declares it itself
-		return defaultClass, pc.DSCP
-	}
-	return defaultClass, dscp.AF41 // as QoSClasses adds it
+	return pol.ClassOf(gpusvc.Subject(id))
 }
 
 // peerRoutes maps each directly reached peer's WireGuard endpoint to its
@@ -157,7 +145,7 @@ func peerRoutes(ctx context.Context, pp overlay.PeerPather, ov overlay.Overlay, 
 func startQoS(ctx context.Context, cfg *QoSConfig, store *policy.Store, log *slog.Logger) (*qosParts, error) {
 	p := &qosParts{log: log, reroute: make(chan struct{}, 1), conns: make(map[*liveConn]bool)}
 	pol := store.Current()
-	classes := QoSClasses(pol.Classes())
+	classes := QoSClasses(pol)
 	if err := qos.ValidateClasses(classes); err != nil {
 		return nil, fmt.Errorf("node: qos classes: %w", err)
 	}
@@ -169,7 +157,7 @@ func startQoS(ctx context.Context, cfg *QoSConfig, store *policy.Store, log *slo
 		p.marker.Start(ctx)
 	}
 	if cfg.ShapeLink != "" {
-		sh, err := tc.Install(tc.Config{Link: cfg.ShapeLink, Rate: cfg.ShapeRate, Classes: classes, Default: defaultClass})
+		sh, err := tc.Install(tc.Config{Link: cfg.ShapeLink, Rate: cfg.ShapeRate, Classes: classes, Default: policy.DefaultClass})
 		switch {
 		case errors.Is(err, tc.ErrNoPrivilege):
 			log.Warn(err.Error())
@@ -181,7 +169,7 @@ func startQoS(ctx context.Context, cfg *QoSConfig, store *policy.Store, log *slo
 			log.Info("host shaping installed", "report", sh.Report().String())
 		}
 	}
-	opts := qos.Options{Slots: 2, LinkRate: max(cfg.LinkRate, 0), DefaultClass: defaultClass}
+	opts := qos.Options{Slots: 2, LinkRate: max(cfg.LinkRate, 0), DefaultClass: policy.DefaultClass}
 	sched, err := qos.NewScheduler(classes, opts)
 	if err != nil {
 		p.close()
@@ -210,7 +198,7 @@ func startQoS(ctx context.Context, cfg *QoSConfig, store *policy.Store, log *slo
 // force, commit moves the scheduler to its classes, every live connection
 // to its caller's class, and the peer routes at once.
 func (p *qosParts) apply(old, next *policy.Policy) (commit, rollback func(), err error) {
-	classes := QoSClasses(next.Classes())
+	classes := QoSClasses(next)
 	if err := qos.ValidateClasses(classes); err != nil {
 		return nil, nil, fmt.Errorf("node: qos classes: %w", err)
 	}
@@ -219,7 +207,7 @@ func (p *qosParts) apply(old, next *policy.Policy) (commit, rollback func(), err
 			return nil, nil, fmt.Errorf("node: host shaping: %w", err)
 		}
 		rollback = func() {
-			if err := p.shaper.SetClasses(QoSClasses(old.Classes())); err != nil {
+			if err := p.shaper.SetClasses(QoSClasses(old)); err != nil {
 				p.log.Warn("host shaping: restoring the classes of the policy in force", "err", err)
 			}
 		}
@@ -237,18 +225,13 @@ func (p *qosParts) apply(old, next *policy.Policy) (commit, rollback func(), err
 	return commit, rollback, nil
 }
 
-// QoSClasses copies the policy's classes into QoS classes, adding the
-// default class that takes callers whose rule names none: what a host
-// schedules and shapes.
-func QoSClasses(pcs []policy.Class) []qos.Class {
-	out := make([]qos.Class, 0, len(pcs)+1)
-	lowest := 0
+// QoSClasses are the classes a host schedules and shapes for pol
+// (policy.ScheduledClasses, the default class included), as QoS classes.
+func QoSClasses(pol *policy.Policy) []qos.Class {
+	pcs := pol.ScheduledClasses()
+	out := make([]qos.Class, 0, len(pcs))
 	for _, c := range pcs {
 		out = append(out, qos.Class{Name: c.Name, DSCP: c.DSCP, Priority: c.Priority, Rate: c.Rate, Burst: c.Burst})
-		lowest = max(lowest, c.Priority)
-	}
-	if !slices.ContainsFunc(out, func(c qos.Class) bool { return c.Name == defaultClass }) {
-		out = append(out, qos.Class{Name: defaultClass, DSCP: dscp.AF41, Priority: lowest + 1})
 	}
 	return out
 }

@@ -119,7 +119,7 @@ func printPolicyQoS(out io.Writer, path, link, rate string) error {
 	if err != nil {
 		return err
 	}
-	classes := node.QoSClasses(p.Classes())
+	classes := node.QoSClasses(p)
 	if len(classes) == 0 {
 		fmt.Fprintf(out, "classes: %s declares none\n", path)
 		return nil
