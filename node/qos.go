@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/overlay"
@@ -325,20 +326,9 @@ func (p *qosParts) close() {
 	}
 }
 
-// QoSStatus is what a host's QoS is doing, for `gpumesh qos status` and the demo.
-type QoSStatus struct {
-	Marking *qos.MarkerStatus // nil when outer marking is off
-	// LinkRate is the rate the scheduler paces all classes to, bytes/s;
-	// 0 when it does not pace.
-	LinkRate int64
-	Classes  []qos.ClassStats // per class, from the scheduler
-	Shaping  string           // the installed tc tree, or "" when none
-	// ShapingStats are the kernel's counters of the tc classes.
-	ShapingStats []tc.ClassStats
-	// Routes are the peers' WireGuard endpoints the tc tree classifies
-	// by peer (the others by DSCP).
-	Routes []tc.PeerRoute
-}
+// QoSStatus is what a host's QoS is doing, for `gpumesh qos status` and
+// the demo; diag renders it (diag.LiveQoSOf).
+type QoSStatus = diag.QoSState
 
 // QoSStatus reports the host's marking, scheduling and shaping.
 func (h *Host) QoSStatus() QoSStatus {

@@ -71,7 +71,7 @@ the node would install there.`,
 				_, err := fmt.Fprintf(out, "%s\n", bytes.TrimSpace(b.Bytes()))
 				return err
 			case err == nil:
-				var st liveQoS
+				var st diag.LiveQoS
 				if err := json.Unmarshal(raw, &st); err != nil {
 					return fmt.Errorf("node at %s: %w", sock, err)
 				}
@@ -148,7 +148,7 @@ func printPolicyQoS(out io.Writer, path, link, rate string) error {
 }
 
 // askLiveQoS asks the node running on the state directory the flags in fs
-// name for its live QoS: the JSON of a liveQoS. It returns the socket it
+// name for its live QoS: the JSON of a diag.LiveQoS. It returns the socket it
 // asked, for messages.
 func askLiveQoS(ctx context.Context, fs *pflag.FlagSet) (sock string, raw json.RawMessage, err error) {
 	dir, err := stateDirOf(fs)
@@ -164,7 +164,7 @@ func askLiveQoS(ctx context.Context, fs *pflag.FlagSet) (sock string, raw json.R
 
 // printLiveQoS renders a running host's QoS: marking, the scheduler's
 // classes, the tc tree and its counters.
-func printLiveQoS(out io.Writer, st liveQoS) {
+func printLiveQoS(out io.Writer, st diag.LiveQoS) {
 	if m := st.Marking; m == nil {
 		fmt.Fprintln(out, "outer marking: off")
 	} else {

@@ -74,9 +74,9 @@ func TestQoSStatus(t *testing.T) {
 		want   []string
 		err    string
 	}{
-		{name: "live", qos: liveQoSOf(busy), golden: "status_live"},
-		{name: "live bare", qos: liveQoSOf(bare), golden: "status_bare"},
-		{name: "live and policy", qos: liveQoSOf(bare), args: []string{"--policy", "POLICY"},
+		{name: "live", qos: diag.LiveQoSOf(busy), golden: "status_live"},
+		{name: "live bare", qos: diag.LiveQoSOf(bare), golden: "status_bare"},
+		{name: "live and policy", qos: diag.LiveQoSOf(bare), args: []string{"--policy", "POLICY"},
 			want: []string{"live QoS of the node at STATE/gpumesh.sock\n", "classes (POLICY):\n", "  interactive  AF41 (34)  1"}},
 		{name: "no QoS", qos: nil, args: []string{"--probe=false"},
 			want: []string{"node at STATE/gpumesh.sock: diag: the node reports no QoS: this node serves no GPUs", "; probing this host\nouter marking: "}},
@@ -129,7 +129,7 @@ func TestQoSStatus(t *testing.T) {
 					t.Fatalf("--json: %v\n%s", err, js)
 				}
 				qosGolden(t, "qos_"+tt.golden+".json", js)
-				var got liveQoS
+				var got diag.LiveQoS
 				if err := json.Unmarshal([]byte(js), &got); err != nil {
 					t.Fatalf("--json: %v\n%s", err, js)
 				}

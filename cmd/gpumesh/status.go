@@ -83,7 +83,7 @@ func hostStarted(h *node.Host) {
 
 // serveQoS makes api answer GET /v1/qos with h's QoS at each request.
 func serveQoS(api *diag.LocalAPI, h *node.Host) {
-	api.SetQoS(func() any { return liveQoSOf(h.QoSStatus()) })
+	api.SetQoS(func() any { return diag.LiveQoSOf(h.QoSStatus()) })
 }
 
 // startLocalAPI serves `gpumesh status` and `gpumesh doctor` for node n,
