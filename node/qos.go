@@ -23,10 +23,15 @@ import (
 // QoSConfig says how a host marks and schedules its GPU traffic.
 type QoSConfig struct {
 	// UDPPort is the overlay's WireGuard UDP port whose packets get the
-	// outer DSCP; 0 skips outer marking.
+	// outer DSCP. 0 means the port of the tailnet node the host joined
+	// itself (HostConfig.Join), and no outer marking on an overlay given
+	// ready. A WireGuard mesh the host joins marks its packets itself.
 	UDPPort uint16
 	// DSCP is the outer code point; dscp.None means AF41. CS0 marks CS0.
 	DSCP dscp.Code
+	// NoOuterMarking leaves the overlay's outer packets unmarked (serve
+	// --dscp off); replies are still scheduled by class.
+	NoOuterMarking bool
 	// ShapeLink, if set, is the interface whose egress is shaped with an
 	// HTB tree (needs CAP_NET_ADMIN; without it a one-line notice).
 	ShapeLink string
@@ -43,6 +48,18 @@ type QoSConfig struct {
 	LinkRate int64
 }
 
+// outerDSCP is the code point of the overlay's outer packets: none
+// without QoS or with NoOuterMarking, else DSCP (AF41 when unset).
+func (c *QoSConfig) outerDSCP() dscp.Code {
+	switch {
+	case c == nil || c.NoOuterMarking:
+		return dscp.None
+	case c.DSCP == dscp.None:
+		return dscp.AF41
+	}
+	return c.DSCP
+}
+
 // qosParts are what a host runs for QoS; each of sched, marker and shaper
 // may be nil. They follow the policy: an applier registered with the
 // policy store rebuilds the scheduler's classes, the tc tree and the peer
@@ -54,10 +71,12 @@ type qosParts struct {
 	shaper *tc.Shaper
 
 	log           *slog.Logger
-	innerOnce     sync.Once      // logs that inner marking is not possible
-	wg            sync.WaitGroup // routePeers
-	reroute       chan struct{}  // asks routePeers to look again now; buffered
-	removeApplier func()         // unregisters apply from the store; nil before
+	ctx           context.Context    // ends when the parts close
+	cancel        context.CancelFunc // ends ctx
+	innerOnce     sync.Once          // logs that inner marking is not possible
+	wg            sync.WaitGroup     // routePeers
+	reroute       chan struct{}      // asks routePeers to look again now; buffered
+	removeApplier func()             // unregisters apply from the store; nil before
 
 	mu    sync.Mutex
 	conns map[*liveConn]bool // the callers' open connections; guarded by mu
@@ -73,11 +92,12 @@ const routeEvery = 2 * time.Second
 // socket with one DSCP, so the DSCP filters alone would put all callers in
 // one class, where an interactive caller's packets wait behind a bulk
 // caller's. Peers relayed through DERP keep the DSCP classification. It
-// runs until ctx ends; close waits for it.
-func (p *qosParts) routePeers(ctx context.Context, pp overlay.PeerPather, ov overlay.Overlay, store *policy.Store) {
+// runs until the parts close.
+func (p *qosParts) routePeers(pp overlay.PeerPather, ov overlay.Overlay, store *policy.Store) {
 	if p.shaper == nil {
 		return
 	}
+	ctx := p.ctx
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -143,11 +163,13 @@ func peerRoutes(ctx context.Context, pp overlay.PeerPather, ov overlay.Overlay, 
 // startQoS builds the scheduler from the policy's classes, marks the
 // overlay's UDP sockets, installs host shaping where it can, and makes all
 // of it follow the store's policy.
-func startQoS(ctx context.Context, cfg *QoSConfig, store *policy.Store, log *slog.Logger) (*qosParts, error) {
-	p := &qosParts{log: log, reroute: make(chan struct{}, 1), conns: make(map[*liveConn]bool)}
+func startQoS(cfg *QoSConfig, store *policy.Store, log *slog.Logger) (*qosParts, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &qosParts{log: log, ctx: ctx, cancel: cancel, reroute: make(chan struct{}, 1), conns: make(map[*liveConn]bool)}
 	pol := store.Current()
 	classes := QoSClasses(pol)
 	if err := qos.ValidateClasses(classes); err != nil {
+		cancel()
 		return nil, fmt.Errorf("node: qos classes: %w", err)
 	}
 	if cfg.UDPPort != 0 {
@@ -313,17 +335,22 @@ func (c *liveConn) Close() error {
 	return c.Conn.Close()
 }
 
-func (p *qosParts) close() {
+// close stops the peer routes, the marker and the host shaping, and
+// leaves the policy store's appliers.
+func (p *qosParts) close() error {
+	p.cancel()
 	if p.removeApplier != nil {
 		p.removeApplier()
 	}
-	p.wg.Wait() // routePeers ends with the host's context
+	p.wg.Wait()
+	var errs []error
 	if p.marker != nil {
-		p.marker.Close()
+		errs = append(errs, p.marker.Close())
 	}
 	if p.shaper != nil {
-		p.shaper.Close()
+		errs = append(errs, p.shaper.Close())
 	}
+	return errors.Join(errs...)
 }
 
 // QoSStatus is what a host's QoS is doing, for `gpumesh qos status` and

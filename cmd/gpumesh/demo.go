@@ -27,8 +27,6 @@ import (
 	"github.com/gpumesh/gpumesh/policy"
 )
 
-func init() { register(newDemoCmd) }
-
 func newDemoCmd() *cobra.Command {
 	var (
 		policyPath string

@@ -15,8 +15,6 @@ import (
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
 )
 
-func init() { register(newLogoutCmd) }
-
 // stateFile is where a tsnet node keeps its identity inside its state dir.
 const stateFile = "tailscaled.state"
 

@@ -7,12 +7,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
 	"github.com/gpumesh/gpumesh/node"
 )
-
-func init() { register(newRunCmd) }
 
 func newRunCmd() *cobra.Command {
 	var (
@@ -38,12 +35,16 @@ computation done locally.`,
 			if err != nil {
 				return err
 			}
-			ov, err := joinOverlay(ctx, &tf, &wf, dscp.None, joinTimeout)
+			jc, err := joinConfig(&tf, &wf, joinTimeout, logger(tf.verbose))
+			if err != nil {
+				return err
+			}
+			ov, err := node.Join(ctx, jc)
 			if err != nil {
 				return err
 			}
 			defer ov.Close()
-			c, err := node.Dial(ov, hostName)
+			c, err := node.Dial(ov.Overlay, hostName)
 			if err != nil {
 				return err
 			}
@@ -55,7 +56,7 @@ computation done locally.`,
 	wf.register(cmd)
 	cmd.Flags().IntVar(&size, "size", 512, "input size (matrix side, or vector length)")
 	cmd.Flags().BoolVar(&check, "check", true, "check the result against a local computation")
-	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")
+	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", node.DefaultJoinTimeout, "give up joining the tailnet after this long")
 	return cmd
 }
 

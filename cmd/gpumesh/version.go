@@ -8,19 +8,20 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// version is set at link time: -ldflags "-X main.version=v0.1.0".
-var version = "dev"
-
-func init() { register(newVersionCmd) }
-
+// newVersionCmd prints the version the go tool stamped into the binary:
+// the module's version, or for a build in a git checkout its tag or
+// commit (Go 1.24 and later), so no variable is set at link time.
 func newVersionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
 		Short: "Print the gpumesh version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ts := "unknown"
+			version, ts := "dev", "unknown"
 			if bi, ok := debug.ReadBuildInfo(); ok {
+				if v := bi.Main.Version; v != "" && v != "(devel)" {
+					version = v
+				}
 				for _, d := range bi.Deps {
 					if d.Path == "tailscale.com" {
 						ts = d.Version
