@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/gpusvc"
 )
@@ -21,6 +23,7 @@ import (
 // node's name is not taken over. No tailnet: finding only connects to the
 // local API's socket.
 func TestFind(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent()) // every local API's server ended with its Close
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	base := t.TempDir()
