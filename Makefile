@@ -40,7 +40,13 @@ test: headscale grpcurl ## Run all tests (vet, gofmt, every Go test; root runs t
 
 .PHONY: bench
 bench: ## Benchmarks, each printed with its ratio to the raw path measured in the same run
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./gpusvc/ ./gpusvc/cpu/ ./gpusvc/compat/ ./policy/ ./overlay/forward/ ./qos/ ./node/ ./e2e/priority/
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./gpusvc/ ./gpusvc/cpu/ ./gpusvc/compat/ ./policy/ ./overlay/forward/ ./qos/ ./node/ ./e2e/priority/ ./pool/
+
+# The soak is not part of `make test`: SOAK is its duration.
+SOAK ?= 3m
+.PHONY: soak
+soak: ## Soak the GPU host for SOAK (3m): 64 clients, valid/invalid/cancelled calls, policy reloads; prints calls, wrong results, errors by code, p50/p99, peak RSS, buffers, goroutines
+	$(GO) test -tags soak -run '^TestSoak$$' -count=1 -timeout 0 -v ./gpusvc/ -soak.duration=$(SOAK)
 
 # A count, not a duration: with a duration, Go 1.26's fuzz coordinator can
 # fail a target with a bare "context deadline exceeded" as the time runs

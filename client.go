@@ -77,8 +77,12 @@ func WithGRPCOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.grpcOpts = append(o.grpcOpts, opts...) }
 }
 
-// Client calls one GPU host. It is safe for concurrent use; Compute calls
-// share one long-lived stream.
+// Client calls one GPU host. It is safe for concurrent use: Compute calls
+// share one long-lived stream on which the host runs them concurrently (up
+// to the caller's max_concurrent), and a call whose context ends is
+// cancelled on the host too. The client knows the caller's limits from
+// Dial: a request over max_request fails at once, without reaching the
+// host, and uploads are chunked to fit.
 type Client struct {
 	c    *gpusvc.Client
 	api  pb.GPUClient
@@ -93,6 +97,8 @@ type Client struct {
 // Dial connects to the GPU host at target and checks that it answers.
 // target is "host:port" or "host" (port 50051): a forwarder's
 // "localhost:50051", or with WithOverlay a tailnet name such as "gpu-host".
+// A host whose policy gives this node no right at all refuses it here,
+// with PermissionDenied and the policy's reason.
 func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 	var o options
 	for _, opt := range opts {

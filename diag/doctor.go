@@ -15,6 +15,7 @@ import (
 	"tailscale.com/tailcfg"
 
 	pb "github.com/gpumesh/gpumesh/gpusvc/gpumeshpb"
+	"github.com/gpumesh/gpumesh/pool"
 )
 
 // Result is a check's verdict.
@@ -83,6 +84,12 @@ func Doctor(ctx context.Context, n Node, opts Options) []Check {
 	}
 	checks = append(checks, checkControl(ctx, controlURL, opts.Timeout))
 
+	var poolRep *pool.Report
+	if opts.Pool != "" {
+		if poolRep, opts.Hosts, err = lookPool(ctx, n, opts); err != nil {
+			checks = append(checks, Check{Name: "pool " + opts.Pool, Result: Fail, Detail: err.Error()})
+		}
+	}
 	peers := peersOf(st, opts.Hosts)
 	var wg sync.WaitGroup
 	explains := make([]explained, len(peers))
@@ -117,6 +124,9 @@ func Doctor(ctx context.Context, n Node, opts Options) []Check {
 		checks = append(checks, Check{Name: "gpu hosts", Result: Fail,
 			Detail: fmt.Sprintf("no peer answers on port %d", opts.Port),
 			Hint:   "name the host (gpumesh doctor --host gpu-host) to see why it does not; on the GPU host, run gpumesh serve"})
+	}
+	if poolRep != nil {
+		checks = append(checks, poolCheck(poolRep))
 	}
 	return checks
 }
@@ -214,6 +224,14 @@ func judgeHost(p Peer, ex explained, opts Options) []Check {
 	checks := []Check{peer}
 
 	svc := Check{Name: "service " + name}
+	if why, ok := strings.CutPrefix(p.ServiceError, "PermissionDenied: "); ok && p.GPU == nil {
+		// A host refuses a node its policy gives nothing before it says
+		// anything else: the service answers, the policy check fails.
+		svc.Result, svc.Detail = OK, fmt.Sprintf("%s:%d answers, and refuses this node", name, opts.Port)
+		pol := Check{Name: "policy " + name, Result: Fail, Detail: strings.TrimPrefix(why, "gpumesh: ")}
+		pol.Hint = fmt.Sprintf("ask %s's owner for a rule that names this node; they can check one with `gpumesh policy explain POLICY --as NODE --kernel %s`", name, opts.Kernel)
+		return append(checks, svc, pol)
+	}
 	if p.GPU == nil {
 		svc.Result = Fail
 		svc.Detail = fmt.Sprintf("%s:%d does not answer: %s", name, opts.Port, p.ServiceError)

@@ -149,7 +149,7 @@ func (o Options) query() url.Values {
 	if o.Timeout != 0 {
 		q.Set("timeout", o.Timeout.String())
 	}
-	for k, v := range map[string]string{"kernel": o.Kernel, "gpu": o.GPU, "need_cuda": o.NeedCUDA} {
+	for k, v := range map[string]string{"kernel": o.Kernel, "gpu": o.GPU, "need_cuda": o.NeedCUDA, "pool": o.Pool} {
 		if v != "" {
 			q.Set(k, v)
 		}
@@ -182,6 +182,8 @@ func optionsFromQuery(q url.Values) (Options, error) {
 			o.GPU = v
 		case "need_cuda":
 			o.NeedCUDA = v
+		case "pool":
+			o.Pool = v
 		default:
 			err = errors.New("unknown parameter")
 		}

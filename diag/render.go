@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/gpumesh/gpumesh/internal/human"
+	"github.com/gpumesh/gpumesh/pool"
 )
 
 // WriteStatus renders r as text: this node, then the GPU hosts with their
@@ -45,6 +46,11 @@ func WriteStatus(w io.Writer, r Report) error {
 			for _, d := range p.GPU.Devices {
 				fmt.Fprintf(&b, "  %s gpu %d: %s\n", p.Name, d.Index, deviceLine(d))
 			}
+		}
+	}
+	if r.Pool != nil {
+		if err := pool.WriteReport(&b, *r.Pool); err != nil {
+			return err
 		}
 	}
 	if len(others) > 0 {

@@ -32,6 +32,7 @@ import (
 	"github.com/gpumesh/gpumesh/gpusvc"
 	pb "github.com/gpumesh/gpumesh/gpusvc/gpumeshpb"
 	"github.com/gpumesh/gpumesh/internal/human"
+	"github.com/gpumesh/gpumesh/pool"
 )
 
 // Node is the live tailnet node a report is made from; *tsnet.Node is one.
@@ -59,6 +60,10 @@ type Options struct {
 	// NeedCUDA is the CUDA version the client's code needs ("12.2"); Doctor
 	// fails a host whose driver supports less. Empty: no requirement.
 	NeedCUDA string `json:"need_cuda,omitempty"`
+	// Pool is a pool target ("tag:gpu", "a,b", "*"): its members are the
+	// hosts looked at, and the report says which one the pool would pick
+	// for Kernel (see pool.go).
+	Pool string `json:"pool,omitempty"`
 }
 
 func (o Options) withDefaults() Options {
@@ -78,6 +83,8 @@ func (o Options) withDefaults() Options {
 type Report struct {
 	Self  Self   `json:"self"`
 	Peers []Peer `json:"peers"`
+	// Pool is Options.Pool's report, when one was asked for.
+	Pool *pool.Report `json:"pool,omitempty"`
 }
 
 // Self is this node.
@@ -162,7 +169,13 @@ func Status(ctx context.Context, n Node, opts Options) (Report, error) {
 	if err != nil {
 		return Report{}, fmt.Errorf("diag: status: %w", err)
 	}
-	r := Report{Self: selfOf(st), Peers: peersOf(st, opts.Hosts)}
+	var pr *pool.Report
+	if opts.Pool != "" {
+		if pr, opts.Hosts, err = lookPool(ctx, n, opts); err != nil {
+			return Report{}, err
+		}
+	}
+	r := Report{Self: selfOf(st), Peers: peersOf(st, opts.Hosts), Pool: pr}
 	var wg sync.WaitGroup
 	for i := range r.Peers {
 		p := &r.Peers[i]

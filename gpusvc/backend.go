@@ -20,13 +20,17 @@ type Backend interface {
 }
 
 // Memory is implemented by backends that keep buffers resident between
-// calls. Handles are the backend's own and never 0.
+// calls. Handles are the backend's own and never 0. Every method may block
+// (a worker process, a device copy) and gives up when ctx is done; Free
+// zeroes the buffer before it forgets it, and the server calls it with a
+// context of its own, so that a buffer is freed even when its caller has
+// gone.
 type Memory interface {
 	Alloc(ctx context.Context, gpu int, n int64) (handle uint64, err error)
-	Free(handle uint64) error
+	Free(ctx context.Context, handle uint64) error
 	// WriteAt and ReadAt copy bytes into and out of a buffer.
-	WriteAt(handle uint64, off int64, p []byte) error
-	ReadAt(handle uint64, off int64, p []byte) error
+	WriteAt(ctx context.Context, handle uint64, off int64, p []byte) error
+	ReadAt(ctx context.Context, handle uint64, off int64, p []byte) error
 }
 
 // Modules is implemented by backends that run callers' own kernels (CUDA).
@@ -101,4 +105,7 @@ var (
 	ErrNoBuffer = errors.New("no such buffer")
 	// ErrOutOfMemory: the device cannot hold the allocation.
 	ErrOutOfMemory = errors.New("out of device memory")
+	// ErrBusy: the backend runs as much as it may (e.g. every GPU worker
+	// it may start is busy); a later call may succeed.
+	ErrBusy = errors.New("backend busy")
 )

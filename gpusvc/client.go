@@ -7,12 +7,14 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/gpumesh/gpumesh/gpusvc/gpumeshpb"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
@@ -23,10 +25,22 @@ type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
 // Client calls a gpumesh compute endpoint. Compute calls share one
 // long-lived stream: a message on an open stream costs much less than a
-// unary call.
+// unary call. Calls on it run concurrently on the host, each cancelled on
+// the host when its context ends.
+//
+// The client learns the caller's limits from the host (Devices, asked once
+// before the first call that needs them): it refuses a request over the
+// caller's max_request itself, so that it never reaches the shared stream
+// (where gRPC would end the stream, and every call on it), sizes upload
+// chunks to fit, and keeps at most the host's stream_window calls on the
+// stream, the rest waiting their turn.
 type Client struct {
 	cc  *grpc.ClientConn
 	api pb.GPUClient
+
+	limits   atomic.Pointer[pb.Limits] // the caller's, once learned
+	window   atomic.Pointer[chan struct{}]
+	limitsMu sync.Mutex // one Devices call at a time learns the limits
 
 	mu      sync.Mutex
 	stream  *clientStream // the open stream, or nil; guarded by mu
@@ -63,9 +77,52 @@ func NewClient(target string, dial DialFunc, opts ...grpc.DialOption) (*Client, 
 // API returns the raw generated client, for calls this type does not wrap.
 func (c *Client) API() pb.GPUClient { return c.api }
 
-// Devices describes the host's backend and GPUs.
+// Devices describes the host's backend and GPUs, the caller's limits and
+// the host's load.
 func (c *Client) Devices(ctx context.Context) (*pb.DevicesResponse, error) {
-	return c.api.Devices(ctx, &pb.DevicesRequest{})
+	res, err := c.api.Devices(ctx, &pb.DevicesRequest{})
+	if err != nil {
+		return nil, err
+	}
+	c.learn(res.GetLimits())
+	return res, nil
+}
+
+// learn keeps the caller's limits as the host reported them.
+func (c *Client) learn(l *pb.Limits) {
+	if l == nil {
+		return
+	}
+	c.limits.Store(l)
+	if w := l.GetStreamWindow(); w > 0 && c.window.Load() == nil {
+		ch := make(chan struct{}, w)
+		c.window.CompareAndSwap(nil, &ch)
+	}
+}
+
+// Limits returns the caller's limits on the host, asking it (Devices) the
+// first time. A host too old to report them gives nil limits, no error.
+func (c *Client) Limits(ctx context.Context) (*pb.Limits, error) {
+	if l := c.limits.Load(); l != nil {
+		return l, nil
+	}
+	c.limitsMu.Lock()
+	defer c.limitsMu.Unlock()
+	if l := c.limits.Load(); l != nil {
+		return l, nil // learned while this call waited
+	}
+	if _, err := c.Devices(ctx); err != nil {
+		return nil, err
+	}
+	return c.limits.Load(), nil
+}
+
+// checkSize refuses a message of n bytes over the caller's max_request.
+func checkSize(l *pb.Limits, what string, n int) error {
+	if max := l.GetMaxRequestBytes(); max > 0 && int64(n) > max {
+		return status.Errorf(codes.ResourceExhausted, "gpusvc: %s of %d bytes is over the host's max_request of %d bytes for this caller; not sent", what, n, max)
+	}
+	return nil
 }
 
 // Explain asks the host how its policy decides for this node.
@@ -91,9 +148,29 @@ func (c *Client) ComputeUnary(ctx context.Context, req *pb.ComputeRequest) (*pb.
 }
 
 // ComputeRequest runs one call on the client's shared stream. Errors are
-// gRPC status errors, as a unary call would return.
+// gRPC status errors, as a unary call would return. When ctx ends, the
+// call is cancelled on the host too; ctx's deadline goes with the call.
 func (c *Client) ComputeRequest(ctx context.Context, req *pb.ComputeRequest) (*pb.ComputeResponse, error) {
-	s, id, ch, err := c.send(ctx, req)
+	l, err := c.Limits(ctx)
+	if err != nil {
+		return nil, err
+	}
+	msg := &pb.StreamRequest{Id: math.MaxUint64, Compute: req}
+	if d, ok := ctx.Deadline(); ok {
+		msg.TimeoutMicros = uint64(max(time.Until(d).Microseconds(), 1))
+	}
+	if err := checkSize(l, "request", proto.Size(msg)); err != nil {
+		return nil, err
+	}
+	if w := c.window.Load(); w != nil {
+		select {
+		case *w <- struct{}{}:
+			defer func() { <-*w }()
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
+	s, id, ch, err := c.send(msg)
 	if err != nil {
 		return nil, err
 	}
@@ -108,12 +185,23 @@ func (c *Client) ComputeRequest(ctx context.Context, req *pb.ComputeRequest) (*p
 		return r.res.GetCompute(), nil
 	case <-ctx.Done():
 		s.forget(id)
+		c.cancelCall(s, id)
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}
 }
 
-// send queues req on the open stream, opening one if needed.
-func (c *Client) send(ctx context.Context, req *pb.ComputeRequest) (*clientStream, uint64, chan streamResult, error) {
+// cancelCall tells the host to cancel call id on s, if s is still open.
+func (c *Client) cancelCall(s *clientStream, id uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stream == s && !s.broken() {
+		s.st.Send(&pb.StreamRequest{Id: id, Cancel: true}) // a failure breaks the stream; its reader sees it
+	}
+}
+
+// send queues msg on the open stream, opening one if needed, and gives it
+// the next id.
+func (c *Client) send(msg *pb.StreamRequest) (*clientStream, uint64, chan streamResult, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -139,7 +227,8 @@ func (c *Client) send(ctx context.Context, req *pb.ComputeRequest) (*clientStrea
 		return nil, 0, nil, err
 	}
 	// Sends are serialised by c.mu: a gRPC stream allows one sender.
-	if err := s.st.Send(&pb.StreamRequest{Id: id, Compute: req}); err != nil {
+	msg.Id = id
+	if err := s.st.Send(msg); err != nil {
 		s.forget(id)
 		s.fail(err)
 		return nil, 0, nil, status.Convert(err).Err()

@@ -50,7 +50,8 @@ func (c *Client) Free(ctx context.Context, session, buffer uint64) error {
 }
 
 // Write copies r, to its end, into buffer at byte offset off, streaming
-// DefaultChunkBytes chunks, and returns the bytes written. A
+// chunks of DefaultChunkBytes or, when the caller's max_request is
+// smaller, chunks that fit it, and returns the bytes written. A
 // *bytes.Reader's slice is sent as it is, without a copy.
 func (c *Client) Write(ctx context.Context, session, buffer, off uint64, r io.Reader) (int64, error) {
 	res, err := c.writeStream(ctx, &pb.WriteRequest{Session: session, Buffer: buffer, Offset: off}, r, nil)
@@ -119,20 +120,25 @@ func (c *Client) Read(ctx context.Context, session, buffer, off, n uint64, w io.
 // pass before the stream is completed. Any failure cancels the stream,
 // which the host sees as an unfinished write.
 func (c *Client) writeStream(ctx context.Context, first *pb.WriteRequest, r io.Reader, check func() error) (*pb.WriteResponse, error) {
+	l, err := c.Limits(ctx)
+	if err != nil {
+		return nil, err
+	}
+	chunk := chunkFor(l)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	st, err := c.api.Write(ctx)
 	if err != nil {
 		return nil, err
 	}
-	w := &chunkSender{st: st, msg: first}
+	w := &chunkSender{st: st, msg: first, chunk: chunk}
 	if br, ok := r.(*bytes.Reader); ok {
 		// WriteTo hands over the reader's own slice: no copy.
 		_, err = br.WriteTo(w)
 	} else {
 		// Send encodes the message before it returns, so one chunk buffer
 		// serves the whole stream.
-		buf := make([]byte, DefaultChunkBytes)
+		buf := make([]byte, chunk)
 		for err == nil {
 			var n int
 			n, err = io.ReadFull(r, buf)
@@ -165,19 +171,36 @@ func (c *Client) writeStream(ctx context.Context, first *pb.WriteRequest, r io.R
 	return st.CloseAndRecv()
 }
 
-// chunkSender writes a Write stream's messages, DefaultChunkBytes at most
-// each; the first carries the header.
+// writeHeader bounds what a Write message carries besides its data.
+const writeHeader = 512
+
+// chunkFor is the Write chunk size for a caller's limits: DefaultChunkBytes,
+// or less so that a message fits the caller's max_request.
+func chunkFor(l *pb.Limits) int {
+	limit := l.GetMaxRequestBytes()
+	if limit <= 0 || limit >= DefaultChunkBytes+writeHeader {
+		return DefaultChunkBytes
+	}
+	if limit > 2*writeHeader {
+		return int(limit - writeHeader)
+	}
+	return int(max(limit/2, 1))
+}
+
+// chunkSender writes a Write stream's messages, chunk bytes at most each;
+// the first carries the header.
 type chunkSender struct {
-	st   pb.GPU_WriteClient
-	msg  *pb.WriteRequest // the next message
-	sent bool
-	err  error // the stream's failure
+	st    pb.GPU_WriteClient
+	msg   *pb.WriteRequest // the next message
+	chunk int
+	sent  bool
+	err   error // the stream's failure
 }
 
 func (w *chunkSender) Write(p []byte) (int, error) {
 	total := len(p)
 	for len(p) > 0 {
-		n := min(len(p), DefaultChunkBytes)
+		n := min(len(p), w.chunk)
 		if err := w.send(p[:n]); err != nil {
 			return total - len(p), err
 		}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -168,4 +169,49 @@ func BenchmarkCompute(b *testing.B) {
 			raw.roundTrip(b, size, 1, buf)
 		}
 	})
+}
+
+// BenchmarkConcurrentCalls measures 64 small calls made at once by one
+// client on its one connection (the shared stream runs them concurrently)
+// against the same 64 calls one after another, alternating the two; the
+// x-sequential metric is the throughput ratio (issue 13: goal ≥ 8×).
+func BenchmarkConcurrentCalls(b *testing.B) {
+	w := startWorld(b, "laptop")
+	c := w.clients["laptop"]
+	ctx := context.Background()
+	x := f32([]int64{16})
+	saxpy := &pb.ComputeRequest{Kernel: "saxpy", Args: gpusvc.ArgsToPB([]kernel.Arg{scalar(2), x, x})}
+	call := func() {
+		if _, err := c.ComputeRequest(ctx, saxpy); err != nil {
+			b.Error(err)
+		}
+	}
+	const n = 64
+	one := func() {
+		for range n {
+			call()
+		}
+	}
+	all := func() {
+		var wg sync.WaitGroup
+		for range n {
+			wg.Go(call)
+		}
+		wg.Wait()
+	}
+	call() // the client learns its limits and opens its stream
+	var seq, par []time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		one()
+		t1 := time.Now()
+		all()
+		par = append(par, time.Since(t1))
+		seq = append(seq, t1.Sub(t0))
+	}
+	s, p := p50(seq), p50(par)
+	b.ReportMetric(float64(s.Microseconds())/n, "sequential-µs/call")
+	b.ReportMetric(float64(p.Microseconds())/n, "concurrent-µs/call")
+	b.ReportMetric(float64(s)/float64(p), "x-sequential")
+	b.ReportMetric(0, "ns/op")
 }

@@ -33,7 +33,7 @@ func (m *fakeMemory) Alloc(_ context.Context, _ int, n int64) (uint64, error) {
 	return m.next, nil
 }
 
-func (m *fakeMemory) Free(h uint64) error {
+func (m *fakeMemory) Free(_ context.Context, h uint64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.live[h]; !ok {
@@ -44,8 +44,8 @@ func (m *fakeMemory) Free(h uint64) error {
 	return nil
 }
 
-func (m *fakeMemory) WriteAt(uint64, int64, []byte) error { return nil }
-func (m *fakeMemory) ReadAt(uint64, int64, []byte) error  { return nil }
+func (m *fakeMemory) WriteAt(context.Context, uint64, int64, []byte) error { return nil }
+func (m *fakeMemory) ReadAt(context.Context, uint64, int64, []byte) error  { return nil }
 
 func (m *fakeMemory) count() int {
 	m.mu.Lock()
@@ -55,19 +55,28 @@ func (m *fakeMemory) count() int {
 
 func testTable(t *testing.T) (*sessions, *fakeMemory) {
 	mem := newFakeMemory()
-	tab := newSessions(mem, newQuotas(), slog.New(slog.DiscardHandler), time.Minute)
+	tab := newSessions(mem, newQuotas(1<<30), slog.New(slog.DiscardHandler), time.Minute)
 	t.Cleanup(tab.close)
 	return tab, mem
 }
 
-func testCaller(node string, maxMemory int64) *caller {
-	return &caller{id: overlay.Identity{Node: node, StableID: "id-" + node},
+// testCall is a call by node, decided by a rule with maxMemory.
+func testCall(node string, maxMemory int64) *call {
+	return &call{who: newCaller(overlay.Identity{Node: node, StableID: "id-" + node}), decided: true,
 		decision: policy.Decision{Allow: true, Rule: "r", Limits: policy.Limits{MaxMemory: maxMemory}}}
 }
 
-func mustAlloc(t *testing.T, tab *sessions, s *session, c *caller, n uint64) uint64 {
+// finish ends c as the server does: what it holds is given back.
+func finish(c *call) {
+	for i := len(c.undo) - 1; i >= 0; i-- {
+		c.undo[i]()
+	}
+	c.undo = nil
+}
+
+func mustAlloc(t *testing.T, tab *sessions, s *session, c *call, n uint64) uint64 {
 	t.Helper()
-	b, err := tab.alloc(context.Background(), c, 0, n)
+	b, err := tab.alloc(context.Background(), c, device{name: "0"}, n)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,11 +87,10 @@ func mustAlloc(t *testing.T, tab *sessions, s *session, c *caller, n uint64) uin
 	return id
 }
 
-func heldBy(tab *sessions, key string) int64 {
-	tab.quotas.mu.Lock()
-	defer tab.quotas.mu.Unlock()
-	return tab.quotas.get(key).memHeld
-}
+func heldBy(tab *sessions, key string) int64 { return tab.quotas.heldBy(key) }
+
+// buffered is what n bytes of buffer count against quotas.
+func buffered(n int64) int64 { return n + bufferOverhead }
 
 // A buffer freed (or whose session ends) while a transfer uses it is
 // released when the transfer ends, and its quota with it.
@@ -90,14 +98,14 @@ func TestSessionsPinnedFree(t *testing.T) {
 	for _, end := range []string{"free", "close session", "stop"} {
 		t.Run(end, func(t *testing.T) {
 			tab, mem := testTable(t)
-			c := testCaller("laptop", 100)
-			s, err := tab.open("id-laptop", "laptop", 0)
+			c := testCall("laptop", 1000)
+			s, err := tab.open(c.who, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
 			id := mustAlloc(t, tab, s, c, 60)
-			_, unpin, err := tab.pin(s, id)
-			if err != nil {
+			reader := testCall("laptop", 1000)
+			if _, err := tab.pin(reader, s, id); err != nil {
 				t.Fatal(err)
 			}
 			switch end {
@@ -111,14 +119,14 @@ func TestSessionsPinnedFree(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := tab.handle("id-laptop", s.id, id); status.Code(err) != codes.NotFound {
-				t.Errorf("handle after %s: %v; want NotFound", end, err)
+			if _, err := tab.pin(testCall("laptop", 0), s, id); status.Code(err) != codes.NotFound {
+				t.Errorf("pin after %s: %v; want NotFound", end, err)
 			}
-			if mem.count() != 1 || heldBy(tab, "id-laptop") != 60 {
+			if mem.count() != 1 || heldBy(tab, "id-laptop") != buffered(60) {
 				t.Fatalf("while pinned: %d live, %d held; want the buffer kept", mem.count(), heldBy(tab, "id-laptop"))
 			}
-			unpin()
-			unpin() // twice is harmless
+			finish(reader)
+			finish(reader) // twice is harmless
 			if mem.count() != 0 || heldBy(tab, "id-laptop") != 0 {
 				t.Fatalf("after unpin: %d live, %d held; want none", mem.count(), heldBy(tab, "id-laptop"))
 			}
@@ -128,9 +136,9 @@ func TestSessionsPinnedFree(t *testing.T) {
 
 func TestSessionsPublishAfterEnd(t *testing.T) {
 	tab, mem := testTable(t)
-	c := testCaller("laptop", 0)
-	s, _ := tab.open("id-laptop", "laptop", 0)
-	b, err := tab.alloc(context.Background(), c, 0, 10)
+	c := testCall("laptop", 0)
+	s, _ := tab.open(c.who, 0)
+	b, err := tab.alloc(context.Background(), c, device{name: "0"}, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,16 +156,16 @@ func TestSessionsPublishAfterEnd(t *testing.T) {
 // expire is driven with explicit times: no waiting.
 func TestSessionsExpire(t *testing.T) {
 	tab, mem := testTable(t)
-	c := testCaller("laptop", 0)
-	short, _ := tab.open("id-laptop", "laptop", time.Second)
-	long, _ := tab.open("id-laptop", "laptop", time.Hour)
+	c := testCall("laptop", 0)
+	short, _ := tab.open(c.who, time.Second)
+	long, _ := tab.open(c.who, time.Hour)
 	mustAlloc(t, tab, short, c, 1)
 	mustAlloc(t, tab, long, c, 1)
 	now := time.Now()
 
 	// In use: not reaped, however long.
-	_, done, err := tab.use("id-laptop", short.id)
-	if err != nil {
+	user := testCall("laptop", 0)
+	if _, err := tab.use(user, short.id); err != nil {
 		t.Fatal(err)
 	}
 	if next := tab.expire(now.Add(time.Minute)); next.IsZero() {
@@ -166,7 +174,7 @@ func TestSessionsExpire(t *testing.T) {
 	if n, _ := tab.count(); n != 2 {
 		t.Fatalf("%d sessions after expire with one in use; want 2", n)
 	}
-	done()
+	finish(user)
 	next := tab.expire(time.Now().Add(2 * time.Second))
 	if n, b := tab.count(); n != 1 || b != 1 || mem.count() != 1 {
 		t.Fatalf("after the short idle: %d sessions, %d buffers, %d live; want 1, 1, 1", n, b, mem.count())
@@ -174,35 +182,36 @@ func TestSessionsExpire(t *testing.T) {
 	if want := long.last.Add(time.Hour); !next.Equal(want) {
 		t.Errorf("next deadline %v; want the long session's %v", next, want)
 	}
-	if _, _, err := tab.use("id-laptop", short.id); status.Code(err) != codes.NotFound {
+	if _, err := tab.use(testCall("laptop", 0), short.id); status.Code(err) != codes.NotFound {
 		t.Errorf("use of the expired session: %v; want NotFound", err)
 	}
 }
 
 func TestSessionsOwnerAndLimits(t *testing.T) {
 	tab, _ := testTable(t)
-	c := testCaller("laptop", 100)
-	s, _ := tab.open("id-laptop", "laptop", 0)
-	id := mustAlloc(t, tab, s, c, 100)
-	if _, err := tab.handle("id-other", s.id, id); status.Code(err) != codes.NotFound {
-		t.Errorf("another owner's handle: %v; want NotFound", err)
+	c := testCall("laptop", buffered(100))
+	other := testCall("other", 0)
+	s, _ := tab.open(c.who, 0)
+	mustAlloc(t, tab, s, c, 100)
+	if _, err := tab.use(other, s.id); status.Code(err) != codes.NotFound {
+		t.Errorf("another owner's session: %v; want NotFound", err)
 	}
-	if _, err := tab.alloc(context.Background(), c, 0, 1); status.Code(err) != codes.ResourceExhausted {
+	if _, err := tab.alloc(context.Background(), c, device{name: "0"}, 1); status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("alloc over max_memory: %v; want ResourceExhausted", err)
 	}
 	for i := 1; i < maxSessionsPerCaller; i++ {
-		if _, err := tab.open("id-laptop", "laptop", 0); err != nil {
+		if _, err := tab.open(c.who, 0); err != nil {
 			t.Fatalf("session %d: %v", i+1, err)
 		}
 	}
-	if _, err := tab.open("id-laptop", "laptop", 0); status.Code(err) != codes.ResourceExhausted {
+	if _, err := tab.open(c.who, 0); status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("session over the cap: %v; want ResourceExhausted", err)
 	}
-	if _, err := tab.open("id-other", "other", 0); err != nil {
+	if _, err := tab.open(other.who, 0); err != nil {
 		t.Errorf("another caller is not limited by laptop's sessions: %v", err)
 	}
 	tab.close()
-	if _, err := tab.open("id-other", "other", 0); status.Code(err) != codes.Unavailable {
+	if _, err := tab.open(other.who, 0); status.Code(err) != codes.Unavailable {
 		t.Errorf("open after close: %v; want Unavailable", err)
 	}
 }

@@ -404,7 +404,8 @@ func TestSessions(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err = tight.Upload(ctx, ts2.ID, "", 600<<10, bytes.NewReader(make([]byte, 600<<10)))
-		wantCode(t, err, codes.ResourceExhausted, "max_memory = 1048576 bytes, 524288 held, 614400 more asked")
+		// Each buffer counts with its overhead (256 bytes).
+		wantCode(t, err, codes.ResourceExhausted, "max_memory = 1048576 bytes, 524544 held, 614656 more asked")
 		_, err = tight.Alloc(ctx, ts.ID, "", 600<<10)
 		wantCode(t, err, codes.ResourceExhausted, "max_memory")
 		if n := live(); n != before+1 {
@@ -417,7 +418,7 @@ func TestSessions(t *testing.T) {
 		if err := tight.Free(ctx, ts.ID, half); err != nil {
 			t.Fatal(err)
 		}
-		full, err := tight.Alloc(ctx, ts.ID, "", 1<<20)
+		full, err := tight.Alloc(ctx, ts.ID, "", 1<<20-256)
 		if err != nil {
 			t.Fatalf("alloc of the whole quota after freeing: %v", err)
 		}
@@ -483,6 +484,26 @@ func TestSessions(t *testing.T) {
 		wantCode(t, err, codes.Unimplemented, "gpumesh-gpu worker")
 	})
 
+	// Finding 9 (client): Upload sent 1 MiB chunks whatever the caller's
+	// max_request, so it always failed for a caller allowed less.
+	t.Run("upload fits max_request", func(t *testing.T) {
+		c := w.clients["chunky"]
+		s, err := c.OpenSession(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseSession(ctx, s.ID)
+		data := randomBytes(1<<20+3, 9)
+		id, err := c.Upload(ctx, s.ID, "", uint64(len(data)), bytes.NewReader(data))
+		if err != nil {
+			t.Fatalf("upload of 1 MiB under a 64 KiB max_request: %v", err)
+		}
+		var got bytes.Buffer
+		if _, err := c.Read(ctx, s.ID, id, 0, 0, &got); err != nil || !bytes.Equal(got.Bytes(), data) {
+			t.Fatalf("read back: %d bytes, %v; want the upload byte-exact", got.Len(), err)
+		}
+	})
+
 	t.Run("validation", func(t *testing.T) {
 		api := laptop.API()
 		id, err := laptop.Alloc(ctx, sess.ID, "", 100)
@@ -528,7 +549,7 @@ func TestSessions(t *testing.T) {
 			{"unknown buffer", func() error { return read(&pb.ReadRequest{Session: sess.ID, Buffer: 999}) }, codes.NotFound, "no buffer 999"},
 			{"free unknown buffer", func() error { return laptop.Free(ctx, sess.ID, 999) }, codes.NotFound, "no buffer 999"},
 			{"alloc 0 bytes", func() error { _, err := laptop.Alloc(ctx, sess.ID, "", 0); return err }, codes.InvalidArgument, "0 bytes"},
-			{"alloc on a missing gpu", func() error { _, err := laptop.Alloc(ctx, sess.ID, "3", 8); return err }, codes.InvalidArgument, "gpu 3"},
+			{"alloc on a missing gpu", func() error { _, err := laptop.Alloc(ctx, sess.ID, "3", 8); return err }, codes.InvalidArgument, `no gpu "3"`},
 			{"read past the end", func() error { return read(&pb.ReadRequest{Session: sess.ID, Buffer: id, Offset: 101}) }, codes.OutOfRange, "offset 101"},
 			{"read overruns", func() error { return read(&pb.ReadRequest{Session: sess.ID, Buffer: id, Offset: 90, Length: 11}) }, codes.OutOfRange, "overruns"},
 			{"huge chunks", func() error { return read(&pb.ReadRequest{Session: sess.ID, Buffer: id, ChunkBytes: 1 << 30}) }, codes.InvalidArgument, "chunks"},
@@ -556,16 +577,23 @@ func TestSessions(t *testing.T) {
 				_, err := laptop.ComputeRequest(ctx, &pb.ComputeRequest{Kernel: "relu", Session: sess.ID, Args: gpusvc.ArgsToPB([]kernel.Arg{
 					{Kind: kernel.ArgBuffer, Buffer: id, Tensor: kernel.Tensor{DType: kernel.Float32, Shape: []int64{26}}}})})
 				return err
-			}, codes.InvalidArgument, "holds 100 bytes"},
+			}, codes.InvalidArgument, "its buffer holds 100"},
 			{"stranger", func() error { _, err := w.clients["stranger"].OpenSession(ctx); return err }, codes.PermissionDenied, "denied by gpu-host's policy"},
 			{"chunk over max_request", func() error {
+				// The client sizes its chunks to fit (see "upload fits
+				// max_request"); one sent by hand does not.
 				c := w.clients["chunky"]
 				s, err := c.OpenSession(ctx)
 				if err != nil {
 					return err
 				}
 				defer c.CloseSession(ctx, s.ID)
-				_, err = c.Upload(ctx, s.ID, "", 1<<20, bytes.NewReader(make([]byte, 1<<20)))
+				st, err := c.API().Write(ctx)
+				if err != nil {
+					return err
+				}
+				st.Send(&pb.WriteRequest{Session: s.ID, AllocBytes: 1 << 20, Data: make([]byte, 64<<10+1)})
+				_, err = st.CloseAndRecv()
 				return err
 			}, codes.ResourceExhausted, "max_request of 65536 bytes"},
 		} {

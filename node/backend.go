@@ -33,6 +33,10 @@ const (
 // backend.
 type BackendConfig struct {
 	Kind BackendKind
+	// Ready, instead of Kind, is a backend already made (a test's
+	// simulated GPU): the host serves it and leaves closing it to its
+	// maker.
+	Ready gpusvc.Backend
 	// Worker is the gpumesh-gpu binary; "" means gpumesh-gpu next to this
 	// executable, then on $PATH.
 	Worker string
@@ -41,6 +45,9 @@ type BackendConfig struct {
 }
 
 func (c BackendConfig) validate() error {
+	if c.Ready != nil && (c.Kind != "" || c.Worker != "" || c.WorkerArgs != nil) {
+		return errors.New("node: a ready backend takes no kind or worker")
+	}
 	switch c.Kind {
 	case "", BackendCPU, BackendCUDA, BackendAuto:
 		return nil

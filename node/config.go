@@ -20,7 +20,7 @@ import (
 //
 // Ownership: the host closes everything it started, once each, in the
 // reverse order of start (the overlay it joined last). What the caller
-// hands in ready, Overlay and Policy, stays the caller's.
+// hands in ready, Overlay, Policy and Backend.Ready, stays the caller's.
 type HostConfig struct {
 	// Overlay is an overlay that is up (the demo's, a test's node) to
 	// serve on; the caller closes it after the host. Exactly one of
@@ -82,9 +82,10 @@ type AuditConfig struct {
 
 // MetricsConfig says where Prometheus metrics are served.
 type MetricsConfig struct {
-	// Listen is "tailnet:PORT", on the overlay only, or a loopback
-	// HOST:PORT ("127.0.0.1:9090", "localhost:9090", "[::1]:9090"). The
-	// metrics name who uses the GPUs, so no other address is accepted.
+	// Listen is "tailnet:PORT", on the overlay only and for the callers
+	// the policy grants observe:metrics, or a loopback HOST:PORT
+	// ("127.0.0.1:9090", "localhost:9090", "[::1]:9090"). The metrics name
+	// who uses the GPUs, so no other address is accepted.
 	Listen string
 }
 

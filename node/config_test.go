@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/gpumesh/gpumesh/gpusvc"
+	"github.com/gpumesh/gpumesh/gpusvc/cpu"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
@@ -47,6 +48,8 @@ func TestHostConfigValidate(t *testing.T) {
 		{"join both", node.HostConfig{Join: &node.JoinConfig{Tailnet: tailnet.Tailnet, WireGuard: &wg.Config{}}, Policy: store}, "exactly one"},
 		{"port", node.HostConfig{Overlay: ov, Policy: store, Port: 70000}, "port 70000"},
 		{"backend", node.HostConfig{Overlay: ov, Policy: store, Backend: node.BackendConfig{Kind: "rocm"}}, `backend "rocm"`},
+		{"ready backend", node.HostConfig{Overlay: ov, Policy: store, Backend: node.BackendConfig{Ready: cpu.New()}}, ""},
+		{"ready backend and a kind", node.HostConfig{Overlay: ov, Policy: store, Backend: node.BackendConfig{Ready: cpu.New(), Kind: node.BackendCUDA}}, "no kind or worker"},
 		{"server backend", node.HostConfig{Overlay: ov, Policy: store, Server: gpusvc.Config{Host: "x"}}, "the host's to set"},
 		{"server on-call", node.HostConfig{Overlay: ov, Policy: store, Server: gpusvc.Config{OnCall: func(gpusvc.CallRecord) {}}}, "use HostConfig's"},
 		{"request size", node.HostConfig{Overlay: ov, Policy: store, Server: gpusvc.Config{MaxRequestBytes: -1}}, "max request size"},

@@ -186,6 +186,21 @@ func TestHostParts(t *testing.T) {
 		t.Errorf("live QoS through the local API: %v", err)
 	}
 
+	// On the tailnet the metrics are for the callers the policy grants
+	// observe:metrics: without the grant, the laptop is refused.
+	noScrape, _, _ := strings.Cut(partsPolicy, `rule "scrape"`)
+	if err := os.WriteFile(polPath, []byte(noScrape), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.ReloadPolicy(); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := httpc.Get("http://gpu-host:9090/metrics"); err != nil || res.StatusCode != http.StatusForbidden {
+		t.Errorf("metrics without observe:metrics = %v, %v; want 403 Forbidden", res, err)
+	} else {
+		res.Body.Close()
+	}
+
 	if err := h.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}

@@ -68,10 +68,12 @@ func startHost(ctx context.Context, cfg HostConfig, onStop func(string)) (_ *Hos
 	h.cfg = c
 	log := c.Logger
 
-	if h.backend, err = startBackend(ctx, c.Backend, log); err != nil {
-		return nil, err
+	if h.backend = c.Backend.Ready; h.backend == nil {
+		if h.backend, err = startBackend(ctx, c.Backend, log); err != nil {
+			return nil, err
+		}
+		h.parts.add("backend", h.backend.Close)
 	}
-	h.parts.add("backend", h.backend.Close)
 	var observers []func(gpusvc.CallRecord)
 	if c.Audit != nil {
 		alog, err := openAudit(c.Audit, log)
@@ -127,7 +129,7 @@ func startHost(ctx context.Context, cfg HostConfig, onStop func(string)) (_ *Hos
 
 	h.parts.add("policy watch", h.watchPolicy())
 	if m != nil {
-		ms, err := serveMetrics(c.Metrics, m, c.Overlay, log)
+		ms, err := serveMetrics(c.Metrics, m, c.Overlay, c.Policy.Current, log)
 		if err != nil {
 			return nil, err
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/gpumesh/gpumesh/gpusvc/metrics"
 	"github.com/gpumesh/gpumesh/gpusvc/worker"
 	"github.com/gpumesh/gpumesh/overlay"
+	"github.com/gpumesh/gpumesh/policy"
 )
 
 // openAudit opens the audit log; its write errors are logged once.
@@ -68,9 +69,10 @@ type metricsServer struct {
 	wg   sync.WaitGroup
 }
 
-// serveMetrics listens where cfg says, on ov for a tailnet port, and
-// serves m there.
-func serveMetrics(cfg *MetricsConfig, m *metrics.Metrics, ov overlay.Overlay, log *slog.Logger) (*metricsServer, error) {
+// serveMetrics listens where cfg says and serves m there: on a loopback
+// address to anyone on this machine, on a tailnet port (on ov) only to the
+// callers pol grants policy.RightMetrics.
+func serveMetrics(cfg *MetricsConfig, m *metrics.Metrics, ov overlay.Overlay, pol func() *policy.Policy, log *slog.Logger) (*metricsServer, error) {
 	addr, onOverlay, err := metricsAddr(cfg.Listen)
 	if err != nil {
 		return nil, err
@@ -84,8 +86,12 @@ func serveMetrics(cfg *MetricsConfig, m *metrics.Metrics, ov overlay.Overlay, lo
 	if err != nil {
 		return nil, fmt.Errorf("node: metrics at %s: %w", cfg.Listen, err)
 	}
+	handler := m.Handler()
+	if onOverlay {
+		handler = metrics.Access{WhoIs: ov.WhoIs, Policy: pol, Logf: func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) }}.Restrict(handler)
+	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", m.Handler())
+	mux.Handle("/metrics", handler)
 	s := &metricsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, addr: ln.Addr()}
 	s.wg.Add(1)
 	go func() {

@@ -19,6 +19,7 @@ import (
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/internal/human"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/pool"
 )
 
 // remoteRef is HOST:[SESSION[/BUFFER]].
@@ -36,6 +37,12 @@ func (r remoteRef) String() string {
 // false for a local path (no colon, or a path with a slash before it).
 func parseRemote(s string) (r remoteRef, ok bool, err error) {
 	host, rest, found := strings.Cut(s, ":")
+	if host == "tag" && found {
+		// A pool target, tag:NAME:[SESSION]: the host part holds a colon.
+		var name string
+		name, rest, found = strings.Cut(rest, ":")
+		host = "tag:" + name
+	}
 	if !found || host == "" || strings.ContainsAny(host, `/\`) || s == "-" {
 		return remoteRef{}, false, nil
 	}
@@ -76,6 +83,7 @@ in a later cp, or pass the numbers to your program.
   gpumesh cp weights.bin gpu-host:          # a new session
   gpumesh cp more.bin gpu-host:7            # another buffer in session 7
   gpumesh cp gpu-host:7/1 back.bin          # download
+  gpumesh cp weights.bin tag:gpu:           # a new session on a host of the pool
 
 A progress bar with the throughput is drawn on stderr when it is a
 terminal; --progress=always or never overrides that.
@@ -109,7 +117,20 @@ running gpumesh up's forward with --via localhost:50051.`,
 			if err != nil {
 				return err
 			}
-			c, closeNode, err := cpClient(ctx, &tf, via, remote.host, port, joinTimeout)
+			var c *gpusvc.Client
+			var closeNode func()
+			if pool.IsTarget(remote.host) {
+				// The pool picks the host and opens the session there.
+				switch {
+				case srcRemote || dst.session != 0:
+					return errors.New("cp: a session and its buffers live on one host: name it (HOST:SESSION)")
+				case via != "":
+					return errors.New("cp: --via goes through a forward, which picks the host itself: name any host, or join with a pool target")
+				}
+				c, dst.host, dst.session, closeNode, err = cpPoolClient(ctx, &tf, remote.host, joinTimeout)
+			} else {
+				c, closeNode, err = cpClient(ctx, &tf, via, remote.host, port, joinTimeout)
+			}
 			if err != nil {
 				return err
 			}

@@ -34,6 +34,11 @@ func TestParseRemote(t *testing.T) {
 		{"gpu-host:0", remoteRef{}, true, true},
 		{"gpu-host:7/", remoteRef{}, true, true},
 		{"gpu-host:7/0", remoteRef{}, true, true},
+		{"tag:gpu:", remoteRef{host: "tag:gpu"}, true, false},
+		{"tag:gpu:7", remoteRef{host: "tag:gpu", session: 7}, true, false},
+		{"tag:gpu", remoteRef{}, false, false},
+		{"*:", remoteRef{host: "*"}, true, false},
+		{"gpu-a,gpu-b:", remoteRef{host: "gpu-a,gpu-b"}, true, false},
 	} {
 		got, remote, err := parseRemote(tc.in)
 		if remote != tc.remote || (err != nil) != tc.err || (!tc.err && got != tc.want) {
@@ -96,7 +101,9 @@ func TestCpRoundTrip(t *testing.T) {
 	defer hostNode.Close()
 	dir := t.TempDir()
 	pol := filepath.Join(dir, "policy.hcl")
-	os.WriteFile(pol, []byte("version = 1\nrule \"cloud\" {\n  subjects = [\"cloud\"]\n  kernels = [\"*\"]\n  gpus = [\"*\"]\n}\n"), 0o600)
+	// The thief may use the host too: what keeps it from the cloud node's
+	// buffer is the session's owner, not the policy.
+	os.WriteFile(pol, []byte("version = 1\nrule \"cloud\" {\n  subjects = [\"cloud\", \"thief\"]\n  kernels = [\"*\"]\n  gpus = [\"*\"]\n}\n"), 0o600)
 	store, err := policy.NewStore(pol, t.Logf)
 	if err != nil {
 		t.Fatal(err)

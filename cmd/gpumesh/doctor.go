@@ -26,10 +26,13 @@ func newDoctorCmd() *cobra.Command {
   - its policy lets this node run --kernel (the host explains its decision);
   - its GPUs' driver supports the CUDA version the client needs (--need-cuda).
 
+With a pool (--host tag:gpu, --host '*', or several hosts) it checks each of
+the pool's hosts, then that the pool has a host to run --kernel on.
+
 It exits with status 1 when a check fails. Like status, it asks the gpumesh
 serve or up running on this machine, or with --hostname/--state-dir that
 node, joining as it for the moment when it does not run.`,
-		Example: "  gpumesh doctor --host gpu-host\n  gpumesh doctor --host gpu-host --kernel saxpy --need-cuda 12.4",
+		Example: "  gpumesh doctor --host gpu-host\n  gpumesh doctor --host gpu-host --kernel saxpy --need-cuda 12.4\n  gpumesh doctor --host tag:gpu",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()

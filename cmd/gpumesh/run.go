@@ -9,6 +9,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/pool"
 )
 
 func newRunCmd() *cobra.Command {
@@ -20,13 +21,14 @@ func newRunCmd() *cobra.Command {
 		joinTimeout time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "run HOST KERNEL",
-		Short: "Run a built-in kernel on a GPU host by its tailnet name",
+		Use:   "run HOST|POOL KERNEL",
+		Short: "Run a built-in kernel on a GPU host by its tailnet name, or on a pool of hosts",
 		Long: `run joins the tailnet, calls KERNEL on HOST with random inputs of the given
 size (matrix_mul: two size×size matrices; the others: vectors of size), and
 prints the round-trip time. With --check it compares the result with the same
-computation done locally.`,
-		Example: "  gpumesh run gpu-host matrix_mul --size 512 --check",
+computation done locally. A pool target (tag:gpu, gpu-a,gpu-b, or *) runs it
+on the pool's least loaded host that allows it, and says which.`,
+		Example: "  gpumesh run gpu-host matrix_mul --size 512 --check\n  gpumesh run tag:gpu matrix_mul --size 512",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -44,6 +46,9 @@ computation done locally.`,
 				return err
 			}
 			defer ov.Close()
+			if pool.IsTarget(hostName) {
+				return runOnPool(ctx, cmd.OutOrStdout(), peerNetwork{ov.Overlay}, hostName, kernelName, in, check, tf.verbose)
+			}
 			c, err := node.Dial(ov.Overlay, hostName)
 			if err != nil {
 				return err
@@ -62,7 +67,7 @@ computation done locally.`,
 
 // randomInputs makes arguments for a built-in kernel.
 func randomInputs(name string, n int) ([]kernel.Arg, error) {
-	if _, ok := kernel.Builtins[name]; !ok {
+	if _, ok := kernel.Lookup(name); !ok {
 		return nil, fmt.Errorf("unknown kernel %q (built-ins: %v)", name, kernel.Names())
 	}
 	if n <= 0 {

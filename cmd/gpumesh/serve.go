@@ -26,6 +26,7 @@ type serveFlags struct {
 	policyPath  string
 	port        int
 	maxRequest  string
+	maxMemory   string
 	joinTimeout time.Duration
 	// QoS
 	dscp, shapeLink, shapeRate, linkRate string
@@ -47,6 +48,7 @@ func (f *serveFlags) register(cmd *cobra.Command) {
 	fs.StringVar(&f.policyPath, "policy", "", "policy file (.hcl or .json)")
 	fs.IntVar(&f.port, "port", gpusvc.DefaultPort, "TCP port of the endpoint on the tailnet")
 	fs.StringVar(&f.maxRequest, "max-request", "64MiB", "largest request accepted")
+	fs.StringVar(&f.maxMemory, "max-memory", "", "memory all callers together may make this host hold: resident buffers, kernel outputs, queued requests (default: half the RAM, at most the GPUs' memory)")
 	fs.DurationVar(&f.joinTimeout, "join-timeout", node.DefaultJoinTimeout, "give up joining the tailnet after this long")
 	fs.StringVar(&f.dscp, "dscp", "AF41", `DSCP for the overlay's outer UDP packets (name or 0-63; "off" to leave them unmarked)`)
 	fs.StringVar(&f.shapeLink, "shape-link", "", "shape this interface's egress by QoS class with tc/HTB (needs CAP_NET_ADMIN)")
@@ -73,6 +75,12 @@ func (f *serveFlags) hostConfig(log *slog.Logger) (node.HostConfig, error) {
 	if err != nil {
 		return cfg, fmt.Errorf("--max-request: %w", err)
 	}
+	var maxMem int64
+	if f.maxMemory != "" {
+		if maxMem, err = policy.ParseSize(f.maxMemory); err != nil || maxMem <= 0 {
+			return cfg, fmt.Errorf("--max-memory %q: want a positive size such as 64GiB", f.maxMemory)
+		}
+	}
 	qcfg, err := qosConfig(f.dscp, f.shapeLink, f.shapeRate, f.linkRate)
 	if err != nil {
 		return cfg, err
@@ -86,7 +94,7 @@ func (f *serveFlags) hostConfig(log *slog.Logger) (node.HostConfig, error) {
 		Name:    f.tf.hostname,
 		Logger:  log,
 		Port:    f.port,
-		Server:  gpusvc.Config{MaxRequestBytes: maxReq},
+		Server:  gpusvc.Config{MaxRequestBytes: maxReq, MaxMemory: maxMem},
 		QoS:     qcfg,
 		Backend: node.BackendConfig{Kind: node.BackendKind(f.backend), Worker: f.worker, WorkerArgs: f.workerArgs},
 		// status, doctor and qos status ask a tailnet host through it.

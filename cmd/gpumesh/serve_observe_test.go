@@ -90,6 +90,11 @@ rule "laptop" {
   gpus     = ["*"]
   class    = "interactive"
 }
+rule "scrape" {
+  subjects = ["laptop"]
+  kernels  = ["observe:metrics"]
+  gpus     = ["*"]
+}
 `), 0o600)
 	logPath := filepath.Join(dir, "audit.log")
 	state := filepath.Join(dir, "gpu-host")
@@ -104,7 +109,8 @@ rule "laptop" {
 	defer c.Close()
 	v := kernel.Arg{Kind: kernel.ArgTensor, Tensor: kernel.NewFloat32([]int64{4}, []float32{-1, 2, -3, 4})}
 	m := kernel.Arg{Kind: kernel.ArgTensor, Tensor: kernel.NewFloat32([]int64{2, 2}, []float32{1, 2, 3, 4})}
-	const relus, matmuls, denied = 7, 3, 2
+	// The client asks Devices once, for its limits, before its first call.
+	const relus, matmuls, denied, devices = 7, 3, 2, 1
 	for range relus {
 		if _, err := c.Compute(ctx, "relu", v); err != nil {
 			t.Fatal(err)
@@ -132,10 +138,10 @@ rule "laptop" {
 		{"gpumesh_calls_total", []string{"caller=laptop", "kernel=relu", "code=OK", "class=interactive"}, relus},
 		{"gpumesh_calls_total", []string{"caller=laptop", "kernel=matrix_mul", "code=OK", "class=interactive"}, matmuls},
 		{"gpumesh_calls_total", []string{"caller=laptop", "kernel=saxpy", "code=PermissionDenied"}, denied},
-		{"gpumesh_calls_total", nil, relus + matmuls + denied},
+		{"gpumesh_calls_total", nil, relus + matmuls + denied + devices},
 		{"gpumesh_call_errors_total", nil, denied},
 		{"gpumesh_call_duration_seconds", []string{"kernel=relu"}, relus},
-		{"gpumesh_call_duration_seconds", nil, relus + matmuls + denied},
+		{"gpumesh_call_duration_seconds", nil, relus + matmuls + denied + devices},
 		{"gpumesh_sent_bytes_total", []string{"caller=laptop"}, relus*16 + matmuls*16},
 		{"gpumesh_gpu_info", []string{"backend=cpu"}, 1},
 	} {
@@ -155,8 +161,8 @@ rule "laptop" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(lines) != relus+matmuls+denied {
-		t.Fatalf("audit log has %d lines; want %d", len(lines), relus+matmuls+denied)
+	if len(lines) != relus+matmuls+denied+devices {
+		t.Fatalf("audit log has %d lines; want %d", len(lines), relus+matmuls+denied+devices)
 	}
 	out, err := runKeysCmd(t, "", "audit", "tail", "-n", "3", logPath)
 	if err != nil {
@@ -173,7 +179,7 @@ rule "laptop" {
 		}
 	}
 	out, err = runKeysCmd(t, "", "audit", "tail", "--json", "-n", "0", logPath)
-	if err != nil || strings.Count(out, "\n") != relus+matmuls+denied || !strings.Contains(out, `"rule":"laptop"`) {
+	if err != nil || strings.Count(out, "\n") != relus+matmuls+denied+devices || !strings.Contains(out, `"rule":"laptop"`) {
 		t.Fatalf("audit tail --json: %v\n%s", err, out)
 	}
 

@@ -34,7 +34,7 @@ func TestServeFlags(t *testing.T) {
 	}
 
 	cfg, err := parse(t, "--policy", "p.hcl", "--hostname", "gpu-a", "--state-dir", "/var/lib/gpumesh", "--control-url", "http://hs:8080",
-		"--max-request", "1MiB", "--backend", "cuda", "--gpu-worker", "/opt/gpumesh-gpu", "--dscp", "EF", "--link-rate", "100Mbit/s",
+		"--max-request", "1MiB", "--max-memory", "8GiB", "--backend", "cuda", "--gpu-worker", "/opt/gpumesh-gpu", "--dscp", "EF", "--link-rate", "100Mbit/s",
 		"--audit-log", "/var/log/gpumesh.log", "--audit-max-size", "1MiB", "--audit-keep", "0", "--metrics-listen", "tailnet:9090",
 		"--port", "7000", "--join-timeout", "10s")
 	if err != nil {
@@ -44,8 +44,8 @@ func TestServeFlags(t *testing.T) {
 	switch {
 	case tn == nil || tn.Hostname != "gpu-a" || tn.Dir != "/var/lib/gpumesh" || tn.ControlURL != "http://hs:8080" || cfg.Join.Timeout != 10*time.Second:
 		t.Errorf("join %+v", cfg.Join)
-	case cfg.Name != "gpu-a" || cfg.Port != 7000 || cfg.Server.MaxRequestBytes != 1<<20:
-		t.Errorf("name %q port %d max request %d", cfg.Name, cfg.Port, cfg.Server.MaxRequestBytes)
+	case cfg.Name != "gpu-a" || cfg.Port != 7000 || cfg.Server.MaxRequestBytes != 1<<20 || cfg.Server.MaxMemory != 8<<30:
+		t.Errorf("name %q port %d server %+v", cfg.Name, cfg.Port, cfg.Server)
 	case cfg.Backend.Kind != node.BackendCUDA || cfg.Backend.Worker != "/opt/gpumesh-gpu":
 		t.Errorf("backend %+v", cfg.Backend)
 	case cfg.QoS == nil || cfg.QoS.DSCP != dscp.EF || cfg.QoS.NoOuterMarking || cfg.QoS.LinkRate != 100e6/8:
@@ -91,6 +91,7 @@ func TestServeFlags(t *testing.T) {
 	}{
 		{nil, "--policy is required"},
 		{[]string{"--max-request", "lots"}, "--max-request"},
+		{[]string{"--max-memory", "0"}, "--max-memory"},
 		{[]string{"--dscp", "EF2"}, `--dscp: `},
 		{[]string{"--shape-rate", "fast"}, "--shape-rate"},
 		{[]string{"--audit-log", "a.log", "--audit-max-size", "0"}, "--audit-max-size"},

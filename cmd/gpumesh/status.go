@@ -68,7 +68,7 @@ type diagFlags struct {
 func (f *diagFlags) register(cmd *cobra.Command) {
 	f.tf.register(cmd, "gpumesh-client")
 	fl := cmd.Flags()
-	fl.StringSliceVar(&f.hosts, "host", nil, "GPU hosts to look at, by tailnet name (default: every peer that answers)")
+	fl.StringSliceVar(&f.hosts, "host", nil, "GPU hosts to look at, by tailnet name, or a pool (tag:gpu, *, or several names): its hosts, and which one it would pick (default: every peer that answers)")
 	fl.IntVar(&f.port, "port", gpusvc.DefaultPort, "the compute endpoint's port")
 	fl.DurationVar(&f.timeout, "timeout", 5*time.Second, "give each probe (ping, call) this long")
 	fl.DurationVar(&f.joinTimeout, "join-timeout", 30*time.Second, "with a node named and not running, give up joining as it after this long")
@@ -76,6 +76,9 @@ func (f *diagFlags) register(cmd *cobra.Command) {
 }
 
 func (f *diagFlags) options() diag.Options {
+	if target, ok := diagPool(f.hosts); ok {
+		return diag.Options{Pool: target, Port: f.port, Timeout: f.timeout}
+	}
 	return diag.Options{Hosts: f.hosts, Port: f.port, Timeout: f.timeout}
 }
 
@@ -112,7 +115,10 @@ func (f *diagFlags) onNode(ctx context.Context, fs *pflag.FlagSet, local func(di
 }
 
 func newStatusCmd() *cobra.Command {
-	var f diagFlags
+	var (
+		f      diagFlags
+		kernel string
+	)
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show this node, the GPU hosts it sees, the path to each and their GPUs",
@@ -124,12 +130,18 @@ listed among them.
 Without flags naming a node, status asks the gpumesh serve or gpumesh up
 running on this machine (it finds it through its socket), and says where it
 looked when none runs. With --hostname or --state-dir it asks that node, or
-joins the tailnet as it for the moment when it does not run.`,
-		Example: "  gpumesh status\n  gpumesh status --host gpu-host --json\n  gpumesh status --state-dir /var/lib/gpumesh",
+joins the tailnet as it for the moment when it does not run.
+
+With a pool (--host tag:gpu, --host '*', or several hosts) it looks at the
+pool's hosts and says which one the pool would pick for --kernel now, and
+why: which hosts' policies allow it, and each one's estimated time to
+finish (calls queued, time per call, round trip, path).`,
+		Example: "  gpumesh status\n  gpumesh status --host gpu-host --json\n  gpumesh status --host tag:gpu --kernel saxpy\n  gpumesh status --state-dir /var/lib/gpumesh",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			opts := f.options()
+			opts.Kernel = kernel
 			var rep diag.Report
 			err := f.onNode(ctx, cmd.Flags(),
 				func(c diag.LocalClient) (err error) { rep, err = c.Status(ctx, opts); return err },
@@ -145,5 +157,6 @@ joins the tailnet as it for the moment when it does not run.`,
 		},
 	}
 	f.register(cmd)
+	cmd.Flags().StringVar(&kernel, "kernel", "matrix_mul", "with a pool: the kernel to say where the pool would place")
 	return cmd
 }

@@ -57,7 +57,7 @@ func TestStatusAndDoctorCommands(t *testing.T) {
 	if !errors.As(err, &ee) || ee.code != 1 {
 		t.Fatalf("doctor = %v; want exit status 1\n%s", err, out)
 	}
-	for _, want := range []string{"ok    tailnet", "ok    service gpu-host", "fail  policy gpu-host", `no rule allows laptop`} {
+	for _, want := range []string{"ok    tailnet", "ok    service gpu-host", "fail  policy gpu-host", `no rule names laptop`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("doctor output lacks %q:\n%s", want, out)
 		}

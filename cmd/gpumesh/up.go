@@ -10,7 +10,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/overlay/forward"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
@@ -26,7 +25,7 @@ func newUpCmd() *cobra.Command {
 		joinTimeout time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "up [--forward LOCAL=HOST[:PORT]]...",
+		Use:   "up [--forward LOCAL=HOST[:PORT]|LOCAL=POOL]...",
 		Short: "Join the tailnet and forward local ports to GPU hosts",
 		Long: `up joins the tailnet as a cloud node and stays up until interrupted.
 Each --forward listens on loopback and carries every connection into the
@@ -45,8 +44,16 @@ so gRPC clients see UNAVAILABLE; they recover once the host is back. While
 connections are open, each forward checks every --probe-interval that its
 host still accepts a new connection, and resets the open ones when it does
 not: a host that vanished (power loss, left the tailnet) gives UNAVAILABLE
-rather than calls that hang until their deadline.`,
+rather than calls that hang until their deadline.
+
+A forward to a pool target (tag:gpu, gpu-a,gpu-b, or *) places each new
+connection on one host of the pool: one whose policy lets this node run
+some kernel, with the fewest of this node's connections and calls. Every
+call a client makes on its connection, a session's included, goes to that
+host; when the host is lost its connections are closed, and the clients'
+next connections go to the others.`,
 		Example: `  gpumesh up --forward localhost:50051=gpu-host
+  gpumesh up --forward localhost:50051=tag:gpu
   gpumesh up --forward 50051=gpu-a --forward 50052=gpu-b:50051`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -55,10 +62,14 @@ rather than calls that hang until their deadline.`,
 			// warnings alike are records of this logger, on stdout.
 			log := commandLogger(cmd.OutOrStdout(), tf.verbose)
 			rules := make([]forward.Rule, 0, len(forwards))
+			var pools forwardPools
 			for _, s := range forwards {
-				r, err := forward.ParseRule(s, gpusvc.DefaultPort)
+				r, isPool, err := parseForward(s)
 				if err != nil {
 					return fmt.Errorf("--forward: %w", err)
+				}
+				if isPool {
+					pools.targets = append(pools.targets, r.Target)
 				}
 				rules = append(rules, r)
 			}
@@ -75,6 +86,9 @@ rather than calls that hang until their deadline.`,
 				case <-joined:
 				case <-ctx.Done():
 					return nil, fmt.Errorf("not on the tailnet yet: %w", ctx.Err())
+				}
+				if c, ok, err := pools.dial(ctx, network, addr); ok {
+					return c, err
 				}
 				return ov.Dial(ctx, network, addr)
 			}
@@ -107,6 +121,7 @@ rather than calls that hang until their deadline.`,
 				if fwd != nil {
 					fwd.Close()
 				}
+				pools.close()
 				ov.Close()
 			}()
 			jctx, cancel := context.WithTimeout(ctx, joinTimeout)
@@ -114,6 +129,9 @@ rather than calls that hang until their deadline.`,
 			cancel()
 			if err != nil {
 				return fmt.Errorf("join tailnet at %s: %w", cfg.ControlURL, err)
+			}
+			if err := pools.start(ov, tf.verbose); err != nil {
+				return err
 			}
 			close(joined)
 			// `gpumesh status` and `gpumesh doctor` ask this process.
@@ -129,7 +147,11 @@ rather than calls that hang until their deadline.`,
 					for i, a := range f.Addrs {
 						addrs[i] = a.String()
 					}
-					log.Info(fmt.Sprintf("forwarding %s -> %s", strings.Join(addrs, ", "), f.Rule.Target))
+					target := f.Rule.Target
+					if _, ok := pools.pools[target]; ok {
+						target = "pool " + poolTargetOfRule(f.Rule)
+					}
+					log.Info(fmt.Sprintf("forwarding %s -> %s", strings.Join(addrs, ", "), target))
 				}
 			}
 			log.Info("ready; interrupt to leave")
@@ -139,7 +161,7 @@ rather than calls that hang until their deadline.`,
 		},
 	}
 	tf.register(cmd, "gpumesh-client")
-	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "LOCAL=HOST[:PORT]: listen on LOCAL (localhost:50051, or a port) and forward to HOST on the tailnet; repeatable")
+	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "LOCAL=HOST[:PORT] or LOCAL=POOL: listen on LOCAL (localhost:50051, or a port) and forward to HOST, or to the hosts of POOL (tag:gpu, a,b, *), on the tailnet; repeatable")
 	cmd.Flags().BoolVar(&anyAddress, "forward-any-address", false, "allow --forward to listen on addresses other than loopback (anyone reaching them acts as this node)")
 	cmd.Flags().DurationVar(&dialTimeout, "dial-timeout", forward.DefaultDialTimeout, "reset a forwarded connection when the host does not answer within this long")
 	cmd.Flags().DurationVar(&probe, "probe-interval", forward.DefaultProbeInterval, "check hosts with open connections this often; a negative value turns checking off")

@@ -235,7 +235,16 @@ def main():
     with grpc.insecure_channel(args.target) as channel:
         stub = pb_grpc.GPUStub(channel)
         try:
-            dev = stub.Devices(pb.DevicesRequest(), timeout=args.timeout)
+            try:
+                dev = stub.Devices(pb.DevicesRequest(), timeout=args.timeout)
+            except grpc.RpcError as err:
+                if not denied(err):
+                    raise
+                # The host refuses a node its policy names nowhere before
+                # reading anything it sends: nothing else can be tried.
+                report.refuse("host", err.details())
+                print("NOTHING CHECKED: the host's policy allows this node nothing")
+                return 1
             print("host %s, backend %s, %d GPU(s); the host sees me as %s"
                   % (dev.host, dev.backend, len(dev.devices), dev.caller))
             check_matmul(stub, args.size, args.timeout, report)

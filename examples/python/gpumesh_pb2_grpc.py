@@ -95,8 +95,11 @@ class GPUServicer(object):
 
     def Stream(self, request_iterator, context):
         """Stream carries many Compute calls on one long-lived stream: the hot
-        path, cheaper per call than a unary Compute. Responses come in request
-        order; a failed call answers with an error and the stream goes on.
+        path, cheaper per call than a unary Compute. Calls run concurrently, up
+        to the caller's max_concurrent (Limits.stream_window calls may be in
+        flight or queued at once; more are answered ResourceExhausted), and are
+        answered by id, in the order they finish. A failed or cancelled call
+        answers with an error and the stream goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

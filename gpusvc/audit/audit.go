@@ -63,6 +63,10 @@ type Entry struct {
 	Reason     string    `json:"reason,omitempty"`
 	Code       string    `json:"code"` // the gRPC code, "OK" on success
 	Error      string    `json:"error,omitempty"`
+	// Suppressed counts attempts like this one by the same caller, refused
+	// before they were read, that have no line of their own (at most ten
+	// such lines a second are written per caller).
+	Suppressed int64 `json:"suppressed,omitempty"`
 }
 
 // EntryOf turns a call record into a log entry.
@@ -86,6 +90,7 @@ func EntryOf(r gpusvc.CallRecord) Entry {
 		Reason:     r.Reason,
 		Code:       r.Code.String(),
 		Error:      r.Err,
+		Suppressed: r.Suppressed,
 	}
 	switch {
 	case r.Allow:

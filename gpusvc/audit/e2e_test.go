@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/gpusvc/audit"
 	pb "github.com/gpumesh/gpumesh/gpusvc/gpumeshpb"
@@ -120,7 +123,8 @@ func TestEveryCallOnce(t *testing.T) {
 	vec := kernel.Arg{Kind: kernel.ArgTensor, Tensor: kernel.Tensor{DType: kernel.Float32, Shape: []int64{8}, Data: marker}}
 
 	type key struct{ caller, method, kernel, decision, code string }
-	want := map[key]int{}
+	// The laptop's client asks for its limits once, before its first call.
+	want := map[key]int{{"laptop", "Devices", "", "allow", "OK"}: 1}
 	var wantMu sync.Mutex
 	expect := func(k key) {
 		wantMu.Lock()
@@ -150,12 +154,15 @@ func TestEveryCallOnce(t *testing.T) {
 				}
 				expect(key{"laptop", "Compute", k, "allow", "OK"})
 			}
-			// The stranger is refused: each refusal is logged too.
+			// The stranger is refused: each refusal is logged too. The
+			// host refuses a peer its policy gives nothing before reading
+			// any of its requests: the client's first one, asking for its
+			// limits (Devices), is what the log shows, without a kernel.
 			_, err := stranger.Compute(ctx, "relu", vec)
-			if err == nil {
-				callErrs <- fmt.Errorf("stranger's call was allowed")
+			if status.Code(err) != codes.PermissionDenied {
+				callErrs <- fmt.Errorf("stranger's call: %v; want PermissionDenied", err)
 			}
-			expect(key{"stranger", "Compute", "relu", "deny", "PermissionDenied"})
+			expect(key{"stranger", "Devices", "", "deny", "PermissionDenied"})
 		}()
 	}
 	calls.Wait()

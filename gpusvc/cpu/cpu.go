@@ -85,11 +85,17 @@ func (b *Backend) Compute(ctx context.Context, c gpusvc.Call) (kernel.Tensor, er
 			return kernel.Tensor{}, fmt.Errorf("cpu: %s: %s tensors need a CUDA host: %w", c.Kernel, t.DType, gpusvc.ErrUnsupported)
 		}
 	}
-	out := make([]float32, elems(c.OutShape))
+	n, ok := elems(c.OutShape)
+	if !ok {
+		return kernel.Tensor{}, fmt.Errorf("cpu: %s: output %v is over %d elements: %w", c.Kernel, c.OutShape, maxOutElems, kernel.ErrInvalid)
+	}
+	out := make([]float32, n)
 	switch c.Kernel {
 	case "matrix_mul":
 		a, bb := in[0], in[1]
-		MatMul(out, a.Float32s(), bb.Float32s(), int(a.Shape[0]), int(a.Shape[1]), int(bb.Shape[1]), b.workers)
+		if err := MatMulContext(ctx, out, a.Float32s(), bb.Float32s(), int(a.Shape[0]), int(a.Shape[1]), int(bb.Shape[1]), b.workers); err != nil {
+			return kernel.Tensor{}, err
+		}
 	case "saxpy":
 		alpha := float32(c.Args[0].Scalar)
 		if c.Args[0].Kind == kernel.ArgInt {
@@ -111,7 +117,7 @@ func (b *Backend) Compute(ctx context.Context, c gpusvc.Call) (kernel.Tensor, er
 	}
 	res := kernel.Tensor{DType: kernel.Float32, Shape: c.OutShape, Data: kernel.Float32Bytes(out)}
 	if c.Out != 0 {
-		if err := b.WriteAt(c.Out, 0, res.Data); err != nil {
+		if err := b.WriteAt(ctx, c.Out, 0, res.Data); err != nil {
 			return kernel.Tensor{}, err
 		}
 		return kernel.Tensor{DType: kernel.Float32, Shape: c.OutShape}, nil
@@ -119,12 +125,21 @@ func (b *Backend) Compute(ctx context.Context, c gpusvc.Call) (kernel.Tensor, er
 	return res, nil
 }
 
-func elems(shape []int64) int {
-	n := 1
+// maxOutElems bounds an output the backend allocates, whoever asks: the
+// server bounds outputs by its own limits first (a 2^22×1 by 1×2^22
+// product once asked for 64 TiB here).
+const maxOutElems = 1 << 31
+
+// elems is the element count of shape, or false if it is over maxOutElems.
+func elems(shape []int64) (int, bool) {
+	n := int64(1)
 	for _, d := range shape {
-		n *= int(d)
+		if d <= 0 || n > maxOutElems/d {
+			return 0, false
+		}
+		n *= d
 	}
-	return n
+	return int(n), true
 }
 
 // view returns a buffer argument as a tensor over the buffer's bytes.
@@ -163,7 +178,7 @@ func (b *Backend) Alloc(_ context.Context, gpu int, n int64) (uint64, error) {
 }
 
 // Free zeroes and releases a buffer.
-func (b *Backend) Free(h uint64) error {
+func (b *Backend) Free(_ context.Context, h uint64) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	buf, ok := b.buffers[h]
@@ -177,7 +192,7 @@ func (b *Backend) Free(h uint64) error {
 }
 
 // WriteAt copies p into buffer h at off.
-func (b *Backend) WriteAt(h uint64, off int64, p []byte) error {
+func (b *Backend) WriteAt(_ context.Context, h uint64, off int64, p []byte) error {
 	b.mu.Lock()
 	buf, ok := b.buffers[h]
 	b.mu.Unlock()
@@ -192,7 +207,7 @@ func (b *Backend) WriteAt(h uint64, off int64, p []byte) error {
 }
 
 // ReadAt copies from buffer h at off into p.
-func (b *Backend) ReadAt(h uint64, off int64, p []byte) error {
+func (b *Backend) ReadAt(_ context.Context, h uint64, off int64, p []byte) error {
 	b.mu.Lock()
 	buf, ok := b.buffers[h]
 	b.mu.Unlock()

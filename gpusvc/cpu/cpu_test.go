@@ -175,7 +175,7 @@ func TestBuffers(t *testing.T) {
 		t.Fatal(err)
 	}
 	x := kernel.NewFloat32([]int64{4}, []float32{-1, 2, -3, 4})
-	if err := b.WriteAt(h, 0, x.Data); err != nil {
+	if err := b.WriteAt(ctx, h, 0, x.Data); err != nil {
 		t.Fatal(err)
 	}
 	out, err := b.Compute(ctx, gpusvc.Call{Kernel: "relu", OutShape: []int64{4},
@@ -184,16 +184,16 @@ func TestBuffers(t *testing.T) {
 		t.Fatal(err)
 	}
 	near(t, "relu(buffer)", out.Float32s(), []float32{0, 2, 0, 4}, 0)
-	if err := b.WriteAt(h, 8, make([]byte, 16)); !errors.Is(err, kernel.ErrInvalid) {
+	if err := b.WriteAt(ctx, h, 8, make([]byte, 16)); !errors.Is(err, kernel.ErrInvalid) {
 		t.Errorf("write past end = %v; want ErrInvalid", err)
 	}
-	if err := b.Free(h); err != nil {
+	if err := b.Free(ctx, h); err != nil {
 		t.Fatal(err)
 	}
 	if n, bytes := b.Buffers(); n != 0 || bytes != 0 {
 		t.Errorf("after Free: %d buffers, %d bytes", n, bytes)
 	}
-	if err := b.Free(h); !errors.Is(err, gpusvc.ErrNoBuffer) {
+	if err := b.Free(ctx, h); !errors.Is(err, gpusvc.ErrNoBuffer) {
 		t.Errorf("double Free = %v; want ErrNoBuffer", err)
 	}
 }

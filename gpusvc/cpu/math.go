@@ -1,6 +1,7 @@
 package cpu
 
 import (
+	"context"
 	"math"
 	"sync"
 )
@@ -15,6 +16,12 @@ const (
 // MatMul computes c[m,n] = a[m,k] · b[k,n] (row-major), splitting the rows
 // of c across up to workers goroutines and blocking k and n for the caches.
 func MatMul(c, a, b []float32, m, k, n, workers int) {
+	MatMulContext(context.Background(), c, a, b, m, k, n, workers)
+}
+
+// MatMulContext is MatMul that gives up, with ctx's error, once ctx is
+// done: each worker looks between cache blocks.
+func MatMulContext(ctx context.Context, c, a, b []float32, m, k, n, workers int) error {
 	clear(c[:m*n])
 	if workers < 1 {
 		workers = 1
@@ -27,19 +34,19 @@ func MatMul(c, a, b []float32, m, k, n, workers int) {
 	var wg sync.WaitGroup
 	for r0 := 0; r0 < m; r0 += rows {
 		r1 := min(r0+rows, m)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			matMulRows(c, a, b, r0, r1, k, n)
-		}()
+		wg.Go(func() { matMulRows(ctx, c, a, b, r0, r1, k, n) })
 	}
 	wg.Wait()
+	return ctx.Err()
 }
 
-func matMulRows(c, a, b []float32, r0, r1, k, n int) {
+func matMulRows(ctx context.Context, c, a, b []float32, r0, r1, k, n int) {
 	for j0 := 0; j0 < n; j0 += nc {
 		j1 := min(j0+nc, n)
 		for p0 := 0; p0 < k; p0 += kc {
+			if ctx.Err() != nil {
+				return
+			}
 			p1 := min(p0+kc, k)
 			for i := r0; i < r1; i++ {
 				ci := c[i*n+j0 : i*n+j1]

@@ -196,10 +196,10 @@ func TestBuffersAndResidentCompute(t *testing.T) {
 		t.Fatal(err)
 	}
 	zero := make([]byte, 16)
-	if err := b.ReadAt(h, 0, zero); err != nil || fmt.Sprint(zero) != fmt.Sprint(make([]byte, 16)) {
+	if err := b.ReadAt(ctx, h, 0, zero); err != nil || fmt.Sprint(zero) != fmt.Sprint(make([]byte, 16)) {
 		t.Fatalf("new buffer not zeroed: %v %v", zero, err)
 	}
-	if err := b.WriteAt(h, 0, x); err != nil {
+	if err := b.WriteAt(ctx, h, 0, x); err != nil {
 		t.Fatal(err)
 	}
 	out, err := b.Alloc(ctx, 0, 16)
@@ -211,21 +211,21 @@ func TestBuffersAndResidentCompute(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := make([]byte, 16)
-	if err := b.ReadAt(out, 0, res); err != nil {
+	if err := b.ReadAt(ctx, out, 0, res); err != nil {
 		t.Fatal(err)
 	}
 	if got := (kernel.Tensor{Data: res}).Float32s(); fmt.Sprint(got) != "[0 2 0 4]" {
 		t.Errorf("relu into a buffer: %v", got)
 	}
-	if err := b.WriteAt(h, 8, make([]byte, 16)); !errors.Is(err, kernel.ErrInvalid) {
+	if err := b.WriteAt(ctx, h, 8, make([]byte, 16)); !errors.Is(err, kernel.ErrInvalid) {
 		t.Errorf("write past the end: %v", err)
 	}
 	for _, x := range []uint64{h, out} {
-		if err := b.Free(x); err != nil {
+		if err := b.Free(ctx, x); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := b.Free(h); !errors.Is(err, gpusvc.ErrNoBuffer) {
+	if err := b.Free(ctx, h); !errors.Is(err, gpusvc.ErrNoBuffer) {
 		t.Errorf("second free: %v", err)
 	}
 	if _, err := b.Alloc(ctx, 0, 1<<62); !errors.Is(err, gpusvc.ErrOutOfMemory) {
@@ -294,7 +294,7 @@ func TestPTXAndNVRTCModules(t *testing.T) {
 	check := func(want float32) {
 		t.Helper()
 		p := make([]byte, 4*n)
-		if err := b.ReadAt(h, 0, p); err != nil {
+		if err := b.ReadAt(ctx, h, 0, p); err != nil {
 			t.Fatal(err)
 		}
 		for i, v := range (kernel.Tensor{Data: p}).Float32s() {
@@ -373,7 +373,7 @@ func BenchmarkMatMul(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				defer be.Free(h)
+				defer be.Free(ctx, h)
 				hs[i] = h
 			}
 			arg := func(h uint64) kernel.Arg {

@@ -447,10 +447,19 @@ func (x *ComputeResponse) GetComputeNanos() int64 {
 	return 0
 }
 
+// StreamRequest starts a call (compute set) or cancels one (cancel set).
+// Every started call is answered exactly once, by its id; a cancelled one
+// with CANCELLED unless it finished first. Ids are the client's: unique
+// among its calls in flight on the stream.
 type StreamRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Compute       *ComputeRequest        `protobuf:"bytes,2,opt,name=compute,proto3" json:"compute,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Compute *ComputeRequest        `protobuf:"bytes,2,opt,name=compute,proto3" json:"compute,omitempty"`
+	// cancel ends the call in flight with this id (no compute with it).
+	Cancel bool `protobuf:"varint,3,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	// timeout_micros, when not 0, is the call's deadline, counted from when
+	// the host reads the request (as gRPC's own grpc-timeout is).
+	TimeoutMicros uint64 `protobuf:"varint,4,opt,name=timeout_micros,json=timeoutMicros,proto3" json:"timeout_micros,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -497,6 +506,20 @@ func (x *StreamRequest) GetCompute() *ComputeRequest {
 		return x.Compute
 	}
 	return nil
+}
+
+func (x *StreamRequest) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+func (x *StreamRequest) GetTimeoutMicros() uint64 {
+	if x != nil {
+		return x.TimeoutMicros
+	}
+	return 0
 }
 
 type StreamResponse struct {
@@ -649,13 +672,18 @@ func (*DevicesRequest) Descriptor() ([]byte, []int) {
 }
 
 type DevicesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Backend       string                 `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"` // "cpu" or "cuda"
-	Devices       []*Device              `protobuf:"bytes,2,rep,name=devices,proto3" json:"devices,omitempty"`
-	Host          string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`     // the serving node's name
-	Caller        string                 `protobuf:"bytes,4,opt,name=caller,proto3" json:"caller,omitempty"` // who the host says you are
-	Status        string                 `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"` // one line on the backend, e.g. why CUDA is not in use
-	Nvrtc         string                 `protobuf:"bytes,6,opt,name=nvrtc,proto3" json:"nvrtc,omitempty"`   // the NVRTC library found, if any
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Backend string                 `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"` // "cpu" or "cuda"
+	Devices []*Device              `protobuf:"bytes,2,rep,name=devices,proto3" json:"devices,omitempty"`
+	Host    string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`     // the serving node's name
+	Caller  string                 `protobuf:"bytes,4,opt,name=caller,proto3" json:"caller,omitempty"` // who the host says you are
+	Status  string                 `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"` // one line on the backend, e.g. why CUDA is not in use
+	Nvrtc   string                 `protobuf:"bytes,6,opt,name=nvrtc,proto3" json:"nvrtc,omitempty"`   // the NVRTC library found, if any
+	// limits are the caller's: those of the most specific rule naming it,
+	// with max_request_bytes the cap in force (the host's when the rule
+	// sets none). A client sizes its requests and upload chunks by them.
+	Limits        *Limits `protobuf:"bytes,7,opt,name=limits,proto3" json:"limits,omitempty"`
+	Load          *Load   `protobuf:"bytes,8,opt,name=load,proto3" json:"load,omitempty"` // what the host is doing now, for placement
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -732,6 +760,131 @@ func (x *DevicesResponse) GetNvrtc() string {
 	return ""
 }
 
+func (x *DevicesResponse) GetLimits() *Limits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *DevicesResponse) GetLoad() *Load {
+	if x != nil {
+		return x.Load
+	}
+	return nil
+}
+
+// Load is a host's current work, from counters it keeps (no call to a GPU
+// worker is made to answer it); the devices' telemetry is at most
+// telemetry_age_ms old.
+type Load struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	CallsInFlight     int32                  `protobuf:"varint,1,opt,name=calls_in_flight,json=callsInFlight,proto3" json:"calls_in_flight,omitempty"` // calls running on the host, every caller
+	CallsQueued       int32                  `protobuf:"varint,2,opt,name=calls_queued,json=callsQueued,proto3" json:"calls_queued,omitempty"`         // stream calls waiting for a slot
+	Streams           int32                  `protobuf:"varint,3,opt,name=streams,proto3" json:"streams,omitempty"`                                    // open RPCs (unary calls and streams)
+	Sessions          int32                  `protobuf:"varint,4,opt,name=sessions,proto3" json:"sessions,omitempty"`
+	Buffers           int32                  `protobuf:"varint,5,opt,name=buffers,proto3" json:"buffers,omitempty"`
+	MemoryHeldBytes   int64                  `protobuf:"varint,6,opt,name=memory_held_bytes,json=memoryHeldBytes,proto3" json:"memory_held_bytes,omitempty"`       // resident buffers and kernel outputs
+	MemoryBudgetBytes int64                  `protobuf:"varint,7,opt,name=memory_budget_bytes,json=memoryBudgetBytes,proto3" json:"memory_budget_bytes,omitempty"` // the host's cap on memory_held_bytes
+	TelemetryAgeMs    int64                  `protobuf:"varint,8,opt,name=telemetry_age_ms,json=telemetryAgeMs,proto3" json:"telemetry_age_ms,omitempty"`
+	Conns             int32                  `protobuf:"varint,9,opt,name=conns,proto3" json:"conns,omitempty"` // open connections
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *Load) Reset() {
+	*x = Load{}
+	mi := &file_gpumesh_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Load) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Load) ProtoMessage() {}
+
+func (x *Load) ProtoReflect() protoreflect.Message {
+	mi := &file_gpumesh_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Load.ProtoReflect.Descriptor instead.
+func (*Load) Descriptor() ([]byte, []int) {
+	return file_gpumesh_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Load) GetCallsInFlight() int32 {
+	if x != nil {
+		return x.CallsInFlight
+	}
+	return 0
+}
+
+func (x *Load) GetCallsQueued() int32 {
+	if x != nil {
+		return x.CallsQueued
+	}
+	return 0
+}
+
+func (x *Load) GetStreams() int32 {
+	if x != nil {
+		return x.Streams
+	}
+	return 0
+}
+
+func (x *Load) GetSessions() int32 {
+	if x != nil {
+		return x.Sessions
+	}
+	return 0
+}
+
+func (x *Load) GetBuffers() int32 {
+	if x != nil {
+		return x.Buffers
+	}
+	return 0
+}
+
+func (x *Load) GetMemoryHeldBytes() int64 {
+	if x != nil {
+		return x.MemoryHeldBytes
+	}
+	return 0
+}
+
+func (x *Load) GetMemoryBudgetBytes() int64 {
+	if x != nil {
+		return x.MemoryBudgetBytes
+	}
+	return 0
+}
+
+func (x *Load) GetTelemetryAgeMs() int64 {
+	if x != nil {
+		return x.TelemetryAgeMs
+	}
+	return 0
+}
+
+func (x *Load) GetConns() int32 {
+	if x != nil {
+		return x.Conns
+	}
+	return 0
+}
+
 type Device struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	Index              uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
@@ -750,7 +903,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_gpumesh_proto_msgTypes[10]
+	mi := &file_gpumesh_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +915,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[10]
+	mi := &file_gpumesh_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +928,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{10}
+	return file_gpumesh_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Device) GetIndex() uint32 {
@@ -858,7 +1011,7 @@ type ExplainRequest struct {
 
 func (x *ExplainRequest) Reset() {
 	*x = ExplainRequest{}
-	mi := &file_gpumesh_proto_msgTypes[11]
+	mi := &file_gpumesh_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +1023,7 @@ func (x *ExplainRequest) String() string {
 func (*ExplainRequest) ProtoMessage() {}
 
 func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[11]
+	mi := &file_gpumesh_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +1036,7 @@ func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainRequest.ProtoReflect.Descriptor instead.
 func (*ExplainRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{11}
+	return file_gpumesh_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ExplainRequest) GetKernel() string {
@@ -901,20 +1054,23 @@ func (x *ExplainRequest) GetGpu() string {
 }
 
 type ExplainResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Allow         bool                   `protobuf:"varint,1,opt,name=allow,proto3" json:"allow,omitempty"`
-	Rule          string                 `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
-	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	Class         string                 `protobuf:"bytes,4,opt,name=class,proto3" json:"class,omitempty"`
-	Caller        string                 `protobuf:"bytes,5,opt,name=caller,proto3" json:"caller,omitempty"`
-	Limits        *Limits                `protobuf:"bytes,6,opt,name=limits,proto3" json:"limits,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Allow  bool                   `protobuf:"varint,1,opt,name=allow,proto3" json:"allow,omitempty"`
+	Rule   string                 `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
+	Reason string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Class  string                 `protobuf:"bytes,4,opt,name=class,proto3" json:"class,omitempty"`
+	Caller string                 `protobuf:"bytes,5,opt,name=caller,proto3" json:"caller,omitempty"`
+	Limits *Limits                `protobuf:"bytes,6,opt,name=limits,proto3" json:"limits,omitempty"`
+	// capabilities are the tailnet app capabilities the caller holds now,
+	// as the host sees them (what cap: subjects match).
+	Capabilities  []*Capability `protobuf:"bytes,7,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ExplainResponse) Reset() {
 	*x = ExplainResponse{}
-	mi := &file_gpumesh_proto_msgTypes[12]
+	mi := &file_gpumesh_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -926,7 +1082,7 @@ func (x *ExplainResponse) String() string {
 func (*ExplainResponse) ProtoMessage() {}
 
 func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[12]
+	mi := &file_gpumesh_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -939,7 +1095,7 @@ func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainResponse.ProtoReflect.Descriptor instead.
 func (*ExplainResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{12}
+	return file_gpumesh_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ExplainResponse) GetAllow() bool {
@@ -984,6 +1140,65 @@ func (x *ExplainResponse) GetLimits() *Limits {
 	return nil
 }
 
+func (x *ExplainResponse) GetCapabilities() []*Capability {
+	if x != nil {
+		return x.Capabilities
+	}
+	return nil
+}
+
+type Capability struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Values        []string               `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"` // each a JSON object, as granted
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Capability) Reset() {
+	*x = Capability{}
+	mi := &file_gpumesh_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Capability) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Capability) ProtoMessage() {}
+
+func (x *Capability) ProtoReflect() protoreflect.Message {
+	mi := &file_gpumesh_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Capability.ProtoReflect.Descriptor instead.
+func (*Capability) Descriptor() ([]byte, []int) {
+	return file_gpumesh_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Capability) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Capability) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
 type Limits struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	MaxMemory       int64                  `protobuf:"varint,1,opt,name=max_memory,json=maxMemory,proto3" json:"max_memory,omitempty"`
@@ -992,13 +1207,16 @@ type Limits struct {
 	Burst           int32                  `protobuf:"varint,4,opt,name=burst,proto3" json:"burst,omitempty"`
 	MaxRequestBytes int64                  `protobuf:"varint,5,opt,name=max_request_bytes,json=maxRequestBytes,proto3" json:"max_request_bytes,omitempty"`
 	IdleTimeoutMs   int64                  `protobuf:"varint,6,opt,name=idle_timeout_ms,json=idleTimeoutMs,proto3" json:"idle_timeout_ms,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// stream_window is how many calls one Stream may have in flight or
+	// queued at once (Devices only).
+	StreamWindow  int32 `protobuf:"varint,7,opt,name=stream_window,json=streamWindow,proto3" json:"stream_window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_gpumesh_proto_msgTypes[13]
+	mi := &file_gpumesh_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1010,7 +1228,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[13]
+	mi := &file_gpumesh_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1023,7 +1241,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{13}
+	return file_gpumesh_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Limits) GetMaxMemory() int64 {
@@ -1068,6 +1286,13 @@ func (x *Limits) GetIdleTimeoutMs() int64 {
 	return 0
 }
 
+func (x *Limits) GetStreamWindow() int32 {
+	if x != nil {
+		return x.StreamWindow
+	}
+	return 0
+}
+
 type OpenSessionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1076,7 +1301,7 @@ type OpenSessionRequest struct {
 
 func (x *OpenSessionRequest) Reset() {
 	*x = OpenSessionRequest{}
-	mi := &file_gpumesh_proto_msgTypes[14]
+	mi := &file_gpumesh_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1088,7 +1313,7 @@ func (x *OpenSessionRequest) String() string {
 func (*OpenSessionRequest) ProtoMessage() {}
 
 func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[14]
+	mi := &file_gpumesh_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1101,7 +1326,7 @@ func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSessionRequest.ProtoReflect.Descriptor instead.
 func (*OpenSessionRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{14}
+	return file_gpumesh_proto_rawDescGZIP(), []int{16}
 }
 
 type OpenSessionResponse struct {
@@ -1114,7 +1339,7 @@ type OpenSessionResponse struct {
 
 func (x *OpenSessionResponse) Reset() {
 	*x = OpenSessionResponse{}
-	mi := &file_gpumesh_proto_msgTypes[15]
+	mi := &file_gpumesh_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1126,7 +1351,7 @@ func (x *OpenSessionResponse) String() string {
 func (*OpenSessionResponse) ProtoMessage() {}
 
 func (x *OpenSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[15]
+	mi := &file_gpumesh_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1139,7 +1364,7 @@ func (x *OpenSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSessionResponse.ProtoReflect.Descriptor instead.
 func (*OpenSessionResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{15}
+	return file_gpumesh_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *OpenSessionResponse) GetSession() uint64 {
@@ -1165,7 +1390,7 @@ type CloseSessionRequest struct {
 
 func (x *CloseSessionRequest) Reset() {
 	*x = CloseSessionRequest{}
-	mi := &file_gpumesh_proto_msgTypes[16]
+	mi := &file_gpumesh_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1402,7 @@ func (x *CloseSessionRequest) String() string {
 func (*CloseSessionRequest) ProtoMessage() {}
 
 func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[16]
+	mi := &file_gpumesh_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1415,7 @@ func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionRequest.ProtoReflect.Descriptor instead.
 func (*CloseSessionRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{16}
+	return file_gpumesh_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CloseSessionRequest) GetSession() uint64 {
@@ -1208,7 +1433,7 @@ type CloseSessionResponse struct {
 
 func (x *CloseSessionResponse) Reset() {
 	*x = CloseSessionResponse{}
-	mi := &file_gpumesh_proto_msgTypes[17]
+	mi := &file_gpumesh_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1445,7 @@ func (x *CloseSessionResponse) String() string {
 func (*CloseSessionResponse) ProtoMessage() {}
 
 func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[17]
+	mi := &file_gpumesh_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1458,7 @@ func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionResponse.ProtoReflect.Descriptor instead.
 func (*CloseSessionResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{17}
+	return file_gpumesh_proto_rawDescGZIP(), []int{19}
 }
 
 type AllocRequest struct {
@@ -1247,7 +1472,7 @@ type AllocRequest struct {
 
 func (x *AllocRequest) Reset() {
 	*x = AllocRequest{}
-	mi := &file_gpumesh_proto_msgTypes[18]
+	mi := &file_gpumesh_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1484,7 @@ func (x *AllocRequest) String() string {
 func (*AllocRequest) ProtoMessage() {}
 
 func (x *AllocRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[18]
+	mi := &file_gpumesh_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1497,7 @@ func (x *AllocRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRequest.ProtoReflect.Descriptor instead.
 func (*AllocRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{18}
+	return file_gpumesh_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AllocRequest) GetSession() uint64 {
@@ -1305,7 +1530,7 @@ type AllocResponse struct {
 
 func (x *AllocResponse) Reset() {
 	*x = AllocResponse{}
-	mi := &file_gpumesh_proto_msgTypes[19]
+	mi := &file_gpumesh_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1317,7 +1542,7 @@ func (x *AllocResponse) String() string {
 func (*AllocResponse) ProtoMessage() {}
 
 func (x *AllocResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[19]
+	mi := &file_gpumesh_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1330,7 +1555,7 @@ func (x *AllocResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocResponse.ProtoReflect.Descriptor instead.
 func (*AllocResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{19}
+	return file_gpumesh_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AllocResponse) GetBuffer() uint64 {
@@ -1350,7 +1575,7 @@ type FreeRequest struct {
 
 func (x *FreeRequest) Reset() {
 	*x = FreeRequest{}
-	mi := &file_gpumesh_proto_msgTypes[20]
+	mi := &file_gpumesh_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1587,7 @@ func (x *FreeRequest) String() string {
 func (*FreeRequest) ProtoMessage() {}
 
 func (x *FreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[20]
+	mi := &file_gpumesh_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1600,7 @@ func (x *FreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeRequest.ProtoReflect.Descriptor instead.
 func (*FreeRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{20}
+	return file_gpumesh_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FreeRequest) GetSession() uint64 {
@@ -1400,7 +1625,7 @@ type FreeResponse struct {
 
 func (x *FreeResponse) Reset() {
 	*x = FreeResponse{}
-	mi := &file_gpumesh_proto_msgTypes[21]
+	mi := &file_gpumesh_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1412,7 +1637,7 @@ func (x *FreeResponse) String() string {
 func (*FreeResponse) ProtoMessage() {}
 
 func (x *FreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[21]
+	mi := &file_gpumesh_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1425,7 +1650,7 @@ func (x *FreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeResponse.ProtoReflect.Descriptor instead.
 func (*FreeResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{21}
+	return file_gpumesh_proto_rawDescGZIP(), []int{23}
 }
 
 type WriteRequest struct {
@@ -1442,7 +1667,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_gpumesh_proto_msgTypes[22]
+	mi := &file_gpumesh_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1679,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[22]
+	mi := &file_gpumesh_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1692,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{22}
+	return file_gpumesh_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WriteRequest) GetSession() uint64 {
@@ -1522,7 +1747,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_gpumesh_proto_msgTypes[23]
+	mi := &file_gpumesh_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1534,7 +1759,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[23]
+	mi := &file_gpumesh_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1547,7 +1772,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{23}
+	return file_gpumesh_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WriteResponse) GetBuffer() uint64 {
@@ -1577,7 +1802,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_gpumesh_proto_msgTypes[24]
+	mi := &file_gpumesh_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1589,7 +1814,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[24]
+	mi := &file_gpumesh_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1602,7 +1827,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{24}
+	return file_gpumesh_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReadRequest) GetSession() uint64 {
@@ -1649,7 +1874,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_gpumesh_proto_msgTypes[25]
+	mi := &file_gpumesh_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1661,7 +1886,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[25]
+	mi := &file_gpumesh_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1674,7 +1899,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{25}
+	return file_gpumesh_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReadResponse) GetData() []byte {
@@ -1699,7 +1924,7 @@ type LoadModuleRequest struct {
 
 func (x *LoadModuleRequest) Reset() {
 	*x = LoadModuleRequest{}
-	mi := &file_gpumesh_proto_msgTypes[26]
+	mi := &file_gpumesh_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1711,7 +1936,7 @@ func (x *LoadModuleRequest) String() string {
 func (*LoadModuleRequest) ProtoMessage() {}
 
 func (x *LoadModuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[26]
+	mi := &file_gpumesh_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1724,7 +1949,7 @@ func (x *LoadModuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadModuleRequest.ProtoReflect.Descriptor instead.
 func (*LoadModuleRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{26}
+	return file_gpumesh_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LoadModuleRequest) GetSession() uint64 {
@@ -1793,7 +2018,7 @@ type LoadModuleResponse struct {
 
 func (x *LoadModuleResponse) Reset() {
 	*x = LoadModuleResponse{}
-	mi := &file_gpumesh_proto_msgTypes[27]
+	mi := &file_gpumesh_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1805,7 +2030,7 @@ func (x *LoadModuleResponse) String() string {
 func (*LoadModuleResponse) ProtoMessage() {}
 
 func (x *LoadModuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[27]
+	mi := &file_gpumesh_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1818,7 +2043,7 @@ func (x *LoadModuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadModuleResponse.ProtoReflect.Descriptor instead.
 func (*LoadModuleResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{27}
+	return file_gpumesh_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *LoadModuleResponse) GetModule() string {
@@ -1853,7 +2078,7 @@ type Dim3 struct {
 
 func (x *Dim3) Reset() {
 	*x = Dim3{}
-	mi := &file_gpumesh_proto_msgTypes[28]
+	mi := &file_gpumesh_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1865,7 +2090,7 @@ func (x *Dim3) String() string {
 func (*Dim3) ProtoMessage() {}
 
 func (x *Dim3) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[28]
+	mi := &file_gpumesh_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1878,7 +2103,7 @@ func (x *Dim3) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Dim3.ProtoReflect.Descriptor instead.
 func (*Dim3) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{28}
+	return file_gpumesh_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Dim3) GetX() uint32 {
@@ -1918,7 +2143,7 @@ type LaunchRequest struct {
 
 func (x *LaunchRequest) Reset() {
 	*x = LaunchRequest{}
-	mi := &file_gpumesh_proto_msgTypes[29]
+	mi := &file_gpumesh_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1930,7 +2155,7 @@ func (x *LaunchRequest) String() string {
 func (*LaunchRequest) ProtoMessage() {}
 
 func (x *LaunchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[29]
+	mi := &file_gpumesh_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1943,7 +2168,7 @@ func (x *LaunchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchRequest.ProtoReflect.Descriptor instead.
 func (*LaunchRequest) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{29}
+	return file_gpumesh_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LaunchRequest) GetSession() uint64 {
@@ -2011,7 +2236,7 @@ type LaunchResponse struct {
 
 func (x *LaunchResponse) Reset() {
 	*x = LaunchResponse{}
-	mi := &file_gpumesh_proto_msgTypes[30]
+	mi := &file_gpumesh_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2023,7 +2248,7 @@ func (x *LaunchResponse) String() string {
 func (*LaunchResponse) ProtoMessage() {}
 
 func (x *LaunchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpumesh_proto_msgTypes[30]
+	mi := &file_gpumesh_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2036,7 +2261,7 @@ func (x *LaunchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchResponse.ProtoReflect.Descriptor instead.
 func (*LaunchResponse) Descriptor() ([]byte, []int) {
-	return file_gpumesh_proto_rawDescGZIP(), []int{30}
+	return file_gpumesh_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *LaunchResponse) GetComputeNanos() int64 {
@@ -2075,10 +2300,12 @@ const file_gpumesh_proto_rawDesc = "" +
 	"out_buffer\x18\x05 \x01(\x04R\toutBuffer\"d\n" +
 	"\x0fComputeResponse\x12,\n" +
 	"\aoutputs\x18\x01 \x03(\v2\x12.gpumesh.v1.TensorR\aoutputs\x12#\n" +
-	"\rcompute_nanos\x18\x02 \x01(\x03R\fcomputeNanos\"U\n" +
+	"\rcompute_nanos\x18\x02 \x01(\x03R\fcomputeNanos\"\x94\x01\n" +
 	"\rStreamRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
-	"\acompute\x18\x02 \x01(\v2\x1a.gpumesh.v1.ComputeRequestR\acompute\"\x80\x01\n" +
+	"\acompute\x18\x02 \x01(\v2\x1a.gpumesh.v1.ComputeRequestR\acompute\x12\x16\n" +
+	"\x06cancel\x18\x03 \x01(\bR\x06cancel\x12%\n" +
+	"\x0etimeout_micros\x18\x04 \x01(\x04R\rtimeoutMicros\"\x80\x01\n" +
 	"\x0eStreamResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
 	"\acompute\x18\x02 \x01(\v2\x1b.gpumesh.v1.ComputeResponseR\acompute\x12'\n" +
@@ -2086,14 +2313,26 @@ const file_gpumesh_proto_rawDesc = "" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\x10\n" +
-	"\x0eDevicesRequest\"\xb3\x01\n" +
+	"\x0eDevicesRequest\"\x85\x02\n" +
 	"\x0fDevicesResponse\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12,\n" +
 	"\adevices\x18\x02 \x03(\v2\x12.gpumesh.v1.DeviceR\adevices\x12\x12\n" +
 	"\x04host\x18\x03 \x01(\tR\x04host\x12\x16\n" +
 	"\x06caller\x18\x04 \x01(\tR\x06caller\x12\x16\n" +
 	"\x06status\x18\x05 \x01(\tR\x06status\x12\x14\n" +
-	"\x05nvrtc\x18\x06 \x01(\tR\x05nvrtc\"\xc5\x02\n" +
+	"\x05nvrtc\x18\x06 \x01(\tR\x05nvrtc\x12*\n" +
+	"\x06limits\x18\a \x01(\v2\x12.gpumesh.v1.LimitsR\x06limits\x12$\n" +
+	"\x04load\x18\b \x01(\v2\x10.gpumesh.v1.LoadR\x04load\"\xbd\x02\n" +
+	"\x04Load\x12&\n" +
+	"\x0fcalls_in_flight\x18\x01 \x01(\x05R\rcallsInFlight\x12!\n" +
+	"\fcalls_queued\x18\x02 \x01(\x05R\vcallsQueued\x12\x18\n" +
+	"\astreams\x18\x03 \x01(\x05R\astreams\x12\x1a\n" +
+	"\bsessions\x18\x04 \x01(\x05R\bsessions\x12\x18\n" +
+	"\abuffers\x18\x05 \x01(\x05R\abuffers\x12*\n" +
+	"\x11memory_held_bytes\x18\x06 \x01(\x03R\x0fmemoryHeldBytes\x12.\n" +
+	"\x13memory_budget_bytes\x18\a \x01(\x03R\x11memoryBudgetBytes\x12(\n" +
+	"\x10telemetry_age_ms\x18\b \x01(\x03R\x0etelemetryAgeMs\x12\x14\n" +
+	"\x05conns\x18\t \x01(\x05R\x05conns\"\xc5\x02\n" +
 	"\x06Device\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -2109,14 +2348,19 @@ const file_gpumesh_proto_rawDesc = "" +
 	" \x01(\tR\vcudaVersion\":\n" +
 	"\x0eExplainRequest\x12\x16\n" +
 	"\x06kernel\x18\x01 \x01(\tR\x06kernel\x12\x10\n" +
-	"\x03gpu\x18\x02 \x01(\tR\x03gpu\"\xad\x01\n" +
+	"\x03gpu\x18\x02 \x01(\tR\x03gpu\"\xe9\x01\n" +
 	"\x0fExplainResponse\x12\x14\n" +
 	"\x05allow\x18\x01 \x01(\bR\x05allow\x12\x12\n" +
 	"\x04rule\x18\x02 \x01(\tR\x04rule\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n" +
 	"\x05class\x18\x04 \x01(\tR\x05class\x12\x16\n" +
 	"\x06caller\x18\x05 \x01(\tR\x06caller\x12*\n" +
-	"\x06limits\x18\x06 \x01(\v2\x12.gpumesh.v1.LimitsR\x06limits\"\xcc\x01\n" +
+	"\x06limits\x18\x06 \x01(\v2\x12.gpumesh.v1.LimitsR\x06limits\x12:\n" +
+	"\fcapabilities\x18\a \x03(\v2\x16.gpumesh.v1.CapabilityR\fcapabilities\"8\n" +
+	"\n" +
+	"Capability\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values\"\xf1\x01\n" +
 	"\x06Limits\x12\x1d\n" +
 	"\n" +
 	"max_memory\x18\x01 \x01(\x03R\tmaxMemory\x12%\n" +
@@ -2124,7 +2368,8 @@ const file_gpumesh_proto_rawDesc = "" +
 	"\x04rate\x18\x03 \x01(\x01R\x04rate\x12\x14\n" +
 	"\x05burst\x18\x04 \x01(\x05R\x05burst\x12*\n" +
 	"\x11max_request_bytes\x18\x05 \x01(\x03R\x0fmaxRequestBytes\x12&\n" +
-	"\x0fidle_timeout_ms\x18\x06 \x01(\x03R\ridleTimeoutMs\"\x14\n" +
+	"\x0fidle_timeout_ms\x18\x06 \x01(\x03R\ridleTimeoutMs\x12#\n" +
+	"\rstream_window\x18\a \x01(\x05R\fstreamWindow\"\x14\n" +
 	"\x12OpenSessionRequest\"W\n" +
 	"\x13OpenSessionResponse\x12\x18\n" +
 	"\asession\x18\x01 \x01(\x04R\asession\x12&\n" +
@@ -2222,7 +2467,7 @@ func file_gpumesh_proto_rawDescGZIP() []byte {
 }
 
 var file_gpumesh_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_gpumesh_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_gpumesh_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_gpumesh_proto_goTypes = []any{
 	(DType)(0),                   // 0: gpumesh.v1.DType
 	(*Tensor)(nil),               // 1: gpumesh.v1.Tensor
@@ -2235,27 +2480,29 @@ var file_gpumesh_proto_goTypes = []any{
 	(*Error)(nil),                // 8: gpumesh.v1.Error
 	(*DevicesRequest)(nil),       // 9: gpumesh.v1.DevicesRequest
 	(*DevicesResponse)(nil),      // 10: gpumesh.v1.DevicesResponse
-	(*Device)(nil),               // 11: gpumesh.v1.Device
-	(*ExplainRequest)(nil),       // 12: gpumesh.v1.ExplainRequest
-	(*ExplainResponse)(nil),      // 13: gpumesh.v1.ExplainResponse
-	(*Limits)(nil),               // 14: gpumesh.v1.Limits
-	(*OpenSessionRequest)(nil),   // 15: gpumesh.v1.OpenSessionRequest
-	(*OpenSessionResponse)(nil),  // 16: gpumesh.v1.OpenSessionResponse
-	(*CloseSessionRequest)(nil),  // 17: gpumesh.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil), // 18: gpumesh.v1.CloseSessionResponse
-	(*AllocRequest)(nil),         // 19: gpumesh.v1.AllocRequest
-	(*AllocResponse)(nil),        // 20: gpumesh.v1.AllocResponse
-	(*FreeRequest)(nil),          // 21: gpumesh.v1.FreeRequest
-	(*FreeResponse)(nil),         // 22: gpumesh.v1.FreeResponse
-	(*WriteRequest)(nil),         // 23: gpumesh.v1.WriteRequest
-	(*WriteResponse)(nil),        // 24: gpumesh.v1.WriteResponse
-	(*ReadRequest)(nil),          // 25: gpumesh.v1.ReadRequest
-	(*ReadResponse)(nil),         // 26: gpumesh.v1.ReadResponse
-	(*LoadModuleRequest)(nil),    // 27: gpumesh.v1.LoadModuleRequest
-	(*LoadModuleResponse)(nil),   // 28: gpumesh.v1.LoadModuleResponse
-	(*Dim3)(nil),                 // 29: gpumesh.v1.Dim3
-	(*LaunchRequest)(nil),        // 30: gpumesh.v1.LaunchRequest
-	(*LaunchResponse)(nil),       // 31: gpumesh.v1.LaunchResponse
+	(*Load)(nil),                 // 11: gpumesh.v1.Load
+	(*Device)(nil),               // 12: gpumesh.v1.Device
+	(*ExplainRequest)(nil),       // 13: gpumesh.v1.ExplainRequest
+	(*ExplainResponse)(nil),      // 14: gpumesh.v1.ExplainResponse
+	(*Capability)(nil),           // 15: gpumesh.v1.Capability
+	(*Limits)(nil),               // 16: gpumesh.v1.Limits
+	(*OpenSessionRequest)(nil),   // 17: gpumesh.v1.OpenSessionRequest
+	(*OpenSessionResponse)(nil),  // 18: gpumesh.v1.OpenSessionResponse
+	(*CloseSessionRequest)(nil),  // 19: gpumesh.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil), // 20: gpumesh.v1.CloseSessionResponse
+	(*AllocRequest)(nil),         // 21: gpumesh.v1.AllocRequest
+	(*AllocResponse)(nil),        // 22: gpumesh.v1.AllocResponse
+	(*FreeRequest)(nil),          // 23: gpumesh.v1.FreeRequest
+	(*FreeResponse)(nil),         // 24: gpumesh.v1.FreeResponse
+	(*WriteRequest)(nil),         // 25: gpumesh.v1.WriteRequest
+	(*WriteResponse)(nil),        // 26: gpumesh.v1.WriteResponse
+	(*ReadRequest)(nil),          // 27: gpumesh.v1.ReadRequest
+	(*ReadResponse)(nil),         // 28: gpumesh.v1.ReadResponse
+	(*LoadModuleRequest)(nil),    // 29: gpumesh.v1.LoadModuleRequest
+	(*LoadModuleResponse)(nil),   // 30: gpumesh.v1.LoadModuleResponse
+	(*Dim3)(nil),                 // 31: gpumesh.v1.Dim3
+	(*LaunchRequest)(nil),        // 32: gpumesh.v1.LaunchRequest
+	(*LaunchResponse)(nil),       // 33: gpumesh.v1.LaunchResponse
 }
 var file_gpumesh_proto_depIdxs = []int32{
 	0,  // 0: gpumesh.v1.Tensor.dtype:type_name -> gpumesh.v1.DType
@@ -2267,40 +2514,43 @@ var file_gpumesh_proto_depIdxs = []int32{
 	4,  // 6: gpumesh.v1.StreamRequest.compute:type_name -> gpumesh.v1.ComputeRequest
 	5,  // 7: gpumesh.v1.StreamResponse.compute:type_name -> gpumesh.v1.ComputeResponse
 	8,  // 8: gpumesh.v1.StreamResponse.error:type_name -> gpumesh.v1.Error
-	11, // 9: gpumesh.v1.DevicesResponse.devices:type_name -> gpumesh.v1.Device
-	14, // 10: gpumesh.v1.ExplainResponse.limits:type_name -> gpumesh.v1.Limits
-	29, // 11: gpumesh.v1.LaunchRequest.grid:type_name -> gpumesh.v1.Dim3
-	29, // 12: gpumesh.v1.LaunchRequest.block:type_name -> gpumesh.v1.Dim3
-	2,  // 13: gpumesh.v1.LaunchRequest.args:type_name -> gpumesh.v1.Arg
-	9,  // 14: gpumesh.v1.GPU.Devices:input_type -> gpumesh.v1.DevicesRequest
-	4,  // 15: gpumesh.v1.GPU.Compute:input_type -> gpumesh.v1.ComputeRequest
-	6,  // 16: gpumesh.v1.GPU.Stream:input_type -> gpumesh.v1.StreamRequest
-	12, // 17: gpumesh.v1.GPU.Explain:input_type -> gpumesh.v1.ExplainRequest
-	15, // 18: gpumesh.v1.GPU.OpenSession:input_type -> gpumesh.v1.OpenSessionRequest
-	17, // 19: gpumesh.v1.GPU.CloseSession:input_type -> gpumesh.v1.CloseSessionRequest
-	19, // 20: gpumesh.v1.GPU.Alloc:input_type -> gpumesh.v1.AllocRequest
-	21, // 21: gpumesh.v1.GPU.Free:input_type -> gpumesh.v1.FreeRequest
-	23, // 22: gpumesh.v1.GPU.Write:input_type -> gpumesh.v1.WriteRequest
-	25, // 23: gpumesh.v1.GPU.Read:input_type -> gpumesh.v1.ReadRequest
-	27, // 24: gpumesh.v1.GPU.LoadModule:input_type -> gpumesh.v1.LoadModuleRequest
-	30, // 25: gpumesh.v1.GPU.Launch:input_type -> gpumesh.v1.LaunchRequest
-	10, // 26: gpumesh.v1.GPU.Devices:output_type -> gpumesh.v1.DevicesResponse
-	5,  // 27: gpumesh.v1.GPU.Compute:output_type -> gpumesh.v1.ComputeResponse
-	7,  // 28: gpumesh.v1.GPU.Stream:output_type -> gpumesh.v1.StreamResponse
-	13, // 29: gpumesh.v1.GPU.Explain:output_type -> gpumesh.v1.ExplainResponse
-	16, // 30: gpumesh.v1.GPU.OpenSession:output_type -> gpumesh.v1.OpenSessionResponse
-	18, // 31: gpumesh.v1.GPU.CloseSession:output_type -> gpumesh.v1.CloseSessionResponse
-	20, // 32: gpumesh.v1.GPU.Alloc:output_type -> gpumesh.v1.AllocResponse
-	22, // 33: gpumesh.v1.GPU.Free:output_type -> gpumesh.v1.FreeResponse
-	24, // 34: gpumesh.v1.GPU.Write:output_type -> gpumesh.v1.WriteResponse
-	26, // 35: gpumesh.v1.GPU.Read:output_type -> gpumesh.v1.ReadResponse
-	28, // 36: gpumesh.v1.GPU.LoadModule:output_type -> gpumesh.v1.LoadModuleResponse
-	31, // 37: gpumesh.v1.GPU.Launch:output_type -> gpumesh.v1.LaunchResponse
-	26, // [26:38] is the sub-list for method output_type
-	14, // [14:26] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	12, // 9: gpumesh.v1.DevicesResponse.devices:type_name -> gpumesh.v1.Device
+	16, // 10: gpumesh.v1.DevicesResponse.limits:type_name -> gpumesh.v1.Limits
+	11, // 11: gpumesh.v1.DevicesResponse.load:type_name -> gpumesh.v1.Load
+	16, // 12: gpumesh.v1.ExplainResponse.limits:type_name -> gpumesh.v1.Limits
+	15, // 13: gpumesh.v1.ExplainResponse.capabilities:type_name -> gpumesh.v1.Capability
+	31, // 14: gpumesh.v1.LaunchRequest.grid:type_name -> gpumesh.v1.Dim3
+	31, // 15: gpumesh.v1.LaunchRequest.block:type_name -> gpumesh.v1.Dim3
+	2,  // 16: gpumesh.v1.LaunchRequest.args:type_name -> gpumesh.v1.Arg
+	9,  // 17: gpumesh.v1.GPU.Devices:input_type -> gpumesh.v1.DevicesRequest
+	4,  // 18: gpumesh.v1.GPU.Compute:input_type -> gpumesh.v1.ComputeRequest
+	6,  // 19: gpumesh.v1.GPU.Stream:input_type -> gpumesh.v1.StreamRequest
+	13, // 20: gpumesh.v1.GPU.Explain:input_type -> gpumesh.v1.ExplainRequest
+	17, // 21: gpumesh.v1.GPU.OpenSession:input_type -> gpumesh.v1.OpenSessionRequest
+	19, // 22: gpumesh.v1.GPU.CloseSession:input_type -> gpumesh.v1.CloseSessionRequest
+	21, // 23: gpumesh.v1.GPU.Alloc:input_type -> gpumesh.v1.AllocRequest
+	23, // 24: gpumesh.v1.GPU.Free:input_type -> gpumesh.v1.FreeRequest
+	25, // 25: gpumesh.v1.GPU.Write:input_type -> gpumesh.v1.WriteRequest
+	27, // 26: gpumesh.v1.GPU.Read:input_type -> gpumesh.v1.ReadRequest
+	29, // 27: gpumesh.v1.GPU.LoadModule:input_type -> gpumesh.v1.LoadModuleRequest
+	32, // 28: gpumesh.v1.GPU.Launch:input_type -> gpumesh.v1.LaunchRequest
+	10, // 29: gpumesh.v1.GPU.Devices:output_type -> gpumesh.v1.DevicesResponse
+	5,  // 30: gpumesh.v1.GPU.Compute:output_type -> gpumesh.v1.ComputeResponse
+	7,  // 31: gpumesh.v1.GPU.Stream:output_type -> gpumesh.v1.StreamResponse
+	14, // 32: gpumesh.v1.GPU.Explain:output_type -> gpumesh.v1.ExplainResponse
+	18, // 33: gpumesh.v1.GPU.OpenSession:output_type -> gpumesh.v1.OpenSessionResponse
+	20, // 34: gpumesh.v1.GPU.CloseSession:output_type -> gpumesh.v1.CloseSessionResponse
+	22, // 35: gpumesh.v1.GPU.Alloc:output_type -> gpumesh.v1.AllocResponse
+	24, // 36: gpumesh.v1.GPU.Free:output_type -> gpumesh.v1.FreeResponse
+	26, // 37: gpumesh.v1.GPU.Write:output_type -> gpumesh.v1.WriteResponse
+	28, // 38: gpumesh.v1.GPU.Read:output_type -> gpumesh.v1.ReadResponse
+	30, // 39: gpumesh.v1.GPU.LoadModule:output_type -> gpumesh.v1.LoadModuleResponse
+	33, // 40: gpumesh.v1.GPU.Launch:output_type -> gpumesh.v1.LaunchResponse
+	29, // [29:41] is the sub-list for method output_type
+	17, // [17:29] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_gpumesh_proto_init() }
@@ -2314,7 +2564,7 @@ func file_gpumesh_proto_init() {
 		(*Arg_Scalar)(nil),
 		(*Arg_Int)(nil),
 	}
-	file_gpumesh_proto_msgTypes[26].OneofWrappers = []any{
+	file_gpumesh_proto_msgTypes[28].OneofWrappers = []any{
 		(*LoadModuleRequest_Ptx)(nil),
 		(*LoadModuleRequest_Cuda)(nil),
 	}
@@ -2324,7 +2574,7 @@ func file_gpumesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gpumesh_proto_rawDesc), len(file_gpumesh_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -45,8 +45,11 @@ type GPUClient interface {
 	// Compute runs a named kernel on inline tensors and/or resident buffers.
 	Compute(ctx context.Context, in *ComputeRequest, opts ...grpc.CallOption) (*ComputeResponse, error)
 	// Stream carries many Compute calls on one long-lived stream: the hot
-	// path, cheaper per call than a unary Compute. Responses come in request
-	// order; a failed call answers with an error and the stream goes on.
+	// path, cheaper per call than a unary Compute. Calls run concurrently, up
+	// to the caller's max_concurrent (Limits.stream_window calls may be in
+	// flight or queued at once; more are answered ResourceExhausted), and are
+	// answered by id, in the order they finish. A failed or cancelled call
+	// answers with an error and the stream goes on.
 	Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamRequest, StreamResponse], error)
 	// Explain says how the host's policy decides for the caller.
 	Explain(ctx context.Context, in *ExplainRequest, opts ...grpc.CallOption) (*ExplainResponse, error)
@@ -220,8 +223,11 @@ type GPUServer interface {
 	// Compute runs a named kernel on inline tensors and/or resident buffers.
 	Compute(context.Context, *ComputeRequest) (*ComputeResponse, error)
 	// Stream carries many Compute calls on one long-lived stream: the hot
-	// path, cheaper per call than a unary Compute. Responses come in request
-	// order; a failed call answers with an error and the stream goes on.
+	// path, cheaper per call than a unary Compute. Calls run concurrently, up
+	// to the caller's max_concurrent (Limits.stream_window calls may be in
+	// flight or queued at once; more are answered ResourceExhausted), and are
+	// answered by id, in the order they finish. A failed or cancelled call
+	// answers with an error and the stream goes on.
 	Stream(grpc.BidiStreamingServer[StreamRequest, StreamResponse]) error
 	// Explain says how the host's policy decides for the caller.
 	Explain(context.Context, *ExplainRequest) (*ExplainResponse, error)

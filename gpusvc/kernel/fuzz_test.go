@@ -2,6 +2,7 @@ package kernel_test
 
 import (
 	"context"
+	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -76,4 +77,23 @@ func FuzzComputeRequest(f *testing.F) {
 			t.Fatalf("%s: output has %d bytes for shape %v", req.GetKernel(), len(out.Data), shape)
 		}
 	})
+}
+
+// TestNamesAndLookup: every name Names lists is a kernel Lookup finds, in
+// order, and nothing else is.
+func TestNamesAndLookup(t *testing.T) {
+	names := kernel.Names()
+	if !slices.IsSorted(names) {
+		t.Errorf("Names() = %v, not sorted", names)
+	}
+	for _, n := range names {
+		if s, ok := kernel.Lookup(n); !ok || s.Name != n || s.Check == nil {
+			t.Errorf("Lookup(%q) = %+v, %v", n, s, ok)
+		}
+	}
+	for _, n := range []string{"", "conv9d", "Relu", "custom:ptx"} {
+		if _, ok := kernel.Lookup(n); ok {
+			t.Errorf("Lookup(%q) found a kernel", n)
+		}
+	}
 }

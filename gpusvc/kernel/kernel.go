@@ -150,35 +150,34 @@ type Spec struct {
 	Check func(args []Arg) (out []int64, err error)
 }
 
-// Builtins are the named kernels every backend implements, by name.
-var Builtins = map[string]Spec{}
-
-func init() {
-	for _, s := range []Spec{
-		{kernelname.MatrixMul, "C[m,n] = A[m,k] · B[k,n]", checkMatMul},
-		{kernelname.Saxpy, "y = a·x + y, for scalar a and vectors x, y", checkSaxpy},
-		{kernelname.ReduceSum, "sum of all elements of x, shape [1]", checkReduceSum},
-		{kernelname.Softmax, "softmax over the last axis of x", checkUnary(kernelname.Softmax, 1)},
-		{kernelname.ReLU, "max(x, 0) element-wise", checkUnary(kernelname.ReLU, 0)},
-		{kernelname.Transpose, "B[n,m] = A[m,n]ᵀ", checkTranspose},
-	} {
-		Builtins[s.Name] = s
+// Lookup returns the built-in kernel named name: the kernels every
+// backend implements.
+func Lookup(name string) (Spec, bool) {
+	switch name {
+	case kernelname.MatrixMul:
+		return Spec{name, "C[m,n] = A[m,k] · B[k,n]", checkMatMul}, true
+	case kernelname.Saxpy:
+		return Spec{name, "y = a·x + y, for scalar a and vectors x, y", checkSaxpy}, true
+	case kernelname.ReduceSum:
+		return Spec{name, "sum of all elements of x, shape [1]", checkReduceSum}, true
+	case kernelname.Softmax:
+		return Spec{name, "softmax over the last axis of x", checkUnary(kernelname.Softmax, 1)}, true
+	case kernelname.ReLU:
+		return Spec{name, "max(x, 0) element-wise", checkUnary(kernelname.ReLU, 0)}, true
+	case kernelname.Transpose:
+		return Spec{name, "B[n,m] = A[m,n]ᵀ", checkTranspose}, true
 	}
+	return Spec{}, false
 }
 
 // Names returns the built-in kernel names, sorted.
 func Names() []string {
-	out := make([]string, 0, len(Builtins))
-	for n := range Builtins {
-		out = append(out, n)
-	}
-	slices.Sort(out)
-	return out
+	return kernelname.Builtins()
 }
 
 // Check validates a call of the named built-in and returns its output shape.
 func Check(name string, args []Arg) ([]int64, error) {
-	s, ok := Builtins[name]
+	s, ok := Lookup(name)
 	if !ok {
 		return nil, fmt.Errorf("%w %q (built-ins: %v)", ErrUnknownKernel, name, Names())
 	}

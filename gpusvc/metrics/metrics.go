@@ -151,7 +151,7 @@ func (m *Metrics) Record(r gpusvc.CallRecord) {
 // kernelLabel bounds the kernel label's values: a caller may name any
 // kernel (and is refused), but only real ones become series.
 func kernelLabel(k string) string {
-	if _, ok := kernel.Builtins[k]; ok || k == "" || strings.HasPrefix(k, "custom:") && len(k) <= 16 {
+	if _, ok := kernel.Lookup(k); ok || k == "" || strings.HasPrefix(k, "custom:") && len(k) <= 16 {
 		return k
 	}
 	return "other"

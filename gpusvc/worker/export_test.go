@@ -16,3 +16,23 @@ func InFlight(s *Supervisor, k Key) int {
 	}
 	return 0
 }
+
+// KeptModules reports how many module sources k's slot keeps.
+func KeptModules(s *Supervisor, k Key) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sl := s.slots[k]; sl != nil {
+		return sl.modules.len()
+	}
+	return 0
+}
+
+// HasSlot reports whether the supervisor still remembers k.
+func HasSlot(s *Supervisor, k Key) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.slots[k] != nil
+}
+
+// MaxKeptModules is how many module sources a slot keeps.
+const MaxKeptModules = maxKeptModules

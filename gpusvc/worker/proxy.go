@@ -211,7 +211,7 @@ func (s *Supervisor) buffer(h uint64) (*bufRef, func(), error) {
 
 // Free frees h in its worker, which zeroes it. The buffer of a worker that
 // died is gone with it; freeing it only forgets it.
-func (s *Supervisor) Free(h uint64) error {
+func (s *Supervisor) Free(ctx context.Context, h uint64) error {
 	s.mu.Lock()
 	b, ok := s.buffers[h]
 	if ok {
@@ -226,7 +226,7 @@ func (s *Supervisor) Free(h uint64) error {
 	if dead {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StopGrace)
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.StopGrace)
 	defer cancel()
 	if _, err := b.p.client.Free(ctx, &pb.FreeRequest{Handle: b.handle}); err != nil {
 		s.mu.Lock()
@@ -241,18 +241,43 @@ func (s *Supervisor) Free(h uint64) error {
 }
 
 // WriteAt copies p into buffer h at off.
-func (s *Supervisor) WriteAt(h uint64, off int64, p []byte) error {
+func (s *Supervisor) WriteAt(ctx context.Context, h uint64, off int64, p []byte) error {
+	return s.transfer(ctx, h, off, p, true)
+}
+
+// ReadAt copies from buffer h at off into p.
+func (s *Supervisor) ReadAt(ctx context.Context, h uint64, off int64, p []byte) error {
+	return s.transfer(ctx, h, off, p, false)
+}
+
+// transfer moves p into (write) or out of buffer h at off, through the
+// worker's shared memory when it has some, else through the socket.
+func (s *Supervisor) transfer(ctx context.Context, h uint64, off int64, p []byte, write bool) error {
 	b, release, err := s.buffer(h)
 	if err != nil {
 		return err
 	}
 	defer release()
-	ctx := context.Background()
 	if b.p.shm != nil {
-		return s.viaShm(ctx, b, off, p, true)
+		return s.viaShm(ctx, b, off, p, write)
 	}
-	if _, err := b.p.client.WriteAt(ctx, &pb.WriteAtRequest{Handle: b.handle, Offset: off, Data: p}); err != nil {
-		return s.failed(ctx, b.p, "write", err)
+	if write {
+		if _, err := b.p.client.WriteAt(ctx, &pb.WriteAtRequest{Handle: b.handle, Offset: off, Data: p}); err != nil {
+			return s.failed(ctx, b.p, "write", err)
+		}
+		return nil
+	}
+	for len(p) > 0 {
+		n := min(len(p), maxRead)
+		res, err := b.p.client.ReadAt(ctx, &pb.ReadAtRequest{Handle: b.handle, Offset: off, Length: int64(n)})
+		if err != nil {
+			return s.failed(ctx, b.p, "read", err)
+		}
+		if len(res.GetData()) != n {
+			return fmt.Errorf("worker: read %d bytes, got %d", n, len(res.GetData()))
+		}
+		copy(p, res.GetData())
+		p, off = p[n:], off+int64(n)
 	}
 	return nil
 }
@@ -264,6 +289,8 @@ func (s *Supervisor) viaShm(ctx context.Context, b *bufRef, off int64, p []byte,
 	var slot int
 	select {
 	case slot = <-w.slots:
+	case <-ctx.Done():
+		return ctx.Err()
 	case <-w.exited:
 		s.mu.Lock()
 		reason := w.reason
@@ -295,32 +322,6 @@ func (s *Supervisor) viaShm(ctx context.Context, b *bufRef, off int64, p []byte,
 	return nil
 }
 
-// ReadAt copies from buffer h at off into p.
-func (s *Supervisor) ReadAt(h uint64, off int64, p []byte) error {
-	b, release, err := s.buffer(h)
-	if err != nil {
-		return err
-	}
-	defer release()
-	ctx := context.Background()
-	if b.p.shm != nil {
-		return s.viaShm(ctx, b, off, p, false)
-	}
-	for len(p) > 0 {
-		n := min(len(p), maxRead)
-		res, err := b.p.client.ReadAt(ctx, &pb.ReadAtRequest{Handle: b.handle, Offset: off, Length: int64(n)})
-		if err != nil {
-			return s.failed(ctx, b.p, "read", err)
-		}
-		if len(res.GetData()) != n {
-			return fmt.Errorf("worker: read %d bytes, got %d", n, len(res.GetData()))
-		}
-		copy(p, res.GetData())
-		p, off = p[n:], off+int64(n)
-	}
-	return nil
-}
-
 // LoadModule loads a module into the caller's worker for gpu. The source is
 // kept, so that a restarted worker gets the module again on first use.
 func (s *Supervisor) LoadModule(ctx context.Context, gpu int, src gpusvc.ModuleSource) (string, string, bool, error) {
@@ -338,7 +339,7 @@ func (s *Supervisor) LoadModule(ctx context.Context, gpu int, src gpusvc.ModuleS
 		return "", "", false, s.failed(ctx, p, "load module", err)
 	}
 	s.mu.Lock()
-	s.slotOf(k).modules[res.GetId()] = src
+	s.slotOf(k).modules.keep(res.GetId(), src)
 	p.loaded[res.GetId()] = true
 	s.mu.Unlock()
 	return res.GetId(), res.GetLog(), res.GetCached(), nil
@@ -355,10 +356,14 @@ func (s *Supervisor) Launch(ctx context.Context, l gpusvc.Launch) error {
 	}
 	defer release()
 	s.mu.Lock()
-	src, known := s.slotOf(p.key).modules[l.Module]
-	reload := known && !p.loaded[l.Module]
+	loaded := p.loaded[l.Module]
+	src, kept := s.slotOf(p.key).modules.get(l.Module)
 	s.mu.Unlock()
-	if reload { // the worker restarted since the module was loaded
+	if !loaded && !kept {
+		return status.Errorf(codes.FailedPrecondition,
+			"gpumesh: module %s is not loaded in this caller's gpu worker, which restarted since, and the host no longer keeps its source (it keeps the %d most recent per caller); load it again", l.Module, maxKeptModules)
+	}
+	if !loaded { // the worker restarted since the module was loaded
 		res, err := p.client.LoadModule(ctx, &pb.LoadModuleRequest{Gpu: int32(l.GPU), Ptx: src.PTX, Cuda: src.CUDA})
 		if err != nil {
 			return s.failed(ctx, p, "reload module", err)

@@ -141,24 +141,24 @@ func (w *workerServer) Alloc(ctx context.Context, req *pb.AllocRequest) (*pb.All
 	return &pb.AllocResponse{Handle: h}, nil
 }
 
-func (w *workerServer) Free(_ context.Context, req *pb.FreeRequest) (*pb.FreeResponse, error) {
+func (w *workerServer) Free(ctx context.Context, req *pb.FreeRequest) (*pb.FreeResponse, error) {
 	if w.mem == nil {
 		return nil, errNoMemory
 	}
-	return &pb.FreeResponse{}, w.check(w.mem.Free(req.GetHandle()))
+	return &pb.FreeResponse{}, w.check(w.mem.Free(ctx, req.GetHandle()))
 }
 
-func (w *workerServer) WriteAt(_ context.Context, req *pb.WriteAtRequest) (*pb.WriteAtResponse, error) {
+func (w *workerServer) WriteAt(ctx context.Context, req *pb.WriteAtRequest) (*pb.WriteAtResponse, error) {
 	if w.mem == nil {
 		return nil, errNoMemory
 	}
-	return &pb.WriteAtResponse{}, w.check(w.mem.WriteAt(req.GetHandle(), req.GetOffset(), req.GetData()))
+	return &pb.WriteAtResponse{}, w.check(w.mem.WriteAt(ctx, req.GetHandle(), req.GetOffset(), req.GetData()))
 }
 
 // maxRead bounds one ReadAt; the node reads in chunks of at most this.
 const maxRead = 64 << 20
 
-func (w *workerServer) ReadAt(_ context.Context, req *pb.ReadAtRequest) (*pb.ReadAtResponse, error) {
+func (w *workerServer) ReadAt(ctx context.Context, req *pb.ReadAtRequest) (*pb.ReadAtResponse, error) {
 	if w.mem == nil {
 		return nil, errNoMemory
 	}
@@ -167,7 +167,7 @@ func (w *workerServer) ReadAt(_ context.Context, req *pb.ReadAtRequest) (*pb.Rea
 		return nil, status.Errorf(codes.InvalidArgument, "read of %d bytes: at most %d at a time", n, maxRead)
 	}
 	p := make([]byte, n)
-	if err := w.mem.ReadAt(req.GetHandle(), req.GetOffset(), p); err != nil {
+	if err := w.mem.ReadAt(ctx, req.GetHandle(), req.GetOffset(), p); err != nil {
 		return nil, w.check(err)
 	}
 	return &pb.ReadAtResponse{Data: p}, nil
@@ -213,18 +213,18 @@ func (w *workerServer) shmSpan(req *pb.ShmRequest) ([]byte, error) {
 	return w.shm[off : off+n], nil
 }
 
-func (w *workerServer) WriteShm(_ context.Context, req *pb.ShmRequest) (*pb.ShmResponse, error) {
+func (w *workerServer) WriteShm(ctx context.Context, req *pb.ShmRequest) (*pb.ShmResponse, error) {
 	p, err := w.shmSpan(req)
 	if err != nil {
 		return nil, err
 	}
-	return &pb.ShmResponse{}, w.check(w.mem.WriteAt(req.GetHandle(), req.GetOffset(), p))
+	return &pb.ShmResponse{}, w.check(w.mem.WriteAt(ctx, req.GetHandle(), req.GetOffset(), p))
 }
 
-func (w *workerServer) ReadShm(_ context.Context, req *pb.ShmRequest) (*pb.ShmResponse, error) {
+func (w *workerServer) ReadShm(ctx context.Context, req *pb.ShmRequest) (*pb.ShmResponse, error) {
 	p, err := w.shmSpan(req)
 	if err != nil {
 		return nil, err
 	}
-	return &pb.ShmResponse{}, w.check(w.mem.ReadAt(req.GetHandle(), req.GetOffset(), p))
+	return &pb.ShmResponse{}, w.check(w.mem.ReadAt(ctx, req.GetHandle(), req.GetOffset(), p))
 }

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -52,6 +51,11 @@ type Config struct {
 	SharedMemory int
 	// CrashWindow: 0 means 1m.
 	CrashWindow time.Duration
+	// MaxWorkersPerGPU bounds the worker processes (CUDA contexts, each
+	// hundreds of MiB of device memory) on one GPU. A caller whose worker
+	// would exceed it takes the place of an idle worker holding no
+	// buffer, or gets gpusvc.ErrBusy. 0 means 8.
+	MaxWorkersPerGPU int
 	// Logger receives one line per start, crash, failed start and reap;
 	// nil discards them.
 	Logger *slog.Logger
@@ -72,6 +76,9 @@ func (c *Config) populate() error {
 	def(&c.Backoff, time.Second)
 	def(&c.MaxBackoff, time.Minute)
 	def(&c.CrashWindow, time.Minute)
+	if c.MaxWorkersPerGPU <= 0 {
+		c.MaxWorkersPerGPU = 8
+	}
 	if c.SharedMemory == 0 {
 		c.SharedMemory = 16 << 20
 	}
@@ -149,16 +156,6 @@ type Supervisor struct {
 	// testHook, if set (by tests), is called with each event, unlocked;
 	// guarded by mu.
 	testHook func(event string, k Key)
-}
-
-// slot is one key's worker and its crash history. Guarded by Supervisor.mu.
-type slot struct {
-	cur        *proc
-	starting   chan struct{} // closed when a start in progress ends
-	crashes    int           // in a row
-	lastCrash  time.Time
-	lastReason string
-	modules    map[string]gpusvc.ModuleSource // loaded by this key, by ID, reloaded after a restart
 }
 
 // bufRef is a node handle's buffer in a worker. Guarded by Supervisor.mu.
@@ -281,15 +278,6 @@ func (s *Supervisor) Close() error {
 	return err
 }
 
-func (s *Supervisor) slotOf(k Key) *slot {
-	sl := s.slots[k]
-	if sl == nil {
-		sl = &slot{modules: make(map[string]gpusvc.ModuleSource)}
-		s.slots[k] = sl
-	}
-	return sl
-}
-
 func (s *Supervisor) event(ev string, k Key) {
 	s.mu.Lock()
 	h := s.testHook
@@ -297,85 +285,6 @@ func (s *Supervisor) event(ev string, k Key) {
 	if h != nil {
 		h(ev, k)
 	}
-}
-
-// backoff is the wait before the next start after n crashes in a row.
-func (s *Supervisor) backoff(n int) time.Duration {
-	if n < 2 {
-		return 0
-	}
-	d := s.cfg.Backoff
-	for i := 2; i < n && d < s.cfg.MaxBackoff; i++ {
-		d *= 2
-	}
-	return min(d, s.cfg.MaxBackoff)
-}
-
-// acquire returns k's running worker, starting it if need be, with a call
-// counted in flight; release must be called when the call ends.
-func (s *Supervisor) acquire(ctx context.Context, k Key) (*proc, func(), error) {
-	if k.GPU < 0 || k.GPU >= len(s.info.Devices) {
-		return nil, nil, fmt.Errorf("worker: gpu %d: %w (this host has %d)", k.GPU, gpusvc.ErrNoDevice, len(s.info.Devices))
-	}
-	s.mu.Lock()
-	for {
-		if s.closed {
-			s.mu.Unlock()
-			return nil, nil, fmt.Errorf("worker: %w", net.ErrClosed)
-		}
-		sl := s.slotOf(k)
-		if p := sl.cur; p != nil && !p.dead && !p.stopping {
-			p.inflight++
-			s.mu.Unlock()
-			return p, func() { s.release(p) }, nil
-		}
-		if ch := sl.starting; ch != nil {
-			s.mu.Unlock()
-			select {
-			case <-ch:
-			case <-ctx.Done():
-				return nil, nil, ctx.Err()
-			}
-			s.mu.Lock()
-			continue
-		}
-		if wait := s.backoff(sl.crashes); wait > 0 {
-			if left := time.Until(sl.lastCrash.Add(wait)); left > 0 {
-				s.mu.Unlock()
-				return nil, nil, crashError(k.String(), fmt.Sprintf("crashed %d times in a row (last: %s); next start in %v",
-					sl.crashes, sl.lastReason, left.Round(time.Millisecond)))
-			}
-		}
-		ch := make(chan struct{})
-		sl.starting = ch
-		restart := sl.crashes > 0
-		s.mu.Unlock()
-
-		p, _, err := s.spawn(ctx, k)
-
-		s.mu.Lock()
-		sl.starting = nil
-		close(ch)
-		if err != nil {
-			// A failed start counts like a crash, so that a worker that
-			// cannot start is not retried on every call.
-			sl.crashes++
-			sl.lastCrash, sl.lastReason = time.Now(), err.Error()
-			s.mu.Unlock()
-			return nil, nil, err
-		}
-		if restart {
-			s.stats.Restarts++
-		}
-		sl.cur = p
-	}
-}
-
-func (s *Supervisor) release(p *proc) {
-	s.mu.Lock()
-	p.inflight--
-	p.lastUsed = time.Now()
-	s.mu.Unlock()
 }
 
 // spawn starts a worker for k and waits for its Hello.
@@ -593,6 +502,7 @@ func (s *Supervisor) reap() {
 				idle = append(idle, p)
 			}
 		}
+		s.pruneLocked()
 		s.mu.Unlock()
 		for _, p := range idle {
 			s.stop(p)
@@ -600,45 +510,6 @@ func (s *Supervisor) reap() {
 			s.event("reaped", p.key)
 		}
 	}
-}
-
-// exitReason describes how a worker ended: its exit status and its last
-// line on stderr.
-func exitReason(err error, stderr string) string {
-	st := "exited"
-	if err != nil {
-		st = err.Error()
-	}
-	lines := strings.Split(strings.TrimSpace(stderr), "\n")
-	if last := strings.TrimSpace(lines[len(lines)-1]); last != "" {
-		return fmt.Sprintf("%s (%s)", last, st)
-	}
-	return st
-}
-
-// tailWriter keeps the last bytes written to it.
-type tailWriter struct {
-	mu  sync.Mutex
-	max int
-	buf []byte // guarded by mu
-}
-
-func newTailWriter(n int) *tailWriter { return &tailWriter{max: n} }
-
-func (t *tailWriter) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if over := len(t.buf) - t.max; over > 0 {
-		t.buf = append(t.buf[:0], t.buf[over:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailWriter) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.buf)
 }
 
 // unmapWhenIdle unmaps p's shared memory once no transfer uses it: it

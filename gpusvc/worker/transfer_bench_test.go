@@ -36,9 +36,9 @@ func BenchmarkTransfer(b *testing.B) {
 				i++
 				var err error
 				if dir == "write" {
-					err = s.WriteAt(h, off, chunk)
+					err = s.WriteAt(alice(), h, off, chunk)
 				} else {
-					err = s.ReadAt(h, off, chunk)
+					err = s.ReadAt(alice(), h, off, chunk)
 				}
 				if err != nil {
 					b.Fatal(err)

@@ -197,14 +197,14 @@ func TestErrorsKeepTheirSentinels(t *testing.T) {
 	if !errors.Is(err, gpusvc.ErrNoDevice) {
 		t.Errorf("gpu 3: %v, want ErrNoDevice", err)
 	}
-	if err := s.WriteAt(12345, 0, []byte{1}); !errors.Is(err, gpusvc.ErrNoBuffer) {
+	if err := s.WriteAt(alice(), 12345, 0, []byte{1}); !errors.Is(err, gpusvc.ErrNoBuffer) {
 		t.Errorf("unknown buffer: %v, want ErrNoBuffer", err)
 	}
 	h, err := s.Alloc(alice(), 0, 8)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.WriteAt(h, 4, make([]byte, 8)); !errors.Is(err, kernel.ErrInvalid) {
+	if err := s.WriteAt(alice(), h, 4, make([]byte, 8)); !errors.Is(err, kernel.ErrInvalid) {
 		t.Errorf("write past the end: %v, want kernel.ErrInvalid", err)
 	}
 	if _, err := s.Alloc(alice(), 0, -1); !errors.Is(err, kernel.ErrInvalid) {
@@ -229,12 +229,12 @@ func TestBuffersRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	for off := 0; off < n; off += 1 << 20 {
-		if err := s.WriteAt(h, int64(off), data[off:min(off+1<<20, n)]); err != nil {
+		if err := s.WriteAt(alice(), h, int64(off), data[off:min(off+1<<20, n)]); err != nil {
 			t.Fatal(err)
 		}
 	}
 	got := make([]byte, n)
-	if err := s.ReadAt(h, 0, got); err != nil {
+	if err := s.ReadAt(alice(), h, 0, got); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, data) {
@@ -245,7 +245,7 @@ func TestBuffersRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.WriteAt(h, 0, kernel.Float32Bytes([]float32{-1, 2, -3, 4})); err != nil {
+	if err := s.WriteAt(alice(), h, 0, kernel.Float32Bytes([]float32{-1, 2, -3, 4})); err != nil {
 		t.Fatal(err)
 	}
 	x := kernel.Arg{Kind: kernel.ArgBuffer, Buffer: h, Tensor: kernel.Tensor{DType: kernel.Float32, Shape: []int64{4}}}
@@ -253,18 +253,18 @@ func TestBuffersRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := make([]byte, 16)
-	if err := s.ReadAt(out, 0, res); err != nil {
+	if err := s.ReadAt(alice(), out, 0, res); err != nil {
 		t.Fatal(err)
 	}
 	if got := (kernel.Tensor{Data: res}).Float32s(); fmt.Sprint(got) != "[0 2 0 4]" {
 		t.Errorf("relu into a buffer = %v", got)
 	}
 	for _, b := range []uint64{h, out} {
-		if err := s.Free(b); err != nil {
+		if err := s.Free(alice(), b); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := s.Free(h); !errors.Is(err, gpusvc.ErrNoBuffer) {
+	if err := s.Free(alice(), h); !errors.Is(err, gpusvc.ErrNoBuffer) {
 		t.Errorf("second free: %v, want ErrNoBuffer", err)
 	}
 }
@@ -284,7 +284,7 @@ func TestCrashHurtsOnlyItsCaller(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.WriteAt(bobBuf, 0, []byte("bob!")); err != nil {
+	if err := s.WriteAt(bob(), bobBuf, 0, []byte("bob!")); err != nil {
 		t.Fatal(err)
 	}
 	aliceBuf, err := s.Alloc(alice(), 0, 4)
@@ -314,15 +314,15 @@ func TestCrashHurtsOnlyItsCaller(t *testing.T) {
 	ev.wait(t, "crashed", aliceKey)
 
 	// Alice's buffer went with her worker.
-	if err := s.ReadAt(aliceBuf, 0, make([]byte, 4)); status.Code(err) != codes.DataLoss || !errors.Is(err, worker.ErrLost) {
+	if err := s.ReadAt(alice(), aliceBuf, 0, make([]byte, 4)); status.Code(err) != codes.DataLoss || !errors.Is(err, worker.ErrLost) {
 		t.Errorf("alice's buffer after the crash: %v, want DataLoss", err)
 	}
-	if err := s.Free(aliceBuf); err != nil {
+	if err := s.Free(alice(), aliceBuf); err != nil {
 		t.Errorf("free a lost buffer: %v", err)
 	}
 	// Bob's worker and buffer are untouched.
 	got := make([]byte, 4)
-	if err := s.ReadAt(bobBuf, 0, got); err != nil || string(got) != "bob!" {
+	if err := s.ReadAt(bob(), bobBuf, 0, got); err != nil || string(got) != "bob!" {
 		t.Errorf("bob's buffer after alice's crash: %q, %v", got, err)
 	}
 	if !alive(bobPid) {
@@ -459,7 +459,7 @@ func TestIdleWorkersAreReaped(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev.wait(t, "reaped", bobKey)
-	if err := s.WriteAt(h, 0, []byte("here")); err != nil {
+	if err := s.WriteAt(alice(), h, 0, []byte("here")); err != nil {
 		t.Errorf("alice's buffer after reaping: %v", err)
 	}
 	if err := relu(t, s, bob()); err != nil {
@@ -560,7 +560,7 @@ func TestCUDAFaultHurtsOnlyItsCaller(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.WriteAt(bobBuf, 0, []byte("bob!")); err != nil {
+	if err := s.WriteAt(bob(), bobBuf, 0, []byte("bob!")); err != nil {
 		t.Fatal(err)
 	}
 	if err := relu(t, s, bob()); err != nil {
@@ -577,7 +577,7 @@ func TestCUDAFaultHurtsOnlyItsCaller(t *testing.T) {
 	t.Logf("alice's fault: %v", err)
 	ev.wait(t, "crashed", aliceKey)
 	got := make([]byte, 4)
-	if err := s.ReadAt(bobBuf, 0, got); err != nil || string(got) != "bob!" {
+	if err := s.ReadAt(bob(), bobBuf, 0, got); err != nil || string(got) != "bob!" {
 		t.Errorf("bob's buffer after alice's fault: %q, %v", got, err)
 	}
 	if err := relu(t, s, bob()); err != nil {

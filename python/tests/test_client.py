@@ -253,11 +253,10 @@ class Errors(Base):
         with gpumesh.connect(os.environ["GPUMESH_STRANGER"]) as stranger:
             with self.assertRaises(gpumesh.PermissionDenied) as cm:
                 stranger.matmul([[1]], [[1]])
-            self.assertIn("no rule allows stranger", cm.exception.reason)
+            self.assertIn("no rule names stranger", cm.exception.reason)
             with self.assertRaises(gpumesh.PermissionDenied) as cm:
                 stranger.upload([1, 2, 3])
-            self.assertIn("no rule allows stranger", cm.exception.reason)
-            self.assertIn("a session needs the right to run some kernel", cm.exception.reason)
+            self.assertIn("no rule names stranger", cm.exception.reason)
 
     def test_the_hosts_shape_check(self):
         with self.assertRaises(gpumesh.InvalidArgument) as cm:

@@ -88,7 +88,7 @@ func (b *Backend) Launch(ctx context.Context, l gpusvc.Launch) error {
 	}
 	for _, a := range l.Args {
 		if a.Kind == kernel.ArgBuffer {
-			if err := b.ReadAt(a.Buffer, 0, nil); err != nil {
+			if err := b.ReadAt(ctx, a.Buffer, 0, nil); err != nil {
 				return err
 			}
 		}
