@@ -52,6 +52,7 @@ func newRootCmd() *cobra.Command {
 		newKeygenCmd(),
 		newPubkeyCmd(),
 		newDemoCmd(),
+		newKubeCmd(),
 		newVersionCmd(),
 	)
 	return root
