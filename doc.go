@@ -19,6 +19,13 @@
 // forwarding node's, in the first case), never by anything the client
 // claims, and the traffic is encrypted by the tailnet.
 //
+// With WithOverlay, the target may also name a pool of hosts: "tag:gpu"
+// (the peers carrying that tag), "gpu-a,gpu-b" or "*". Each call then goes
+// to a host whose policy allows it, the least loaded, and buffers live in
+// one session on one host (package pool; Client.Pool for its hosts):
+//
+//	c, err := gpumesh.Dial(ctx, "tag:gpu", gpumesh.WithOverlay(node))
+//
 // A Client runs built-in kernels on inline tensors ([Client.Compute],
 // [Client.MatMul]) and keeps data resident on the GPU between calls
 // ([Client.Alloc], [Client.Write], [Client.Read], [Client.Free], and

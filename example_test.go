@@ -45,6 +45,26 @@ func ExampleWithOverlay() {
 	// caller: laptop
 }
 
+// A program on the tailnet names a pool of GPU hosts by their tag: each
+// call goes to a host whose policy allows it the kernel, the least loaded.
+// (In the lab, gpu-b's policy denies this node matrix_mul: it runs on
+// gpu-host.)
+func ExampleDial_pool() {
+	ctx := context.Background()
+	c, err := gpumesh.Dial(ctx, "tag:gpu", gpumesh.WithOverlay(laptop))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	out, err := c.MatMul(ctx, [][]float32{{1, 2}, {3, 4}}, [][]float32{{5, 6}, {7, 8}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(len(c.Pool().Hosts()), "hosts:", out)
+	// Output:
+	// 2 hosts: [[19 22] [43 50]]
+}
+
 func ExampleClient_Compute() {
 	ctx := context.Background()
 	c, err := gpumesh.Dial(ctx, forwarderAddr)

@@ -43,8 +43,10 @@ type LocalAPI struct {
 	wg   sync.WaitGroup
 
 	mu     sync.Mutex
-	closed bool    // guarded by mu
-	qos    QoSFunc // guarded by mu; nil: no QoS here
+	closed bool           // guarded by mu
+	qos    QoSFunc        // guarded by mu; nil: no QoS here
+	self   SelfFunc       // guarded by mu; nil: this node serves no GPUs
+	links  []registration // made by Register; guarded by mu
 }
 
 // ServeLocal listens on the socket at path and answers for node n until
@@ -70,7 +72,7 @@ func ServeLocal(path string, n Node) (*LocalAPI, error) {
 	}
 	a := &LocalAPI{path: path, ln: ln}
 	mux := http.NewServeMux()
-	mux.Handle("/", Handler(n))
+	mux.Handle("/", handler(n, a.selfFunc))
 	mux.HandleFunc("GET /v1/qos", a.serveQoS)
 	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	a.wg.Add(1)
@@ -91,6 +93,7 @@ func (a *LocalAPI) Close() error {
 	}
 	a.closed = true
 	a.mu.Unlock()
+	a.unregister()
 	err := a.srv.Close()
 	a.wg.Wait()
 	os.Remove(a.path)
@@ -98,7 +101,11 @@ func (a *LocalAPI) Close() error {
 }
 
 // Handler answers the local API's requests about n.
-func Handler(n Node) http.Handler {
+func Handler(n Node) http.Handler { return handler(n, nil) }
+
+// handler is Handler whose status reports this node's own endpoint as
+// self returns it, when self is not nil.
+func handler(n Node, self func() SelfFunc) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		opts, err := optionsFromQuery(r.URL.Query())
@@ -110,6 +117,11 @@ func Handler(n Node) http.Handler {
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
+		}
+		if self != nil {
+			if f := self(); f != nil {
+				rep.Self.GPU = f(r.Context())
+			}
 		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(rep)

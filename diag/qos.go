@@ -11,8 +11,8 @@ import (
 
 // A GPU host's live QoS (marking, bytes and queue delay per class, the tc
 // tree's counters) exists only in the process that runs it. The local API
-// hands it out as JSON on GET /v1/qos without knowing its shape: diag does
-// not import the node that assembles it.
+// hands it out as JSON on GET /v1/qos: what its QoSFunc returns, which on a
+// GPU host is the LiveQoS (livejson.go) of the host's QoSState.
 
 // ErrNoQoS: the node answers but reports no QoS, because it serves no
 // GPUs (gpumesh up) or its host has not started yet.

@@ -20,6 +20,9 @@ func WriteStatus(w io.Writer, r Report) error {
 		fmt.Fprintf(&b, "  health: %s\n", h)
 	}
 	var hosts, others []Peer
+	if r.Self.GPU != nil { // a GPU host lists itself among the GPU hosts
+		hosts = append(hosts, Peer{Name: r.Self.Name, Addrs: r.Self.Addrs, Path: "this node", GPU: r.Self.GPU})
+	}
 	for _, p := range r.Peers {
 		if p.GPU != nil || p.Asked || p.Missing {
 			hosts = append(hosts, p)

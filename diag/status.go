@@ -6,7 +6,9 @@
 // or `gpumesh up`, reached through the local API in localapi.go) or one a
 // command joined for the purpose. The package computes reports; rendering
 // them as text or JSON is in render.go, and printing is the commands' job.
-// It imports gpusvc's client and Tailscale's local client, no server code.
+// It imports gpusvc's client, Tailscale's local client and the QoS parts'
+// status types (qos, qos/tc), no server code. discover.go finds the nodes
+// running on this machine, for commands given no flags.
 package diag
 
 import (
@@ -92,6 +94,9 @@ type Self struct {
 	Addrs   []string `json:"addrs"`
 	State   string   `json:"state"` // Tailscale's backend state: "Running", "NeedsLogin", ...
 	Health  []string `json:"health,omitempty"`
+	// GPU is this node's own compute endpoint when it is a GPU host (as
+	// its local API reports it); nil otherwise.
+	GPU *GPUHost `json:"gpu,omitempty"`
 }
 
 // Path values: how packets to a peer travel.

@@ -18,27 +18,73 @@ func (s *Server) Compute(ctx context.Context, req *pb.ComputeRequest) (*pb.Compu
 	return s.compute(ctx, callOf(ctx), req)
 }
 
-// compute is a Compute call, unary or on a Stream, after identification.
+// compute is a gpumesh.v1 Compute call, unary or on a Stream, after
+// identification.
 func (s *Server) compute(ctx context.Context, c *call, req *pb.ComputeRequest) (*pb.ComputeResponse, error) {
-	c.in = int64(proto.Size(req))
+	return s.computeFrom(ctx, c, gpuRequest{req}, int64(proto.Size(req)))
+}
+
+// computeRequest is a Compute request as one of the host's doors took it:
+// gpumesh.v1.GPU's (gpuRequest) or cuda.CUDAService's (cudaRequest, in
+// door.go). computeFrom asks it for what it names before the call is
+// authorized and for its arguments only after.
+type computeRequest interface {
+	// target returns the kernel and the GPU the request names, bounded,
+	// without allocating anything for its arguments. The kernel name is
+	// safe to record even with an error.
+	target() (kernelName, gpu string, err error)
+	// decode returns the call's arguments as a gpumesh.v1 request,
+	// bounding whatever it allocates for them; it runs once the call is
+	// authorized.
+	decode() (*pb.ComputeRequest, error)
+	// replyBytes is what the door's reply holds beyond an output of n
+	// elements in its raw bytes: counted against the host's budget with
+	// the output, until the reply is sent.
+	replyBytes(n int64) int64
+}
+
+// gpuRequest is gpumesh.v1.GPU's ComputeRequest.
+type gpuRequest struct{ req *pb.ComputeRequest }
+
+func (r gpuRequest) target() (string, string, error) {
+	name, err := checkName("kernel", r.req.GetKernel())
+	if err != nil {
+		return name, "", err
+	}
+	if _, ok := kernel.Lookup(name); !ok {
+		return name, "", status.Errorf(codes.InvalidArgument, "gpumesh: unknown kernel %q (built-ins: %v)", name, kernel.Names())
+	}
+	if n := len(r.req.GetArgs()); n > maxArgs {
+		return name, "", status.Errorf(codes.InvalidArgument, "gpumesh: %d arguments; at most %d", n, maxArgs)
+	}
+	return name, r.req.GetGpu(), nil
+}
+
+func (r gpuRequest) decode() (*pb.ComputeRequest, error) { return r.req, nil }
+func (gpuRequest) replyBytes(int64) int64                { return 0 }
+
+// computeFrom runs a Compute call of size bytes, whichever door it came
+// through, in the order of every call: bound what the request names,
+// resolve its GPU, authorize, decode and bound its arguments, allocate,
+// run.
+func (s *Server) computeFrom(ctx context.Context, c *call, r computeRequest, size int64) (*pb.ComputeResponse, error) {
+	c.in = size
 	// Bound what the request says on its own.
-	name, err := checkName("kernel", req.GetKernel())
+	name, gpu, err := r.target()
 	c.kernel = name
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := kernel.Lookup(name); !ok {
-		return nil, status.Errorf(codes.InvalidArgument, "gpumesh: unknown kernel %q (built-ins: %v)", name, kernel.Names())
-	}
-	if n := len(req.GetArgs()); n > maxArgs {
-		return nil, status.Errorf(codes.InvalidArgument, "gpumesh: %d arguments; at most %d", n, maxArgs)
-	}
 	// Resolve the GPU, then decide.
-	dev, err := c.resolveGPU(s, req.GetGpu())
+	dev, err := c.resolveGPU(s, gpu)
 	if err != nil {
 		return nil, err
 	}
 	if err := s.authorize(c, policy.Request{Kernel: name, GPU: dev.name, GPUUUID: dev.uuid, Bytes: c.in}); err != nil {
+		return nil, err
+	}
+	req, err := r.decode()
+	if err != nil {
 		return nil, err
 	}
 	// Resolve (and pin) the buffers it names, and bound the output.
@@ -64,12 +110,14 @@ func (s *Server) compute(ctx context.Context, c *call, req *pb.ComputeRequest) (
 		return nil, status.Errorf(codes.ResourceExhausted, "gpumesh: %s: an output of %v is %d bytes, over the host's %d-byte limit on a result; write it into a buffer (out_buffer) instead",
 			name, clipShape(shape), outBytes, s.cfg.MaxResponseBytes)
 	}
-	// Allocate: the output counts against the host's budget until the
-	// reply carrying it has been handed to the transport.
-	if err := s.quotas.take(outBytes); err != nil {
+	// Allocate: the output (and what the door's reply makes of it) counts
+	// against the host's budget until the reply carrying it has been
+	// handed to the transport.
+	held := outBytes + r.replyBytes(outBytes/int64(outputDType(name, args).Size()))
+	if err := s.quotas.take(held); err != nil {
 		return nil, err
 	}
-	c.onReply(func() { s.quotas.give(outBytes) })
+	c.onReply(func() { s.quotas.give(held) })
 	t0 := time.Now()
 	t, err := s.cfg.Backend.Compute(backendCtx(ctx, c, req.GetSession()), call)
 	if err != nil {

@@ -125,6 +125,13 @@ const maxRequest = 4 << 20
 
 func startWorld(t testing.TB, clients ...string) *world {
 	t.Helper()
+	return startWorldWith(t, testPolicy, nil, clients...)
+}
+
+// startWorldWith starts a world whose host serves the policy src, its
+// config changed by adjust (when not nil).
+func startWorldWith(t testing.TB, src string, adjust func(*gpusvc.Config), clients ...string) *world {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	tn, err := overlaytest.Start(overlaytest.Options{})
@@ -134,7 +141,7 @@ func startWorld(t testing.TB, clients ...string) *world {
 	t.Cleanup(func() { tn.Close() })
 	w := &world{tn: tn, clients: map[string]*gpusvc.Client{}, clientNodes: map[string]*tsnet.Node{}, backend: &gate{Backend: cpu.New()}}
 
-	pol, err := policy.Parse("test.hcl", []byte(testPolicy))
+	pol, err := policy.Parse("test.hcl", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +171,7 @@ func startWorld(t testing.TB, clients ...string) *world {
 	if _, bench := t.(*testing.B); bench {
 		level = slog.LevelInfo
 	}
-	w.srv, err = gpusvc.NewServer(gpusvc.Config{
+	cfg := gpusvc.Config{
 		Backend:         w.backend,
 		WhoIs:           w.host.WhoIs,
 		Policy:          func() *policy.Policy { return pol },
@@ -176,7 +183,11 @@ func startWorld(t testing.TB, clients ...string) *world {
 			w.records = append(w.records, r)
 			w.recMu.Unlock()
 		},
-	})
+	}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	w.srv, err = gpusvc.NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -59,7 +58,9 @@ func callOf(ctx context.Context) *call {
 // and recorded (under the connection's last known identity, if any).
 func (s *Server) begin(ctx context.Context, method string) (*call, error) {
 	c := &call{start: time.Now(), method: method, conn: connOf(ctx)}
-	s.inFlight.Add(1)
+	if loadOf(method) {
+		s.inFlight.Add(1)
+	}
 	if t, ok := ctx.Value(tappedKey{}).(tapped); ok && !usedTap(ctx) {
 		c.who, c.tap = t.who, &t
 		return c, nil
@@ -92,7 +93,9 @@ func (s *Server) end(c *call, panicked any, err error) error {
 	}
 	c.undo = nil
 	c.replied()
-	s.inFlight.Add(-1)
+	if loadOf(c.method) {
+		s.inFlight.Add(-1)
+	}
 	s.record(c, err)
 	return err
 }
@@ -171,26 +174,6 @@ type callStream struct {
 
 func (cs *callStream) Context() context.Context { return cs.ctx }
 
-// unknown answers a method the service does not have, naming those it has.
-func (s *Server) unknown(any, grpc.ServerStream) error {
-	return status.Errorf(codes.Unimplemented, "gpumesh: this host serves gpumesh.v1.GPU: %s", strings.Join(methods, ", "))
-}
-
-// methods are the service's methods: a record names one of these, never
-// what a client wrote in its request's path.
-var methods = []string{"Devices", "Compute", "Stream", "Explain", "OpenSession", "CloseSession", "Alloc", "Free", "Write", "Read", "LoadModule", "Launch"}
-
-func methodName(full string) string {
-	if m, ok := strings.CutPrefix(full, "/gpumesh.v1.GPU/"); ok {
-		for _, k := range methods {
-			if m == k {
-				return k
-			}
-		}
-	}
-	return "unknown"
-}
-
 // decide records d as the call's one policy decision and tells the
 // connection's QoS wrapper its class.
 func (c *call) decide(d policy.Decision) {
@@ -268,7 +251,7 @@ func (s *Server) record(c *call, err error) {
 	if err != nil {
 		r.Err = bounded(status.Convert(err).Message(), maxErrorBytes)
 	}
-	s.emit(r)
+	s.emitCall(c, r)
 }
 
 func (s *Server) emit(r CallRecord) {

@@ -62,6 +62,11 @@ type Config struct {
 	// ResourceExhausted. 0 means DefaultMaxRequestBytes. A policy rule
 	// may set a lower cap per caller.
 	MaxRequestBytes int64
+	// MaxCUDARequestBytes caps one cuda.CUDAService request, checked
+	// before it is decoded (its params take about ten times their size in
+	// memory); larger ones fail with ResourceExhausted. 0 means
+	// DefaultMaxCUDARequestBytes; at most MaxRequestBytes.
+	MaxCUDARequestBytes int64
 	// MaxResponseBytes caps a kernel output returned in a response. 0
 	// means DefaultMaxResponseBytes.
 	MaxResponseBytes int64
@@ -131,7 +136,9 @@ type Server struct {
 	sessions  *sessions
 	admission *admission
 	refusals  *refusals
-	pods      pods     // Kubernetes pods' connections and releases (pods.go)
+	pods      pods // Kubernetes pods' connections and releases (pods.go)
+	health    *health
+	sampler   *sampler
 	resident  []string // the rights any of which lets a caller hold buffers
 	grpc      *grpc.Server
 
@@ -166,6 +173,8 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.MaxRequestBytes > math.MaxInt32 {
 		return nil, fmt.Errorf("gpusvc: max request size %d is over 2 GiB", cfg.MaxRequestBytes)
 	}
+	def(&cfg.MaxCUDARequestBytes, DefaultMaxCUDARequestBytes)
+	cfg.MaxCUDARequestBytes = min(cfg.MaxCUDARequestBytes, cfg.MaxRequestBytes)
 	def(&cfg.MaxResponseBytes, DefaultMaxResponseBytes)
 	if cfg.MaxResponseBytes > math.MaxInt32-(1<<20) {
 		return nil, fmt.Errorf("gpusvc: max response size %d is over 2 GiB", cfg.MaxResponseBytes)
@@ -193,6 +202,7 @@ func NewServer(cfg Config) (*Server, error) {
 		resident: append(policy.BuiltinKernels(), policy.KernelCustomPTX, policy.KernelCustomCUDA),
 	}
 	s.refusals = newRefusals(s.emit)
+	s.health, s.sampler = newHealth(s), newSampler()
 	mem, _ := cfg.Backend.(Memory)
 	s.sessions = newSessions(mem, s.quotas, log, cfg.DefaultIdleTimeout)
 	s.grpc = grpc.NewServer(
@@ -204,6 +214,7 @@ func NewServer(cfg Config) (*Server, error) {
 		grpc.ChainUnaryInterceptor(s.unaryEntry),
 		grpc.ChainStreamInterceptor(s.streamEntry),
 		grpc.MaxRecvMsgSize(int(cfg.MaxRequestBytes)),
+		grpc.ForceServerCodecV2(newServerCodec()), // checks cuda.CUDAService's cap before decoding
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.InitialWindowSize(windowSize),
 		grpc.InitialConnWindowSize(windowSize),
@@ -212,7 +223,7 @@ func NewServer(cfg Config) (*Server, error) {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
-	pb.RegisterGPUServer(s.grpc, s)
+	s.register()
 	return s, nil
 }
 
@@ -225,14 +236,26 @@ func (s *Server) Serve(ln net.Listener) error { return s.grpc.Serve(ln) }
 // Stop ends all connections and calls now, and every session: their
 // buffers are freed.
 func (s *Server) Stop() {
+	s.health.stop()
 	s.grpc.Stop()
+	s.stopped()
+}
+
+// stopped frees what the server holds once no call runs, and writes the
+// records still held back.
+func (s *Server) stopped() {
 	s.sessions.close()
 	s.refusals.close()
+	for _, r := range s.sampler.flush() {
+		s.emit(r)
+	}
 }
 
 // GracefulStop stops accepting and waits for calls in flight, at most
-// until ctx is done, then stops hard.
+// until ctx is done, then stops hard. The health service reports
+// NOT_SERVING from its start, and its watches end.
 func (s *Server) GracefulStop(ctx context.Context) {
+	s.health.stop()
 	done := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
@@ -244,6 +267,5 @@ func (s *Server) GracefulStop(ctx context.Context) {
 		s.grpc.Stop()
 		<-done
 	}
-	s.sessions.close()
-	s.refusals.close()
+	s.stopped()
 }

@@ -1,170 +1,247 @@
-// Package node wires a gpumesh node together: an overlay that is already up,
-// the policy store, a backend, the compute server and its listener. It holds
-// no logic of its own; that lives in the rooms it connects (overlay, policy,
-// gpusvc, qos).
+// Package node wires a gpumesh node together: one typed configuration
+// (HostConfig) in; the overlay, policy watch, backend, QoS, audit log,
+// metrics, compute server and local API constructed and connected; one
+// owner (Host) that closes each of them once, in the reverse order of
+// start. It holds no logic of its own; that lives in the rooms it connects
+// (overlay, policy, gpusvc, qos, diag).
 package node
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/gpusvc"
-	"github.com/gpumesh/gpumesh/gpusvc/cpu"
+	"github.com/gpumesh/gpumesh/gpusvc/metrics"
 	"github.com/gpumesh/gpumesh/overlay"
-	"github.com/gpumesh/gpumesh/policy"
 )
 
-// HostConfig configures a GPU host.
-type HostConfig struct {
-	// Overlay is the network the endpoint is served on. Required, and up.
-	Overlay overlay.Overlay
-	// Name is this node's name, reported to callers.
-	Name string
-	// Policy holds the policy in force. Required.
-	Policy *policy.Store
-	// Backend runs the kernels; nil means the CPU backend.
-	Backend gpusvc.Backend
-	// Port is the endpoint's TCP port on the overlay; 0 means gpusvc.DefaultPort.
-	Port int
-	// MaxRequestBytes caps one request; 0 means gpusvc.DefaultMaxRequestBytes.
-	MaxRequestBytes int64
-	// MaxMemory is the host's memory budget for what callers make it hold
-	// (gpusvc.Config.MaxMemory); 0 means gpusvc.DefaultMaxMemory.
-	MaxMemory int64
-	// Logger receives logs; nil discards them.
-	Logger *slog.Logger
-	// OnCall observes every finished call (audit, metrics, the demo).
-	// Use AddOnCall to add an observer to those already set.
-	OnCall func(gpusvc.CallRecord)
-	// QoS, if set, marks the overlay's packets and schedules replies by
-	// the callers' classes.
-	QoS *QoSConfig
-	// OnServer, if set, is called once with the compute server before it
-	// serves, for observers that read its state (metrics).
-	OnServer func(*gpusvc.Server)
-}
-
-// AddOnCall adds an observer of finished calls, keeping those already set.
-func (c *HostConfig) AddOnCall(f func(gpusvc.CallRecord)) {
-	prev := c.OnCall
-	if prev == nil {
-		c.OnCall = f
-		return
-	}
-	c.OnCall = func(r gpusvc.CallRecord) {
-		prev(r)
-		f(r)
-	}
-}
-
-// Host is a running GPU host: the compute endpoint inside the overlay.
+// Host is a running GPU host: the compute endpoint inside the overlay and
+// the parts around it.
 type Host struct {
-	srv     *gpusvc.Server
-	ln      net.Listener
-	backend gpusvc.Backend
-	policy  *policy.Store
-	qos     *qosParts
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	cfg         HostConfig // populated
+	joined      *Joined    // nil when the overlay was given
+	backend     gpusvc.Backend
+	srv         *gpusvc.Server
+	ln          net.Listener
+	qos         *qosParts
+	metricsAddr net.Addr
+	api         *diag.LocalAPI
+	serving     sync.WaitGroup // the server's Serve
+	parts       parts          // everything to stop, in start order
 
 	mu     sync.Mutex
 	closed bool // guarded by mu
 }
 
-// StartHost serves the compute endpoint on the overlay and watches the
-// policy file for changes. A half-built start is undone.
-func StartHost(ctx context.Context, cfg HostConfig) (_ *Host, err error) {
-	// Every early return below undoes what was started before it.
-	if cfg.Overlay == nil || cfg.Policy == nil {
-		return nil, errors.New("node: a host needs an overlay and a policy")
-	}
-	if cfg.Backend == nil {
-		cfg.Backend = cpu.New()
-	}
-	if cfg.Port == 0 {
-		cfg.Port = gpusvc.DefaultPort
-	}
-	logger := cfg.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer func() {
-		if err != nil {
-			cancel()
-		}
-	}()
-	qp := &qosParts{}
-	if cfg.QoS != nil {
-		if qp, err = startQoS(wctx, cfg.QoS, cfg.Policy, logger); err != nil {
-			return nil, err
-		}
-		defer func() {
-			if err != nil {
-				qp.close()
-			}
-		}()
-	}
-	scfg := gpusvc.Config{
-		Backend:         cfg.Backend,
-		WhoIs:           cfg.Overlay.WhoIs,
-		Policy:          cfg.Policy.Current,
-		Host:            cfg.Name,
-		MaxRequestBytes: cfg.MaxRequestBytes,
-		MaxMemory:       cfg.MaxMemory,
-		Logger:          logger,
-		OnCall:          cfg.OnCall,
-	}
-	if qp.sched != nil {
-		scfg.WrapConn = qp.wrapConn(cfg.Policy)
-	}
-	if pp, ok := cfg.Overlay.(overlay.PeerPather); ok {
-		qp.routePeers(wctx, pp, cfg.Overlay, cfg.Policy)
-	}
-	srv, err := gpusvc.NewServer(scfg)
-	if err != nil {
+// StartHost starts a host as cfg says and returns once it serves. A
+// half-built start is undone: what had started is closed again, in
+// reverse order.
+func StartHost(ctx context.Context, cfg HostConfig) (*Host, error) {
+	return startHost(ctx, cfg, nil)
+}
+
+// startHost is StartHost telling onStop the name of each part it stops.
+func startHost(ctx context.Context, cfg HostConfig, onStop func(string)) (_ *Host, err error) {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.OnServer != nil {
-		cfg.OnServer(srv)
-	}
-	ln, err := cfg.Overlay.Listen("tcp", ":"+strconv.Itoa(cfg.Port))
-	if err != nil {
-		return nil, fmt.Errorf("node: listen on the overlay port %d: %w", cfg.Port, err)
-	}
-	h := &Host{srv: srv, ln: ln, backend: cfg.Backend, policy: cfg.Policy, cancel: cancel, qos: qp}
-	h.wg.Add(2)
-	go func() {
-		defer h.wg.Done()
-		if err := srv.Serve(ln); err != nil {
-			logger.Info("compute endpoint stopped", "err", err)
+	h := &Host{qos: &qosParts{}}
+	h.parts.onStop = onStop
+	defer func() {
+		if err != nil {
+			h.parts.stop()
 		}
 	}()
+	if cfg.Join != nil {
+		if h.joined, err = Join(ctx, cfg.joinConfig()); err != nil {
+			return nil, err
+		}
+		h.parts.add("overlay", h.joined.Close)
+	}
+	c := cfg.populate(h.joined)
+	h.cfg = c
+	log := c.Logger
+
+	if h.backend = c.Backend.Ready; h.backend == nil {
+		if h.backend, err = startBackend(ctx, c.Backend, log); err != nil {
+			return nil, err
+		}
+		h.parts.add("backend", h.backend.Close)
+	}
+	var observers []func(gpusvc.CallRecord)
+	if c.Audit != nil {
+		alog, err := openAudit(c.Audit, log)
+		if err != nil {
+			return nil, err
+		}
+		h.parts.add("audit log", alog.Close)
+		observers = append(observers, alog.Record)
+	}
+	var m *metrics.Metrics
+	if c.Metrics != nil {
+		if m, err = newMetrics(h.backend); err != nil {
+			return nil, err
+		}
+		observers = append(observers, m.Record)
+	}
+	if c.QoS != nil {
+		if h.qos, err = startQoS(c.qosConfig(h.joined), c.Policy, log); err != nil {
+			return nil, err
+		}
+		h.parts.add("qos", h.qos.close)
+	}
+
+	scfg := c.Server
+	scfg.Backend, scfg.WhoIs, scfg.Policy, scfg.Host, scfg.Logger = h.backend, c.Overlay.WhoIs, c.Policy.Current, c.Name, log
+	scfg.OnCall = composeCalls(append(observers, c.OnCall)...)
+	if h.qos.sched != nil {
+		scfg.WrapConn = h.qos.wrapConn(c.Policy)
+	}
+	if pp, ok := c.Overlay.(overlay.PeerPather); ok {
+		h.qos.routePeers(pp, c.Overlay, c.Policy)
+	}
+	if h.srv, err = gpusvc.NewServer(scfg); err != nil {
+		return nil, err
+	}
+	h.parts.add("compute endpoint", h.stopServer)
+	if m != nil {
+		m.SetUsage(usageOf(h.srv))
+	}
+	if c.OnServer != nil {
+		c.OnServer(h.srv)
+	}
+	if h.ln, err = c.Overlay.Listen("tcp", ":"+strconv.Itoa(c.Port)); err != nil {
+		return nil, fmt.Errorf("node: listen on the overlay port %d: %w", c.Port, err)
+	}
+	h.serving.Add(1)
 	go func() {
-		defer h.wg.Done()
-		if err := cfg.Policy.Watch(wctx); err != nil && !errors.Is(err, context.Canceled) {
-			logger.Warn("policy file watch stopped; reload with SIGHUP", "err", err)
+		defer h.serving.Done()
+		if err := h.srv.Serve(h.ln); err != nil {
+			log.Info("compute endpoint stopped", "err", err)
 		}
 	}()
+
+	h.parts.add("policy watch", h.watchPolicy())
+	if m != nil {
+		ms, err := serveMetrics(c.Metrics, m, c.Overlay, c.Policy.Current, log)
+		if err != nil {
+			return nil, err
+		}
+		h.metricsAddr = ms.addr
+		h.parts.add("metrics listener", ms.close)
+	}
+	if c.LocalAPI != nil {
+		n, ok := c.Overlay.(diag.Node)
+		if !ok {
+			log.Info("no local API: status and doctor look at tailnet nodes only")
+			return h, nil
+		}
+		if h.api, err = ServeLocalAPI(*c.LocalAPI, n, c.Name, log); err != nil {
+			return nil, err
+		}
+		h.parts.add("local API", h.api.Close)
+		if h.qos.sched != nil {
+			h.api.SetQoS(func() any { return diag.LiveQoSOf(h.QoSStatus()) })
+		}
+		h.api.SetSelf(func(ctx context.Context) *diag.GPUHost {
+			return diag.SelfGPUHost(c.Name, c.Port, h.backend.Info(ctx))
+		})
+	}
 	return h, nil
+}
+
+// joinConfig is the overlay to join: a WireGuard mesh marks its outer
+// packets as the QoS configuration says (unmarked without QoS).
+func (c *HostConfig) joinConfig() JoinConfig {
+	j := *c.Join
+	if j.WireGuard != nil {
+		w := *j.WireGuard
+		w.DSCP = c.QoS.outerDSCP()
+		j.WireGuard = &w
+	}
+	return j
+}
+
+// qosConfig is the QoS configuration with the joined tailnet's UDP port
+// filled in when it names none.
+func (c *HostConfig) qosConfig(j *Joined) *QoSConfig {
+	q := *c.QoS
+	switch {
+	case q.NoOuterMarking:
+		q.UDPPort = 0
+	case q.UDPPort == 0 && j != nil:
+		q.UDPPort = j.UDPPort
+	}
+	return &q
+}
+
+// watchPolicy reloads the policy when its file changes, until the
+// returned stop.
+func (h *Host) watchPolicy() (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := h.cfg.Policy.Watch(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			h.cfg.Logger.Warn("policy file watch stopped; reload with SIGHUP", "err", err)
+		}
+	}()
+	return func() error {
+		cancel()
+		<-done
+		return nil
+	}
+}
+
+// stopServer stops the endpoint, letting calls in flight finish for a
+// moment.
+func (h *Host) stopServer() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	h.srv.GracefulStop(ctx)
+	h.serving.Wait()
+	return nil
 }
 
 // Addr is the endpoint's listening address on the overlay.
 func (h *Host) Addr() net.Addr { return h.ln.Addr() }
 
+// Name is the name the host serves as.
+func (h *Host) Name() string { return h.cfg.Name }
+
+// Joined is the overlay node the host joined; nil when it was given one.
+func (h *Host) Joined() *Joined { return h.joined }
+
+// MetricsAddr is where the metrics are served; nil without metrics.
+func (h *Host) MetricsAddr() net.Addr { return h.metricsAddr }
+
+// LocalAPIPath is the local API's socket; "" when the host serves none.
+func (h *Host) LocalAPIPath() string {
+	if h.api == nil {
+		return ""
+	}
+	return diag.SocketPath(h.cfg.LocalAPI.StateDir)
+}
+
+// Backend is the backend the host serves with (after BackendAuto's
+// choice).
+func (h *Host) Backend() gpusvc.Backend { return h.backend }
+
 // ReloadPolicy re-reads the policy file; an invalid file, or one whose QoS
 // the host cannot apply, is rejected with its diagnostics and the policy
 // in force stays.
-func (h *Host) ReloadPolicy() error { return h.policy.Reload() }
+func (h *Host) ReloadPolicy() error { return h.cfg.Policy.Reload() }
 
-// Close stops the endpoint (letting calls in flight finish for a moment),
-// the policy watch and the backend. A second Close returns net.ErrClosed.
+// Close stops every part the host started, the last started first: the
+// local API, the metrics listener, the policy watch, the endpoint (calls
+// in flight finish for a moment), QoS, the audit log, the backend, and the
+// overlay it joined. A second Close returns net.ErrClosed.
 func (h *Host) Close() error {
 	h.mu.Lock()
 	if h.closed {
@@ -173,13 +250,7 @@ func (h *Host) Close() error {
 	}
 	h.closed = true
 	h.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	h.srv.GracefulStop(ctx)
-	h.cancel()
-	h.wg.Wait()
-	h.qos.close()
-	return h.backend.Close()
+	return h.parts.stop()
 }
 
 // Dial returns a client for the compute endpoint on host (a peer's name or

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/overlay"
@@ -22,10 +23,15 @@ import (
 // QoSConfig says how a host marks and schedules its GPU traffic.
 type QoSConfig struct {
 	// UDPPort is the overlay's WireGuard UDP port whose packets get the
-	// outer DSCP; 0 skips outer marking.
+	// outer DSCP. 0 means the port of the tailnet node the host joined
+	// itself (HostConfig.Join), and no outer marking on an overlay given
+	// ready. A WireGuard mesh the host joins marks its packets itself.
 	UDPPort uint16
 	// DSCP is the outer code point; dscp.None means AF41. CS0 marks CS0.
 	DSCP dscp.Code
+	// NoOuterMarking leaves the overlay's outer packets unmarked (serve
+	// --dscp off); replies are still scheduled by class.
+	NoOuterMarking bool
 	// ShapeLink, if set, is the interface whose egress is shaped with an
 	// HTB tree (needs CAP_NET_ADMIN; without it a one-line notice).
 	ShapeLink string
@@ -42,8 +48,17 @@ type QoSConfig struct {
 	LinkRate int64
 }
 
-// defaultClass takes traffic of callers whose rule names no class.
-const defaultClass = "default"
+// outerDSCP is the code point of the overlay's outer packets: none
+// without QoS or with NoOuterMarking, else DSCP (AF41 when unset).
+func (c *QoSConfig) outerDSCP() dscp.Code {
+	switch {
+	case c == nil || c.NoOuterMarking:
+		return dscp.None
+	case c.DSCP == dscp.None:
+		return dscp.AF41
+	}
+	return c.DSCP
+}
 
 // qosParts are what a host runs for QoS; each of sched, marker and shaper
 // may be nil. They follow the policy: an applier registered with the
@@ -56,10 +71,12 @@ type qosParts struct {
 	shaper *tc.Shaper
 
 	log           *slog.Logger
-	innerOnce     sync.Once      // logs that inner marking is not possible
-	wg            sync.WaitGroup // routePeers
-	reroute       chan struct{}  // asks routePeers to look again now; buffered
-	removeApplier func()         // unregisters apply from the store; nil before
+	ctx           context.Context    // ends when the parts close
+	cancel        context.CancelFunc // ends ctx
+	innerOnce     sync.Once          // logs that inner marking is not possible
+	wg            sync.WaitGroup     // routePeers
+	reroute       chan struct{}      // asks routePeers to look again now; buffered
+	removeApplier func()             // unregisters apply from the store; nil before
 
 	mu    sync.Mutex
 	conns map[*liveConn]bool // the callers' open connections; guarded by mu
@@ -75,11 +92,12 @@ const routeEvery = 2 * time.Second
 // socket with one DSCP, so the DSCP filters alone would put all callers in
 // one class, where an interactive caller's packets wait behind a bulk
 // caller's. Peers relayed through DERP keep the DSCP classification. It
-// runs until ctx ends; close waits for it.
-func (p *qosParts) routePeers(ctx context.Context, pp overlay.PeerPather, ov overlay.Overlay, store *policy.Store) {
+// runs until the parts close.
+func (p *qosParts) routePeers(pp overlay.PeerPather, ov overlay.Overlay, store *policy.Store) {
 	if p.shaper == nil {
 		return
 	}
+	ctx := p.ctx
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -113,18 +131,9 @@ func (p *qosParts) routePeers(ctx context.Context, pp overlay.PeerPather, ov ove
 	}()
 }
 
-// classOf is the QoS class of a caller and its DSCP: the class of its allow
-// rule for the built-in kernels (classes are per rule), or the default
-// class.
+// classOf is the QoS class of a caller and its DSCP (policy.ClassOf).
 func classOf(pol *policy.Policy, id overlay.Identity) (string, dscp.Code) {
-	d := pol.EvaluateAny(gpusvc.Subject(id), policy.Request{}, policy.BuiltinKernels())
-	if pc, ok := pol.Class(d.Class); ok && d.Allow {
-		return d.Class, pc.DSCP
-	}
-	if pc, ok := pol.Class(defaultClass); ok { // the policy declares it itself
-		return defaultClass, pc.DSCP
-	}
-	return defaultClass, dscp.AF41 // as QoSClasses adds it
+	return pol.ClassOf(gpusvc.Subject(id))
 }
 
 // peerRoutes maps each directly reached peer's WireGuard endpoint to its
@@ -154,11 +163,13 @@ func peerRoutes(ctx context.Context, pp overlay.PeerPather, ov overlay.Overlay, 
 // startQoS builds the scheduler from the policy's classes, marks the
 // overlay's UDP sockets, installs host shaping where it can, and makes all
 // of it follow the store's policy.
-func startQoS(ctx context.Context, cfg *QoSConfig, store *policy.Store, log *slog.Logger) (*qosParts, error) {
-	p := &qosParts{log: log, reroute: make(chan struct{}, 1), conns: make(map[*liveConn]bool)}
+func startQoS(cfg *QoSConfig, store *policy.Store, log *slog.Logger) (*qosParts, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &qosParts{log: log, ctx: ctx, cancel: cancel, reroute: make(chan struct{}, 1), conns: make(map[*liveConn]bool)}
 	pol := store.Current()
-	classes := QoSClasses(pol.Classes())
+	classes := QoSClasses(pol)
 	if err := qos.ValidateClasses(classes); err != nil {
+		cancel()
 		return nil, fmt.Errorf("node: qos classes: %w", err)
 	}
 	if cfg.UDPPort != 0 {
@@ -169,7 +180,7 @@ func startQoS(ctx context.Context, cfg *QoSConfig, store *policy.Store, log *slo
 		p.marker.Start(ctx)
 	}
 	if cfg.ShapeLink != "" {
-		sh, err := tc.Install(tc.Config{Link: cfg.ShapeLink, Rate: cfg.ShapeRate, Classes: classes, Default: defaultClass})
+		sh, err := tc.Install(tc.Config{Link: cfg.ShapeLink, Rate: cfg.ShapeRate, Classes: classes, Default: policy.DefaultClass})
 		switch {
 		case errors.Is(err, tc.ErrNoPrivilege):
 			log.Warn(err.Error())
@@ -181,7 +192,7 @@ func startQoS(ctx context.Context, cfg *QoSConfig, store *policy.Store, log *slo
 			log.Info("host shaping installed", "report", sh.Report().String())
 		}
 	}
-	opts := qos.Options{Slots: 2, LinkRate: max(cfg.LinkRate, 0), DefaultClass: defaultClass}
+	opts := qos.Options{Slots: 2, LinkRate: max(cfg.LinkRate, 0), DefaultClass: policy.DefaultClass}
 	sched, err := qos.NewScheduler(classes, opts)
 	if err != nil {
 		p.close()
@@ -210,7 +221,7 @@ func startQoS(ctx context.Context, cfg *QoSConfig, store *policy.Store, log *slo
 // force, commit moves the scheduler to its classes, every live connection
 // to its caller's class, and the peer routes at once.
 func (p *qosParts) apply(old, next *policy.Policy) (commit, rollback func(), err error) {
-	classes := QoSClasses(next.Classes())
+	classes := QoSClasses(next)
 	if err := qos.ValidateClasses(classes); err != nil {
 		return nil, nil, fmt.Errorf("node: qos classes: %w", err)
 	}
@@ -219,7 +230,7 @@ func (p *qosParts) apply(old, next *policy.Policy) (commit, rollback func(), err
 			return nil, nil, fmt.Errorf("node: host shaping: %w", err)
 		}
 		rollback = func() {
-			if err := p.shaper.SetClasses(QoSClasses(old.Classes())); err != nil {
+			if err := p.shaper.SetClasses(QoSClasses(old)); err != nil {
 				p.log.Warn("host shaping: restoring the classes of the policy in force", "err", err)
 			}
 		}
@@ -237,18 +248,13 @@ func (p *qosParts) apply(old, next *policy.Policy) (commit, rollback func(), err
 	return commit, rollback, nil
 }
 
-// QoSClasses copies the policy's classes into QoS classes, adding the
-// default class that takes callers whose rule names none: what a host
-// schedules and shapes.
-func QoSClasses(pcs []policy.Class) []qos.Class {
-	out := make([]qos.Class, 0, len(pcs)+1)
-	lowest := 0
+// QoSClasses are the classes a host schedules and shapes for pol
+// (policy.ScheduledClasses, the default class included), as QoS classes.
+func QoSClasses(pol *policy.Policy) []qos.Class {
+	pcs := pol.ScheduledClasses()
+	out := make([]qos.Class, 0, len(pcs))
 	for _, c := range pcs {
 		out = append(out, qos.Class{Name: c.Name, DSCP: c.DSCP, Priority: c.Priority, Rate: c.Rate, Burst: c.Burst})
-		lowest = max(lowest, c.Priority)
-	}
-	if !slices.ContainsFunc(out, func(c qos.Class) bool { return c.Name == defaultClass }) {
-		out = append(out, qos.Class{Name: defaultClass, DSCP: dscp.AF41, Priority: lowest + 1})
 	}
 	return out
 }
@@ -329,33 +335,27 @@ func (c *liveConn) Close() error {
 	return c.Conn.Close()
 }
 
-func (p *qosParts) close() {
+// close stops the peer routes, the marker and the host shaping, and
+// leaves the policy store's appliers.
+func (p *qosParts) close() error {
+	p.cancel()
 	if p.removeApplier != nil {
 		p.removeApplier()
 	}
-	p.wg.Wait() // routePeers ends with the host's context
+	p.wg.Wait()
+	var errs []error
 	if p.marker != nil {
-		p.marker.Close()
+		errs = append(errs, p.marker.Close())
 	}
 	if p.shaper != nil {
-		p.shaper.Close()
+		errs = append(errs, p.shaper.Close())
 	}
+	return errors.Join(errs...)
 }
 
-// QoSStatus is what a host's QoS is doing, for `gpumesh qos status` and the demo.
-type QoSStatus struct {
-	Marking *qos.MarkerStatus // nil when outer marking is off
-	// LinkRate is the rate the scheduler paces all classes to, bytes/s;
-	// 0 when it does not pace.
-	LinkRate int64
-	Classes  []qos.ClassStats // per class, from the scheduler
-	Shaping  string           // the installed tc tree, or "" when none
-	// ShapingStats are the kernel's counters of the tc classes.
-	ShapingStats []tc.ClassStats
-	// Routes are the peers' WireGuard endpoints the tc tree classifies
-	// by peer (the others by DSCP).
-	Routes []tc.PeerRoute
-}
+// QoSStatus is what a host's QoS is doing, for `gpumesh qos status` and
+// the demo; diag renders it (diag.LiveQoSOf).
+type QoSStatus = diag.QoSState
 
 // QoSStatus reports the host's marking, scheduling and shaping.
 func (h *Host) QoSStatus() QoSStatus {

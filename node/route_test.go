@@ -91,7 +91,7 @@ rule "trainer" {
 	want := []tc.PeerRoute{
 		{Addr: ep("192.0.2.2:41641"), Class: "interactive"},
 		{Addr: ep("192.0.2.3:41641"), Class: "bulk"},
-		{Addr: ep("[2001:db8::4]:41641"), Class: defaultClass},
+		{Addr: ep("[2001:db8::4]:41641"), Class: policy.DefaultClass},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("routes\n got %v\nwant %v", got, want)

@@ -107,7 +107,7 @@ func TestTailnetPool(t *testing.T) {
 			t.Fatal(err)
 		}
 		th := &tailnetHost{node: nodes[i]}
-		cfg := node.HostConfig{Overlay: nodes[i], Name: name, Policy: store, Backend: cpu.New()}
+		cfg := node.HostConfig{Overlay: nodes[i], Name: name, Policy: store, Backend: node.BackendConfig{Ready: cpu.New()}}
 		cfg.AddOnCall(func(r gpusvc.CallRecord) {
 			if r.Method == "Compute" && r.Kernel == "matrix_mul" {
 				th.matmuls.Add(1)

@@ -10,8 +10,6 @@ import (
 	"github.com/gpumesh/gpumesh/gpusvc/audit"
 )
 
-func init() { register(newAuditCmd) }
-
 func newAuditCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "audit",

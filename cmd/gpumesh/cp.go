@@ -18,11 +18,9 @@ import (
 
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/internal/human"
-	"github.com/gpumesh/gpumesh/overlay/tsnet"
+	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/pool"
 )
-
-func init() { register(newCpCmd) }
 
 // remoteRef is HOST:[SESSION[/BUFFER]].
 type remoteRef struct {
@@ -158,7 +156,7 @@ running gpumesh up's forward with --via localhost:50051.`,
 	cmd.Flags().StringVar(&gpu, "gpu", "", `the GPU for an upload ("0", a UUID; default: the host's)`)
 	cmd.Flags().IntVar(&port, "port", gpusvc.DefaultPort, "the host's compute port")
 	cmd.Flags().StringVar(&progress, "progress", "auto", "draw a progress bar: auto (on a terminal), always, never")
-	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")
+	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", node.DefaultJoinTimeout, "give up joining the tailnet after this long")
 	return cmd
 }
 
@@ -185,18 +183,11 @@ func cpClient(ctx context.Context, tf *tailnetFlags, via, host string, port int,
 	if err != nil {
 		return nil, nil, err
 	}
-	ov, err := tsnet.New(cfg)
+	ov, err := node.Join(ctx, node.JoinConfig{Tailnet: &cfg, Timeout: joinTimeout})
 	if err != nil {
 		return nil, nil, err
 	}
-	jctx, cancel := context.WithTimeout(ctx, joinTimeout)
-	_, err = ov.Up(jctx)
-	cancel()
-	if err != nil {
-		ov.Close()
-		return nil, nil, fmt.Errorf("join tailnet at %s: %w", cfg.ControlURL, err)
-	}
-	c, err := gpusvc.NewClient(net.JoinHostPort(host, strconv.Itoa(port)), ov.Dial)
+	c, err := gpusvc.NewClient(net.JoinHostPort(host, strconv.Itoa(port)), ov.Overlay.Dial)
 	if err != nil {
 		ov.Close()
 		return nil, nil, err

@@ -27,8 +27,6 @@ import (
 	"github.com/gpumesh/gpumesh/policy"
 )
 
-func init() { register(newDemoCmd) }
-
 func newDemoCmd() *cobra.Command {
 	var (
 		policyPath string
@@ -81,12 +79,13 @@ func (d *demo) ok(format string, args ...any) {
 
 func (d *demo) run(ctx context.Context, policyPath string) error {
 	t0 := time.Now()
-	logf := func(string, ...any) {}
-	if d.verbose {
-		logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
-	} else {
-		log.SetOutput(io.Discard) // the DERP and STUN servers log through the standard logger
-	}
+	// The tailnet's and the host's debug logs, in gpumesh's one style, on
+	// stderr with -v; the DERP and STUN servers log through the standard
+	// logger, which goes there too (or nowhere).
+	debug := logger(d.verbose)
+	logf := func(format string, args ...any) { debug.Debug(fmt.Sprintf(format, args...)) }
+	log.SetFlags(0)
+	log.SetOutput(lineWriter{debug})
 
 	if policyPath == "" {
 		dir, err := os.MkdirTemp("", "gpumesh-demo-")
@@ -146,7 +145,7 @@ func (d *demo) run(ctx context.Context, policyPath string) error {
 	}
 
 	host, err := node.StartHost(ctx, node.HostConfig{
-		Overlay: nodes["gpu-host"], Name: "gpu-host", Policy: store, Logger: logger(d.verbose),
+		Overlay: nodes["gpu-host"], Name: "gpu-host", Policy: store, Logger: debug,
 		QoS: &node.QoSConfig{UDPPort: nodes["gpu-host"].UDPPort()},
 		OnCall: func(r gpusvc.CallRecord) {
 			d.mu.Lock()

@@ -8,8 +8,6 @@ import (
 	"github.com/gpumesh/gpumesh/diag"
 )
 
-func init() { register(newDoctorCmd) }
-
 func newDoctorCmd() *cobra.Command {
 	var (
 		f        diagFlags
@@ -31,8 +29,9 @@ func newDoctorCmd() *cobra.Command {
 With a pool (--host tag:gpu, --host '*', or several hosts) it checks each of
 the pool's hosts, then that the pool has a host to run --kernel on.
 
-It exits with status 1 when a check fails. Like status, it asks a running
-gpumesh serve or up for this node, or joins as the node itself.`,
+It exits with status 1 when a check fails. Like status, it asks the gpumesh
+serve or up running on this machine, or with --hostname/--state-dir that
+node, joining as it for the moment when it does not run.`,
 		Example: "  gpumesh doctor --host gpu-host\n  gpumesh doctor --host gpu-host --kernel saxpy --need-cuda 12.4\n  gpumesh doctor --host tag:gpu",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -40,7 +39,7 @@ gpumesh serve or up for this node, or joins as the node itself.`,
 			opts := f.options()
 			opts.Kernel, opts.GPU, opts.NeedCUDA = kernel, gpu, needCUDA
 			var checks []diag.Check
-			err := f.onNode(ctx,
+			err := f.onNode(ctx, cmd.Flags(),
 				func(c diag.LocalClient) (err error) { checks, err = c.Doctor(ctx, opts); return err },
 				func(n diag.Node) error { checks = diag.Doctor(ctx, n, opts); return nil },
 				func(controlURL string, err error) error {

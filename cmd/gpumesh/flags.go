@@ -5,11 +5,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
 )
 
@@ -72,11 +72,10 @@ func (f *tailnetFlags) config() (tsnet.Config, error) {
 	}
 	dir := f.stateDir
 	if dir == "" {
-		base, err := os.UserConfigDir()
-		if err != nil {
-			return tsnet.Config{}, fmt.Errorf("no --state-dir and no user config dir: %w", err)
+		var err error
+		if dir, err = diag.DefaultStateDir(f.hostname); err != nil {
+			return tsnet.Config{}, fmt.Errorf("no --state-dir: %w", err)
 		}
-		dir = filepath.Join(base, "gpumesh", f.hostname)
 	}
 	cfg := tsnet.Config{
 		Hostname:   f.hostname,
@@ -90,7 +89,9 @@ func (f *tailnetFlags) config() (tsnet.Config, error) {
 		PortMapper: f.portMapper,
 	}
 	if f.verbose {
-		cfg.Logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
+		// Tailscale's own debug logs, in gpumesh's one style, on stderr.
+		debug := logger(true)
+		cfg.Logf = func(format string, args ...any) { debug.Debug(fmt.Sprintf(format, args...)) }
 	}
 	return cfg, nil
 }
@@ -102,6 +103,22 @@ func logger(verbose bool) *slog.Logger {
 	if verbose {
 		level = slog.LevelDebug
 	}
-	var w io.Writer = os.Stderr
+	return slog.New(newLineHandler(os.Stderr, level))
+}
+
+// commandLogger is a long-running command's logger (serve, up): its
+// progress, its parts' logs and their warnings, in gpumesh's one style on
+// w, which is stdout; debug logs too with -v.
+func commandLogger(w io.Writer, verbose bool) *slog.Logger {
+	level := slog.LevelInfo
+	if verbose {
+		level = slog.LevelDebug
+	}
 	return slog.New(newLineHandler(w, level))
+}
+
+// logfTo adapts log for packages that take a printf-style logger: each
+// line is an Info record.
+func logfTo(log *slog.Logger) func(format string, args ...any) {
+	return func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) }
 }

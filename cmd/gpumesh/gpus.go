@@ -13,10 +13,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/gpusvc/nvml"
 	"github.com/gpumesh/gpumesh/node"
-	"github.com/gpumesh/gpumesh/overlay/tsnet"
 )
-
-func init() { register(newGPUsCmd) }
 
 // gpusReport is what `gpumesh gpus` prints, for this machine or a host.
 type gpusReport struct {
@@ -84,7 +81,7 @@ With --host it joins the tailnet and asks that GPU host's endpoint instead
 	tf.register(cmd, "gpumesh-gpus")
 	cmd.Flags().StringVar(&host, "host", "", "ask this GPU host (tailnet name[:port]) instead of this machine")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "with --host: give up joining the tailnet after this long")
+	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", node.DefaultJoinTimeout, "with --host: give up joining the tailnet after this long")
 	return cmd
 }
 
@@ -120,18 +117,12 @@ func remoteGPUs(ctx context.Context, tf *tailnetFlags, host string, joinTimeout 
 	if err != nil {
 		return gpusReport{}, err
 	}
-	ov, err := tsnet.New(cfg)
+	ov, err := node.Join(ctx, node.JoinConfig{Tailnet: &cfg, Timeout: joinTimeout})
 	if err != nil {
 		return gpusReport{}, err
 	}
 	defer ov.Close()
-	jctx, cancel := context.WithTimeout(ctx, joinTimeout)
-	_, err = ov.Up(jctx)
-	cancel()
-	if err != nil {
-		return gpusReport{}, fmt.Errorf("join tailnet at %s: %w", cfg.ControlURL, err)
-	}
-	c, err := node.Dial(ov, host)
+	c, err := node.Dial(ov.Overlay, host)
 	if err != nil {
 		return gpusReport{}, err
 	}

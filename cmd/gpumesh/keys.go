@@ -11,11 +11,6 @@ import (
 	"github.com/gpumesh/gpumesh/overlay/wg/wgconfig"
 )
 
-func init() {
-	register(newKeygenCmd)
-	register(newPubkeyCmd)
-}
-
 func newKeygenCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "keygen",

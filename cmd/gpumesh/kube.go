@@ -10,9 +10,8 @@ import (
 	k8sdeploy "github.com/gpumesh/gpumesh/deploy/kubernetes"
 	"github.com/gpumesh/gpumesh/kube"
 	"github.com/gpumesh/gpumesh/kube/agent"
+	"github.com/gpumesh/gpumesh/node"
 )
-
-func init() { register(newKubeCmd) }
 
 func newKubeCmd() *cobra.Command {
 	cmd := &cobra.Command{
@@ -74,19 +73,24 @@ for the cluster: the scheduler then allocates each GPU to one claim.`,
 			if cfg.NodeName == "" {
 				cfg.NodeName = tf.hostname
 			}
-			ov, err := joinOverlay(ctx, &tf, nil, 0, joinTimeout)
+			log := logger(tf.verbose)
+			jc, err := joinConfig(&tf, nil, joinTimeout, log)
+			if err != nil {
+				return err
+			}
+			ov, err := node.Join(ctx, jc)
 			if err != nil {
 				return err
 			}
 			defer ov.Close()
-			cfg.Overlay = ov
-			cfg.Logger = logger(tf.verbose)
+			cfg.Overlay = ov.Overlay
+			cfg.Logger = log
 			a, err := agent.Start(ctx, cfg)
 			if err != nil {
 				return err
 			}
 			defer a.Close()
-			fmt.Fprintf(cmd.OutOrStdout(), "gpumesh: kube agent up as %s on %s, GPU hosts %v\n", cfg.NodeName, ov.desc, cfg.HostNames)
+			fmt.Fprintf(cmd.OutOrStdout(), "gpumesh: kube agent up as %s on %s, GPU hosts %v\n", cfg.NodeName, ov.Desc, cfg.HostNames)
 			select {
 			case <-ctx.Done():
 				fmt.Fprintln(cmd.OutOrStdout(), "gpumesh: shutting down")

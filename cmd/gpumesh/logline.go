@@ -68,3 +68,12 @@ func (h *lineHandler) WithAttrs(as []slog.Attr) slog.Handler {
 func (h *lineHandler) WithGroup(name string) slog.Handler {
 	return &lineHandler{out: h.out, mu: h.mu, buf: h.buf, attrs: h.attrs.WithGroup(name)}
 }
+
+// lineWriter logs each write to it (a line of the standard library's
+// logger) as a Debug record of log.
+type lineWriter struct{ log *slog.Logger }
+
+func (w lineWriter) Write(p []byte) (int, error) {
+	w.log.Debug(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}

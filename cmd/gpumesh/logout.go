@@ -15,8 +15,6 @@ import (
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
 )
 
-func init() { register(newLogoutCmd) }
-
 // stateFile is where a tsnet node keeps its identity inside its state dir.
 const stateFile = "tailscaled.state"
 
@@ -68,15 +66,15 @@ a state dir. --hostname should be the node's name on the tailnet.`,
 			} else if err := ov.Logout(ctx); err != nil {
 				return fmt.Errorf("logout: %w", err)
 			}
-			out := cmd.OutOrStdout()
+			log := commandLogger(cmd.OutOrStdout(), tf.verbose)
 			if keepState {
-				fmt.Fprintf(out, "gpumesh: %s %s; state kept in %s\n", cfg.Hostname, what, cfg.Dir)
+				log.Info(fmt.Sprintf("%s %s; state kept in %s", cfg.Hostname, what, cfg.Dir))
 				return nil
 			}
 			if err := removeState(cfg.Dir); err != nil {
 				return fmt.Errorf("logout: %s, but %w", what, err)
 			}
-			fmt.Fprintf(out, "gpumesh: %s %s; removed its state from %s\n", cfg.Hostname, what, cfg.Dir)
+			log.Info(fmt.Sprintf("%s %s; removed its state from %s", cfg.Hostname, what, cfg.Dir))
 			return nil
 		},
 	}

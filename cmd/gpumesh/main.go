@@ -1,6 +1,10 @@
 // Command gpumesh is the one gpumesh binary: a GPU host serving a compute
 // endpoint inside the tailnet (serve), a client calling it (run), the
 // embedded-tailnet demo (demo) and the tools around them.
+//
+// Each command parses its flags into the configuration of a package (a
+// node.HostConfig, a tsnet.Config, diag.Options), starts it and prints
+// what came of it; the logic lives in those packages.
 package main
 
 import (
@@ -14,13 +18,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// commands holds the constructors of the top-level subcommands. Each
-// subcommand's file adds itself in an init func, so that the files stay
-// independent of each other.
-var commands []func() *cobra.Command
-
-func register(f func() *cobra.Command) { commands = append(commands, f) }
-
 // exitError carries a process exit code up to main without printing twice.
 type exitError struct {
 	code int
@@ -30,6 +27,8 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
+// newRootCmd is the gpumesh command and, in one list, its subcommands: a
+// new command is one line there.
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "gpumesh",
@@ -38,9 +37,24 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	for _, f := range commands {
-		root.AddCommand(f())
-	}
+	root.AddCommand(
+		newServeCmd(),
+		newUpCmd(),
+		newRunCmd(),
+		newCpCmd(),
+		newStatusCmd(),
+		newDoctorCmd(),
+		newGPUsCmd(),
+		newQoSCmd(),
+		newPolicyCmd(),
+		newAuditCmd(),
+		newLogoutCmd(),
+		newKeygenCmd(),
+		newPubkeyCmd(),
+		newDemoCmd(),
+		newKubeCmd(),
+		newVersionCmd(),
+	)
 	return root
 }
 

@@ -1,18 +1,12 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"net/netip"
-	"os"
+	"log/slog"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/gpumesh/gpumesh/dscp"
-	"github.com/gpumesh/gpumesh/overlay"
-	"github.com/gpumesh/gpumesh/overlay/tsnet"
+	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/overlay/wg"
 )
 
@@ -30,55 +24,22 @@ func (f *wgFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.tun, "wg-tun", wg.DefaultTUNName, "kernel interface name with --wg-mode tun")
 }
 
-// joined is a node that is up on one overlay or the other.
-type joined struct {
-	overlay.Overlay
-	addrs   func() []netip.Addr
-	udpPort uint16 // the tailnet's WireGuard port to mark; 0 for --wg (its Bind marks)
-	desc    string
-}
-
-// PeerPaths passes on the overlay's peer paths where it has them.
-func (j *joined) PeerPaths(ctx context.Context) ([]overlay.PeerPath, error) {
-	if pp, ok := j.Overlay.(overlay.PeerPather); ok {
-		return pp.PeerPaths(ctx)
-	}
-	return nil, errors.ErrUnsupported
-}
-
-// joinOverlay brings this node up on the tailnet, or on the WireGuard mesh
-// when --wg is given. code, unless dscp.None, marks the WireGuard mode's
-// packets.
-func joinOverlay(ctx context.Context, tf *tailnetFlags, wf *wgFlags, code dscp.Code, timeout time.Duration) (*joined, error) {
-	jctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+// joinConfig is the overlay the flags name: the WireGuard mesh with --wg
+// (its error logs on log), else the tailnet.
+func joinConfig(tf *tailnetFlags, wf *wgFlags, timeout time.Duration, log *slog.Logger) (node.JoinConfig, error) {
+	jc := node.JoinConfig{Timeout: timeout}
 	if wf != nil && wf.path != "" {
 		mode, err := wg.ParseMode(wf.mode)
 		if err != nil {
-			return nil, err
+			return jc, err
 		}
-		logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
-		n, err := wg.New(wg.Config{Path: wf.path, Mode: mode, TUNName: wf.tun, DSCP: code, Logf: logf, Verbose: tf.verbose})
-		if err != nil {
-			return nil, err
-		}
-		if err := n.Up(jctx); err != nil {
-			n.Close()
-			return nil, fmt.Errorf("wireguard mesh from %s: %w", wf.path, err)
-		}
-		return &joined{Overlay: n, addrs: n.Addrs, desc: fmt.Sprintf("WireGuard mesh %s (%s)", wf.path, wf.mode)}, nil
+		jc.WireGuard = &wg.Config{Path: wf.path, Mode: mode, TUNName: wf.tun, Logf: logfTo(log), Verbose: tf.verbose}
+		return jc, nil
 	}
 	cfg, err := tf.config()
 	if err != nil {
-		return nil, err
+		return jc, err
 	}
-	n, err := tsnet.New(cfg)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := n.Up(jctx); err != nil {
-		n.Close()
-		return nil, fmt.Errorf("join tailnet at %s: %w", cfg.ControlURL, err)
-	}
-	return &joined{Overlay: n, addrs: n.Addrs, udpPort: n.UDPPort(), desc: "tailnet " + cfg.ControlURL}, nil
+	jc.Tailnet = &cfg
+	return jc, nil
 }

@@ -14,8 +14,6 @@ import (
 	"github.com/gpumesh/gpumesh/policy"
 )
 
-func init() { register(newPolicyCmd) }
-
 func newPolicyCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "policy",

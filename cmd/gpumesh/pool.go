@@ -12,10 +12,10 @@ import (
 
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
+	"github.com/gpumesh/gpumesh/internal/human"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/overlay/forward"
-	"github.com/gpumesh/gpumesh/overlay/tsnet"
 	"github.com/gpumesh/gpumesh/pool"
 )
 
@@ -23,9 +23,13 @@ import (
 // host name is: run, cp, status, doctor and up --forward. The pool's logic
 // is in package pool; this file only wires it into the commands.
 
+// peerNetwork is an overlay as a pool's network: its peer list where the
+// overlay has one.
+type peerNetwork struct{ overlay.Overlay }
+
 // Peers passes on the overlay's peer list, for pool targets.
-func (j *joined) Peers(ctx context.Context) ([]overlay.Peer, error) {
-	if pl, ok := j.Overlay.(overlay.PeerLister); ok {
+func (n peerNetwork) Peers(ctx context.Context) ([]overlay.Peer, error) {
+	if pl, ok := n.Overlay.(overlay.PeerLister); ok {
 		return pl.Peers(ctx)
 	}
 	return nil, errors.ErrUnsupported
@@ -50,7 +54,7 @@ func runOnPool(ctx context.Context, w io.Writer, nw pool.Network, target, kernel
 	}
 	got := gpusvc.TensorFromPB(res.GetOutputs()[0])
 	line := fmt.Sprintf("%s %s → %v on %s (pool %s): round trip %s (compute %s)", kernelName, shapes(args), got.Shape, host, target,
-		rtt.Round(10*time.Microsecond), time.Duration(res.GetComputeNanos()).Round(10*time.Microsecond))
+		human.Duration(rtt), human.Duration(time.Duration(res.GetComputeNanos())))
 	if check {
 		maxErr, scale, err := compareLocal(kernelName, args, got)
 		if err != nil {
@@ -135,18 +139,11 @@ func cpPoolClient(ctx context.Context, tf *tailnetFlags, target string, joinTime
 	if err != nil {
 		return nil, "", 0, nil, err
 	}
-	ov, err := tsnet.New(cfg)
+	ov, err := node.Join(ctx, node.JoinConfig{Tailnet: &cfg, Timeout: joinTimeout})
 	if err != nil {
 		return nil, "", 0, nil, err
 	}
-	jctx, cancel := context.WithTimeout(ctx, joinTimeout)
-	_, err = ov.Up(jctx)
-	cancel()
-	if err != nil {
-		ov.Close()
-		return nil, "", 0, nil, fmt.Errorf("join tailnet at %s: %w", cfg.ControlURL, err)
-	}
-	p, err := pool.Dial(ctx, pool.Config{Target: target, Network: ov, Logger: logger(tf.verbose)})
+	p, err := pool.Dial(ctx, pool.Config{Target: target, Network: peerNetwork{ov.Overlay}, Logger: logger(tf.verbose)})
 	if err != nil {
 		ov.Close()
 		return nil, "", 0, nil, err
@@ -165,7 +162,7 @@ func cpPoolClient(ctx context.Context, tf *tailnetFlags, target string, joinTime
 		ov.Close()
 		return nil, "", 0, nil, err
 	}
-	c, err := node.Dial(ov, addr)
+	c, err := node.Dial(ov.Overlay, addr)
 	if err != nil {
 		ov.Close()
 		return nil, "", 0, nil, err

@@ -23,8 +23,6 @@ import (
 	"github.com/gpumesh/gpumesh/qos/tc"
 )
 
-func init() { register(newQoSCmd) }
-
 func newQoSCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "qos",
@@ -45,10 +43,11 @@ func newQoSStatusCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status [--policy FILE] [--link IFACE --rate RATE]",
 		Short: "Show a running host's live QoS, or what QoS this host can do",
-		Long: `status first asks the gpumesh serve running as --hostname (its local API
-in --state-dir) for its live QoS: whether outer DSCP marking is on, per
-class the bytes, chunks and queue delay of the scheduler, and the tc tree
-it installed with the kernel's counters per tc class.
+		Long: `status first asks the gpumesh serve running on this machine (the one it
+finds by itself, or the one running as --hostname or on --state-dir) for
+its live QoS: whether outer DSCP marking is on, per class the bytes, chunks
+and queue delay of the scheduler, and the tc tree it installed with the
+kernel's counters per tc class.
 
 When no node runs there, status probes this host: whether outer DSCP
 marking works (checked on loopback, no privilege needed), whether the
@@ -71,7 +70,7 @@ the node would install there.`,
 				_, err := fmt.Fprintf(out, "%s\n", bytes.TrimSpace(b.Bytes()))
 				return err
 			case err == nil:
-				var st liveQoS
+				var st diag.LiveQoS
 				if err := json.Unmarshal(raw, &st); err != nil {
 					return fmt.Errorf("node at %s: %w", sock, err)
 				}
@@ -119,7 +118,7 @@ func printPolicyQoS(out io.Writer, path, link, rate string) error {
 	if err != nil {
 		return err
 	}
-	classes := node.QoSClasses(p.Classes())
+	classes := node.QoSClasses(p)
 	if len(classes) == 0 {
 		fmt.Fprintf(out, "classes: %s declares none\n", path)
 		return nil
@@ -147,15 +146,23 @@ func printPolicyQoS(out io.Writer, path, link, rate string) error {
 	return nil
 }
 
-// askLiveQoS asks the node running on the state directory the flags in fs
-// name for its live QoS: the JSON of a liveQoS. It returns the socket it
-// asked, for messages.
+// askLiveQoS asks the node running here, or on the state directory the
+// flags in fs name, for its live QoS: the JSON of a diag.LiveQoS. It
+// returns the socket it asked, for messages.
 func askLiveQoS(ctx context.Context, fs *pflag.FlagSet) (sock string, raw json.RawMessage, err error) {
-	dir, err := stateDirOf(fs)
-	if err != nil {
-		return "", nil, fmt.Errorf("%w: %w", diag.ErrNotRunning, err)
+	if fs.Changed("state-dir") || fs.Changed("hostname") {
+		dir, err := stateDirOf(fs)
+		if err != nil {
+			return "", nil, fmt.Errorf("%w: %w", diag.ErrNotRunning, err)
+		}
+		sock = diag.SocketPath(dir)
+	} else {
+		r, err := diag.FindOne(ctx, diag.DefaultSearch())
+		if err != nil {
+			return "", nil, err // none found is diag.ErrNotRunning
+		}
+		sock = r.Socket
 	}
-	sock = diag.SocketPath(dir)
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	raw, err = diag.LocalClient{Path: sock}.QoS(ctx)
@@ -164,7 +171,7 @@ func askLiveQoS(ctx context.Context, fs *pflag.FlagSet) (sock string, raw json.R
 
 // printLiveQoS renders a running host's QoS: marking, the scheduler's
 // classes, the tc tree and its counters.
-func printLiveQoS(out io.Writer, st liveQoS) {
+func printLiveQoS(out io.Writer, st diag.LiveQoS) {
 	if m := st.Marking; m == nil {
 		fmt.Fprintln(out, "outer marking: off")
 	} else {

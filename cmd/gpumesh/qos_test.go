@@ -74,9 +74,9 @@ func TestQoSStatus(t *testing.T) {
 		want   []string
 		err    string
 	}{
-		{name: "live", qos: liveQoSOf(busy), golden: "status_live"},
-		{name: "live bare", qos: liveQoSOf(bare), golden: "status_bare"},
-		{name: "live and policy", qos: liveQoSOf(bare), args: []string{"--policy", "POLICY"},
+		{name: "live", qos: diag.LiveQoSOf(busy), golden: "status_live"},
+		{name: "live bare", qos: diag.LiveQoSOf(bare), golden: "status_bare"},
+		{name: "live and policy", qos: diag.LiveQoSOf(bare), args: []string{"--policy", "POLICY"},
 			want: []string{"live QoS of the node at STATE/gpumesh.sock\n", "classes (POLICY):\n", "  interactive  AF41 (34)  1"}},
 		{name: "no QoS", qos: nil, args: []string{"--probe=false"},
 			want: []string{"node at STATE/gpumesh.sock: diag: the node reports no QoS: this node serves no GPUs", "; probing this host\nouter marking: "}},
@@ -129,7 +129,7 @@ func TestQoSStatus(t *testing.T) {
 					t.Fatalf("--json: %v\n%s", err, js)
 				}
 				qosGolden(t, "qos_"+tt.golden+".json", js)
-				var got liveQoS
+				var got diag.LiveQoS
 				if err := json.Unmarshal([]byte(js), &got); err != nil {
 					t.Fatalf("--json: %v\n%s", err, js)
 				}
@@ -160,9 +160,9 @@ func qosGolden(t *testing.T, name, got string) {
 	}
 }
 
-// TestQoSStatusOnHost: a host on an embedded tailnet with its local API
-// wired the way serve wires it (hostStarted); after the laptop's calls,
-// `gpumesh qos status` shows bytes in the laptop's class.
+// TestQoSStatusOnHost: a host on an embedded tailnet serving its local
+// API, as serve starts it; after the laptop's calls, `gpumesh qos status`
+// shows bytes in the laptop's class.
 func TestQoSStatusOnHost(t *testing.T) {
 	if testing.Short() {
 		t.Skip("joins an embedded tailnet")
@@ -193,23 +193,12 @@ rule "laptop" {
 	}
 	state := filepath.Join(dir, "gpu-host")
 	os.Mkdir(state, 0o700)
-	api, err := diag.ServeLocal(diag.SocketPath(state), hostNode)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer api.Close()
-	served.set(api)
-	defer served.set(nil)
-	host, err := node.StartHost(ctx, node.HostConfig{Overlay: hostNode, Name: "gpu-host", Policy: store, QoS: &node.QoSConfig{}})
+	host, err := node.StartHost(ctx, node.HostConfig{Overlay: hostNode, Name: "gpu-host", Policy: store, QoS: &node.QoSConfig{},
+		LocalAPI: &node.LocalAPIConfig{StateDir: state, RuntimeDir: filepath.Join(dir, "run")}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer host.Close()
-	// Before hostStarted the node has no QoS to show.
-	if out, err := runKeysCmd(t, "", "qos", "status", "--json", "--state-dir", state); err == nil || !strings.Contains(err.Error(), "no QoS") {
-		t.Fatalf("qos status before hostStarted: %v\n%s", err, out)
-	}
-	hostStarted(host)
 
 	c, err := node.Dial(laptop, "gpu-host")
 	if err != nil {

@@ -7,13 +7,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/pool"
 )
-
-func init() { register(newRunCmd) }
 
 func newRunCmd() *cobra.Command {
 	var (
@@ -40,15 +37,19 @@ on the pool's least loaded host that allows it, and says which.`,
 			if err != nil {
 				return err
 			}
-			ov, err := joinOverlay(ctx, &tf, &wf, dscp.None, joinTimeout)
+			jc, err := joinConfig(&tf, &wf, joinTimeout, logger(tf.verbose))
+			if err != nil {
+				return err
+			}
+			ov, err := node.Join(ctx, jc)
 			if err != nil {
 				return err
 			}
 			defer ov.Close()
 			if pool.IsTarget(hostName) {
-				return runOnPool(ctx, cmd.OutOrStdout(), ov, hostName, kernelName, in, check, tf.verbose)
+				return runOnPool(ctx, cmd.OutOrStdout(), peerNetwork{ov.Overlay}, hostName, kernelName, in, check, tf.verbose)
 			}
-			c, err := node.Dial(ov, hostName)
+			c, err := node.Dial(ov.Overlay, hostName)
 			if err != nil {
 				return err
 			}
@@ -60,7 +61,7 @@ on the pool's least loaded host that allows it, and says which.`,
 	wf.register(cmd)
 	cmd.Flags().IntVar(&size, "size", 512, "input size (matrix side, or vector length)")
 	cmd.Flags().BoolVar(&check, "check", true, "check the result against a local computation")
-	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")
+	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", node.DefaultJoinTimeout, "give up joining the tailnet after this long")
 	return cmd
 }
 

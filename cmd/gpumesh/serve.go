@@ -1,76 +1,126 @@
 package main
 
 import (
-	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/gpusvc"
+	"github.com/gpumesh/gpumesh/gpusvc/audit"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/policy"
 )
 
-func init() { register(newServeCmd) }
-
-// A serveHook adds one feature to `gpumesh serve` (audit log, metrics, a
-// GPU worker, ...) from its own file: it registers its flags, then adjusts
-// the host's configuration before the host starts. The returned stop func,
-// if any, runs after the host has stopped.
-type serveHook struct {
-	flags func(fs *pflag.FlagSet)
-	apply func(ctx context.Context, cfg *node.HostConfig) (stop func(), err error)
+// serveFlags are serve's flags; hostConfig turns them into the host's
+// configuration.
+type serveFlags struct {
+	tf          tailnetFlags
+	wf          wgFlags
+	policyPath  string
+	port        int
+	maxRequest  string
+	maxMemory   string
+	joinTimeout time.Duration
+	// QoS
+	dscp, shapeLink, shapeRate, linkRate string
+	// backend
+	backend    string
+	worker     string
+	workerArgs []string
+	// audit log and metrics
+	auditLog      string
+	auditMaxSize  string
+	auditKeep     int
+	metricsListen string
 }
 
-var serveHooks []serveHook
+func (f *serveFlags) register(cmd *cobra.Command) {
+	f.tf.register(cmd, "gpu-host")
+	f.wf.register(cmd)
+	fs := cmd.Flags()
+	fs.StringVar(&f.policyPath, "policy", "", "policy file (.hcl or .json)")
+	fs.IntVar(&f.port, "port", gpusvc.DefaultPort, "TCP port of the endpoint on the tailnet")
+	fs.StringVar(&f.maxRequest, "max-request", "64MiB", "largest request accepted")
+	fs.StringVar(&f.maxMemory, "max-memory", "", "memory all callers together may make this host hold: resident buffers, kernel outputs, queued requests (default: half the RAM, at most the GPUs' memory)")
+	fs.DurationVar(&f.joinTimeout, "join-timeout", node.DefaultJoinTimeout, "give up joining the tailnet after this long")
+	fs.StringVar(&f.dscp, "dscp", "AF41", `DSCP for the overlay's outer UDP packets (name or 0-63; "off" to leave them unmarked)`)
+	fs.StringVar(&f.shapeLink, "shape-link", "", "shape this interface's egress by QoS class with tc/HTB (needs CAP_NET_ADMIN)")
+	fs.StringVar(&f.shapeRate, "shape-rate", "", "usable egress rate of --shape-link, e.g. 900Mbit/s or 100MB/s (default: the link speed)")
+	fs.StringVar(&f.linkRate, "link-rate", "", "pace GPU traffic to this rate, e.g. 100Mbit/s: the rate of a link beyond this host that it saturates, or a little less, so interactive calls overtake bulk ones in gpumesh, not in that link's queue (default: no pacing)")
+	fs.StringVar(&f.backend, "backend", "auto", `compute backend: "cuda" (gpumesh-gpu workers; fail if they cannot start), "cpu", or "auto" (cuda when a worker starts, else cpu)`)
+	fs.StringVar(&f.worker, "gpu-worker", "", "the gpumesh-gpu worker binary (default: gpumesh-gpu next to this executable, then $PATH)")
+	fs.StringArrayVar(&f.workerArgs, "gpu-worker-arg", nil, "extra argument for every worker (repeatable)")
+	fs.MarkHidden("gpu-worker-arg")
+	fs.StringVar(&f.auditLog, "audit-log", "", "append one JSON line per call to `FILE` (read it with 'gpumesh audit tail')")
+	fs.StringVar(&f.auditMaxSize, "audit-max-size", "100MiB", "rotate the audit log at this size")
+	fs.IntVar(&f.auditKeep, "audit-keep", audit.DefaultKeep, "rotated audit logs to keep (FILE.1 ... FILE.N)")
+	fs.StringVar(&f.metricsListen, "metrics-listen", "", `serve Prometheus metrics at /metrics on a loopback address (127.0.0.1:9090) or on the tailnet only ("tailnet:9090")`)
+}
 
-func addServeHook(h serveHook) { serveHooks = append(serveHooks, h) }
-
-// applyServeHooks runs every hook's apply in order; on failure the stops
-// of the hooks already applied run before it returns.
-func applyServeHooks(ctx context.Context, cfg *node.HostConfig) (stop func(), err error) {
-	var stops []func()
-	stop = func() {
-		for i := len(stops) - 1; i >= 0; i-- {
-			stops[i]()
+// hostConfig is the host the flags describe, logging on log, but for its
+// policy store, which serve makes once the flags are known to be right.
+func (f *serveFlags) hostConfig(log *slog.Logger) (node.HostConfig, error) {
+	var cfg node.HostConfig
+	if f.policyPath == "" {
+		return cfg, errors.New("--policy is required: gpumesh serves nobody without a policy (see examples/policy.hcl)")
+	}
+	maxReq, err := policy.ParseSize(f.maxRequest)
+	if err != nil {
+		return cfg, fmt.Errorf("--max-request: %w", err)
+	}
+	var maxMem int64
+	if f.maxMemory != "" {
+		if maxMem, err = policy.ParseSize(f.maxMemory); err != nil || maxMem <= 0 {
+			return cfg, fmt.Errorf("--max-memory %q: want a positive size such as 64GiB", f.maxMemory)
 		}
 	}
-	for _, h := range serveHooks {
-		if h.apply == nil {
-			continue
-		}
-		s, err := h.apply(ctx, cfg)
-		if err != nil {
-			stop()
-			return func() {}, err
-		}
-		if s != nil {
-			stops = append(stops, s)
-		}
+	qcfg, err := qosConfig(f.dscp, f.shapeLink, f.shapeRate, f.linkRate)
+	if err != nil {
+		return cfg, err
 	}
-	return stop, nil
+	join, err := joinConfig(&f.tf, &f.wf, f.joinTimeout, log)
+	if err != nil {
+		return cfg, err
+	}
+	cfg = node.HostConfig{
+		Join:    &join,
+		Name:    f.tf.hostname,
+		Logger:  log,
+		Port:    f.port,
+		Server:  gpusvc.Config{MaxRequestBytes: maxReq, MaxMemory: maxMem},
+		QoS:     qcfg,
+		Backend: node.BackendConfig{Kind: node.BackendKind(f.backend), Worker: f.worker, WorkerArgs: f.workerArgs},
+		// status, doctor and qos status ask a tailnet host through it.
+		LocalAPI: &node.LocalAPIConfig{},
+	}
+	if join.WireGuard != nil {
+		cfg.LocalAPI = nil // a WireGuard mesh has no tailnet status to report
+	}
+	if f.auditLog != "" {
+		max, err := policy.ParseSize(f.auditMaxSize)
+		if err != nil || max <= 0 {
+			return cfg, fmt.Errorf("--audit-max-size %q: want a positive size such as 100MiB", f.auditMaxSize)
+		}
+		if f.auditKeep < 0 {
+			return cfg, fmt.Errorf("--audit-keep must be 0 or more, got %d", f.auditKeep)
+		}
+		cfg.Audit = &node.AuditConfig{Path: f.auditLog, MaxBytes: max, Keep: f.auditKeep}
+	}
+	if f.metricsListen != "" {
+		cfg.Metrics = &node.MetricsConfig{Listen: f.metricsListen}
+	}
+	return cfg, nil
 }
 
 func newServeCmd() *cobra.Command {
-	var (
-		tf          tailnetFlags
-		wf          wgFlags
-		policyPath  string
-		port        int
-		maxRequest  string
-		maxMemory   string
-		joinTimeout time.Duration
-		dscpFlag    string
-		shapeLink   string
-		shapeRate   string
-		linkRate    string
-	)
+	var f serveFlags
 	cmd := &cobra.Command{
 		Use:   "serve --policy FILE",
 		Short: "Join the tailnet and serve this host's GPUs inside it",
@@ -81,57 +131,25 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			out := cmd.OutOrStdout()
-			log := logger(tf.verbose)
-			if policyPath == "" {
-				return fmt.Errorf("--policy is required: gpumesh serves nobody without a policy (see examples/policy.hcl)")
-			}
-			store, err := policy.NewStore(policyPath, func(format string, args ...any) {
-				fmt.Fprintf(os.Stderr, format+"\n", args...)
-			})
+			log := commandLogger(cmd.OutOrStdout(), f.tf.verbose)
+			cfg, err := f.hostConfig(log)
 			if err != nil {
 				return err
 			}
-			maxReq, err := policy.ParseSize(maxRequest)
-			if err != nil {
-				return fmt.Errorf("--max-request: %w", err)
+			if cfg.Policy, err = policy.NewStore(f.policyPath, logfTo(log)); err != nil {
+				return err
 			}
-			var maxMem int64
-			if maxMemory != "" {
-				if maxMem, err = policy.ParseSize(maxMemory); err != nil || maxMem <= 0 {
-					return fmt.Errorf("--max-memory %q: want a positive size such as 64GiB", maxMemory)
+			host, err := node.StartHost(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer func() {
+				if err := host.Close(); err != nil {
+					log.Warn("shutting down: " + err.Error())
 				}
-			}
-			qcfg, err := qosConfig(dscpFlag, shapeLink, shapeRate, linkRate)
-			if err != nil {
-				return err
-			}
-			ov, err := joinOverlay(ctx, &tf, &wf, qcfg.DSCP, joinTimeout)
-			if err != nil {
-				return err
-			}
-			defer ov.Close()
-			qcfg.UDPPort = ov.udpPort
-			if dscpFlag == "off" {
-				qcfg.UDPPort = 0
-			}
-			hcfg := node.HostConfig{
-				Overlay: ov, Name: tf.hostname, Policy: store, Port: port,
-				MaxRequestBytes: maxReq, MaxMemory: maxMem, Logger: log, QoS: qcfg,
-			}
-			stopHooks, err := applyServeHooks(ctx, &hcfg)
-			if err != nil {
-				return err
-			}
-			defer stopHooks()
-			host, err := node.StartHost(ctx, hcfg)
-			if err != nil {
-				return err
-			}
-			defer host.Close()
-			hostStarted(host)
-			fmt.Fprintf(out, "gpumesh: serving %s on %v port %d (%s only), policy %s\n",
-				tf.hostname, ov.addrs(), port, ov.desc, policyPath)
+			}()
+			j := host.Joined()
+			log.Info(fmt.Sprintf("serving %s on %v port %d (%s only), policy %s", host.Name(), j.Addrs(), f.port, j.Desc, f.policyPath))
 
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
@@ -139,42 +157,24 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 			for {
 				select {
 				case <-ctx.Done():
-					fmt.Fprintln(out, "gpumesh: shutting down")
+					log.Info("shutting down")
 					return nil
 				case <-hup:
-					if err := host.ReloadPolicy(); err != nil {
-						fmt.Fprintf(os.Stderr, "gpumesh: policy reload rejected, old policy stays: %v\n", err)
-					} else {
-						fmt.Fprintln(out, "gpumesh: policy reloaded")
-					}
+					host.ReloadPolicy() // the store logs what came of it
 				}
 			}
 		},
 	}
-	tf.register(cmd, "gpu-host")
-	wf.register(cmd)
-	cmd.Flags().StringVar(&policyPath, "policy", "", "policy file (.hcl or .json)")
-	cmd.Flags().IntVar(&port, "port", gpusvc.DefaultPort, "TCP port of the endpoint on the tailnet")
-	cmd.Flags().StringVar(&maxRequest, "max-request", "64MiB", "largest request accepted")
-	cmd.Flags().StringVar(&maxMemory, "max-memory", "", "memory all callers together may make this host hold: resident buffers, kernel outputs, queued requests (default: half the RAM, at most the GPUs' memory)")
-	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")
-	cmd.Flags().StringVar(&dscpFlag, "dscp", "AF41", `DSCP for the overlay's outer UDP packets (name or 0-63; "off" to leave them unmarked)`)
-	cmd.Flags().StringVar(&shapeLink, "shape-link", "", "shape this interface's egress by QoS class with tc/HTB (needs CAP_NET_ADMIN)")
-	cmd.Flags().StringVar(&shapeRate, "shape-rate", "", "usable egress rate of --shape-link, e.g. 900Mbit/s or 100MB/s (default: the link speed)")
-	cmd.Flags().StringVar(&linkRate, "link-rate", "", "pace GPU traffic to this rate, e.g. 100Mbit/s: the rate of a link beyond this host that it saturates, or a little less, so interactive calls overtake bulk ones in gpumesh, not in that link's queue (default: no pacing)")
-	for _, h := range serveHooks {
-		if h.flags != nil {
-			h.flags(cmd.Flags())
-		}
-	}
+	f.register(cmd)
 	return cmd
 }
 
-// qosConfig turns the QoS flags into the host's QoS configuration; the
-// caller sets UDPPort once the overlay is up.
+// qosConfig turns the QoS flags into the host's QoS configuration.
 func qosConfig(code, link, rate, linkRate string) (*node.QoSConfig, error) {
 	cfg := &node.QoSConfig{ShapeLink: link}
-	if code != "off" {
+	if code == "off" {
+		cfg.NoOuterMarking = true
+	} else {
 		v, err := dscp.Parse(code)
 		if err != nil {
 			return nil, fmt.Errorf("--dscp: %w", err)

@@ -18,41 +18,7 @@ import (
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/overlay/overlaytest"
-	"github.com/gpumesh/gpumesh/policy"
 )
-
-func TestMetricsListenRefusesNonLoopback(t *testing.T) {
-	for _, tc := range []struct{ addr, want string }{
-		{"0.0.0.0:9090", "not a loopback address"},
-		{":9090", "not a loopback address"},
-		{"192.0.2.1:9090", "not a loopback address"},
-		{"example.com:9090", "not a loopback address"},
-		{"9090", "want HOST:PORT"},
-		{"tailnet:", "tailnet:PORT"},
-		{"tailnet:0", "tailnet:PORT"},
-		{"tailnet:99999", "tailnet:PORT"},
-	} {
-		t.Run(tc.addr, func(t *testing.T) {
-			_, err := metricsListener(&node.HostConfig{}, tc.addr)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("metricsListener(%q) = %v; want an error containing %q", tc.addr, err, tc.want)
-			}
-		})
-	}
-	for _, addr := range []string{"127.0.0.1:0", "localhost:0", "[::1]:0"} {
-		ln, err := metricsListener(&node.HostConfig{}, addr)
-		if err != nil {
-			if addr == "[::1]:0" {
-				continue // no IPv6 loopback here
-			}
-			t.Fatalf("metricsListener(%q): %v", addr, err)
-		}
-		if ip := ln.Addr().(*net.TCPAddr).IP; !ip.IsLoopback() {
-			t.Errorf("%q listens on %v", addr, ip)
-		}
-		ln.Close()
-	}
-}
 
 func scrape(t *testing.T, c *http.Client, url string) map[string]*dto.MetricFamily {
 	t.Helper()
@@ -97,18 +63,18 @@ func counter(fams map[string]*dto.MetricFamily, name string, want ...string) flo
 	return sum
 }
 
-// TestObserveOnTailnet: serve's --audit-log and --metrics-listen tailnet:PORT
-// on an embedded tailnet. The laptop makes calls, then scrapes the metrics
-// through the tailnet; the counters match the calls, the audit log holds
-// each, and `gpumesh audit tail` prints them.
+// TestObserveOnTailnet: `gpumesh serve --audit-log --metrics-listen
+// tailnet:PORT` on an embedded tailnet. The laptop makes calls, then
+// scrapes the metrics through the tailnet; the counters match the calls,
+// the audit log holds each, and `gpumesh audit tail` prints them.
 func TestObserveOnTailnet(t *testing.T) {
 	if testing.Short() {
 		t.Skip("joins an embedded tailnet")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	_, nodes := overlaytest.StartNodes(t, "gpu-host", "laptop")
-	hostNode, laptop := nodes[0], nodes[1]
+	tn, nodes := overlaytest.StartNodes(t, "laptop")
+	laptop := nodes[0]
 
 	dir := t.TempDir()
 	polPath := filepath.Join(dir, "policy.hcl")
@@ -130,22 +96,11 @@ rule "scrape" {
   gpus     = ["*"]
 }
 `), 0o600)
-	store, err := policy.NewStore(polPath, t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
 	logPath := filepath.Join(dir, "audit.log")
-	hcfg := node.HostConfig{Overlay: hostNode, Name: "gpu-host", Policy: store}
-	o, err := startObserve(ctx, observeFlags{auditLog: logPath, auditMaxSize: "1MiB", auditKeep: 2, metricsListen: "tailnet:9090"}, &hcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.stop()
-	host, err := node.StartHost(ctx, hcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer host.Close()
+	state := filepath.Join(dir, "gpu-host")
+	startServe(t, ctx, state, "--policy", polPath, "--hostname", "gpu-host", "--state-dir", state,
+		"--control-url", tn.ControlURL, "--ephemeral", "--dscp", "off", "--backend", "cpu",
+		"--audit-log", logPath, "--audit-max-size", "1MiB", "--audit-keep", "2", "--metrics-listen", "tailnet:9090")
 
 	c, err := node.Dial(laptop, "gpu-host")
 	if err != nil {

@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -15,85 +12,34 @@ import (
 	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/node"
-	"github.com/gpumesh/gpumesh/overlay/tsnet"
 )
 
 // `gpumesh status` and `gpumesh doctor` look at a node. A running `gpumesh
-// serve` or `gpumesh up` holds its node's state directory, so they ask it
-// through the local API on a socket in that directory (diag.ServeLocal);
-// when nothing runs there, they join the tailnet as the node themselves.
+// serve` or `gpumesh up` serves its local API on a socket in its state
+// dir and makes it known (diag.Find); without flags naming a node they
+// ask the one running here, and say where they looked when none does.
+// Given a node (--hostname, --state-dir, an auth key) they ask it when it
+// runs, or else join the tailnet as that node for the moment.
 
-func init() {
-	register(newStatusCmd)
-	var fs *pflag.FlagSet
-	addServeHook(serveHook{
-		flags: func(f *pflag.FlagSet) { fs = f },
-		apply: func(_ context.Context, cfg *node.HostConfig) (func(), error) {
-			ov := cfg.Overlay
-			if j, ok := ov.(*joined); ok {
-				ov = j.Overlay
-			}
-			n, ok := ov.(diag.Node)
-			if !ok || fs == nil {
-				return nil, nil // not a tailnet node: nothing to report on
-			}
-			dir, err := stateDirOf(fs)
-			if err != nil {
-				return nil, err
-			}
-			api, err := diag.ServeLocal(diag.SocketPath(dir), n)
-			if err != nil {
-				return nil, err
-			}
-			served.set(api)
-			return func() {
-				served.set(nil)
-				api.Close()
-			}, nil
-		},
-	})
-}
-
-// served is the local API the serve hook started, until it stops.
-var served servedAPI
-
-// servedAPI holds the local API of a running `gpumesh serve`, so that
-// hostStarted can hand it the host once the host runs.
-type servedAPI struct {
-	mu  sync.Mutex
-	api *diag.LocalAPI // guarded by mu; nil when none runs
-}
-
-func (s *servedAPI) set(api *diag.LocalAPI) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.api = api
-}
-
-// hostStarted hands the host `gpumesh serve` started to its local API,
-// which then answers `gpumesh qos status` with the host's live QoS. serve
-// calls it once node.StartHost returns.
-func hostStarted(h *node.Host) {
-	served.mu.Lock()
-	defer served.mu.Unlock()
-	if served.api != nil {
-		serveQoS(served.api, h)
+// namesNode says whether the flags in fs name a node to look at as: then
+// status and doctor do not go looking for the running one.
+func namesNode(fs *pflag.FlagSet) bool {
+	for _, name := range []string{"hostname", "state-dir", "authkey", "authkey-file"} {
+		if fs.Changed(name) {
+			return true
+		}
 	}
+	return false
 }
 
-// serveQoS makes api answer GET /v1/qos with h's QoS at each request.
-func serveQoS(api *diag.LocalAPI, h *node.Host) {
-	api.SetQoS(func() any { return liveQoSOf(h.QoSStatus()) })
-}
-
-// startLocalAPI serves `gpumesh status` and `gpumesh doctor` for node n,
-// whose state is in stateDir, until stop. `gpumesh up` calls it too.
-func startLocalAPI(n diag.Node, stateDir string) (stop func(), err error) {
-	api, err := diag.ServeLocal(diag.SocketPath(stateDir), n)
-	if err != nil {
-		return nil, err
+// findNode is the one node running here, as diag.FindOne finds it, with
+// what to do when there is none, or more than one.
+func findNode(ctx context.Context) (diag.Running, error) {
+	r, err := diag.FindOne(ctx, diag.DefaultSearch())
+	if errors.Is(err, diag.ErrNotRunning) {
+		return r, fmt.Errorf("%w; start gpumesh up or gpumesh serve, or name a node (--hostname, --state-dir) to join as it for the moment", err)
 	}
-	return func() { api.Close() }, nil
+	return r, err
 }
 
 // stateDirOf is the state directory the tailnet flags in fs name, by the
@@ -106,11 +52,7 @@ func stateDirOf(fs *pflag.FlagSet) (string, error) {
 	if host == nil {
 		return "", errors.New("no --hostname flag")
 	}
-	base, err := os.UserConfigDir()
-	if err != nil {
-		return "", fmt.Errorf("no --state-dir and no user config dir: %w", err)
-	}
-	return filepath.Join(base, "gpumesh", host.Value.String()), nil
+	return diag.DefaultStateDir(host.Value.String())
 }
 
 // diagFlags are the flags status and doctor share.
@@ -129,7 +71,7 @@ func (f *diagFlags) register(cmd *cobra.Command) {
 	fl.StringSliceVar(&f.hosts, "host", nil, "GPU hosts to look at, by tailnet name, or a pool (tag:gpu, *, or several names): its hosts, and which one it would pick (default: every peer that answers)")
 	fl.IntVar(&f.port, "port", gpusvc.DefaultPort, "the compute endpoint's port")
 	fl.DurationVar(&f.timeout, "timeout", 5*time.Second, "give each probe (ping, call) this long")
-	fl.DurationVar(&f.joinTimeout, "join-timeout", 30*time.Second, "when no gpumesh runs as this node, give up joining after this long")
+	fl.DurationVar(&f.joinTimeout, "join-timeout", 30*time.Second, "with a node named and not running, give up joining as it after this long")
 	fl.BoolVar(&f.asJSON, "json", false, "print JSON")
 }
 
@@ -140,11 +82,19 @@ func (f *diagFlags) options() diag.Options {
 	return diag.Options{Hosts: f.hosts, Port: f.port, Timeout: f.timeout}
 }
 
-// onNode runs local against the running node's local API or, when none
-// runs, joined against a node this command joins as for the purpose.
-// joinErr handles a failed join; nil returns the error.
-func (f *diagFlags) onNode(ctx context.Context, local func(diag.LocalClient) error, joined func(diag.Node) error,
+// onNode runs local against the running node's local API: the one found
+// here when fs names no node, else the named node's, or, when that does
+// not run, joined against the node joined for the purpose. joinErr
+// handles a failed join; nil returns the error.
+func (f *diagFlags) onNode(ctx context.Context, fs *pflag.FlagSet, local func(diag.LocalClient) error, joined func(diag.Node) error,
 	joinErr func(controlURL string, err error) error) error {
+	if !namesNode(fs) {
+		r, err := findNode(ctx)
+		if err != nil {
+			return err
+		}
+		return local(diag.LocalClient{Path: r.Socket})
+	}
 	cfg, err := f.tf.config()
 	if err != nil {
 		return err
@@ -153,21 +103,15 @@ func (f *diagFlags) onNode(ctx context.Context, local func(diag.LocalClient) err
 	if !errors.Is(err, diag.ErrNotRunning) {
 		return err
 	}
-	ov, err := tsnet.New(cfg)
-	if err != nil {
-		return err
-	}
-	defer ov.Close()
-	jctx, cancel := context.WithTimeout(ctx, f.joinTimeout)
-	_, err = ov.Up(jctx)
-	cancel()
+	j, err := node.Join(ctx, node.JoinConfig{Tailnet: &cfg, Timeout: f.joinTimeout})
 	if err != nil {
 		if joinErr != nil {
 			return joinErr(cfg.ControlURL, err)
 		}
-		return fmt.Errorf("join tailnet at %s: %w", cfg.ControlURL, err)
+		return err
 	}
-	return joined(ov)
+	defer j.Close()
+	return joined(j.Overlay.(diag.Node))
 }
 
 func newStatusCmd() *cobra.Command {
@@ -180,24 +124,26 @@ func newStatusCmd() *cobra.Command {
 		Short: "Show this node, the GPU hosts it sees, the path to each and their GPUs",
 		Long: `status shows this node on the tailnet and its peers: for each, whether the
 path is direct or relayed (DERP) and its latency, and for the peers that
-serve GPUs their backend, GPUs and load.
+serve GPUs their backend, GPUs and load. On a GPU host, the host itself is
+listed among them.
 
-When gpumesh serve or gpumesh up runs as this node (same --hostname and
---state-dir), status asks it; otherwise it joins the tailnet as the node
-for the moment.
+Without flags naming a node, status asks the gpumesh serve or gpumesh up
+running on this machine (it finds it through its socket), and says where it
+looked when none runs. With --hostname or --state-dir it asks that node, or
+joins the tailnet as it for the moment when it does not run.
 
 With a pool (--host tag:gpu, --host '*', or several hosts) it looks at the
 pool's hosts and says which one the pool would pick for --kernel now, and
 why: which hosts' policies allow it, and each one's estimated time to
 finish (calls queued, time per call, round trip, path).`,
-		Example: "  gpumesh status\n  gpumesh status --host gpu-host --json\n  gpumesh status --host tag:gpu --kernel saxpy",
+		Example: "  gpumesh status\n  gpumesh status --host gpu-host --json\n  gpumesh status --host tag:gpu --kernel saxpy\n  gpumesh status --state-dir /var/lib/gpumesh",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			opts := f.options()
 			opts.Kernel = kernel
 			var rep diag.Report
-			err := f.onNode(ctx,
+			err := f.onNode(ctx, cmd.Flags(),
 				func(c diag.LocalClient) (err error) { rep, err = c.Status(ctx, opts); return err },
 				func(n diag.Node) (err error) { rep, err = diag.Status(ctx, n, opts); return err },
 				nil)

@@ -4,18 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/overlay/forward"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
 )
-
-func init() { register(newUpCmd) }
 
 func newUpCmd() *cobra.Command {
 	var (
@@ -62,11 +60,7 @@ next connections go to the others.`,
 			ctx := cmd.Context()
 			// One style for all it says: its progress and the forwarder's
 			// warnings alike are records of this logger, on stdout.
-			level := slog.LevelInfo
-			if tf.verbose {
-				level = slog.LevelDebug
-			}
-			log := slog.New(newLineHandler(cmd.OutOrStdout(), level))
+			log := commandLogger(cmd.OutOrStdout(), tf.verbose)
 			rules := make([]forward.Rule, 0, len(forwards))
 			var pools forwardPools
 			for _, s := range forwards {
@@ -141,10 +135,10 @@ next connections go to the others.`,
 			}
 			close(joined)
 			// `gpumesh status` and `gpumesh doctor` ask this process.
-			if stopAPI, err := startLocalAPI(ov, cfg.Dir); err != nil {
+			if api, err := node.ServeLocalAPI(node.LocalAPIConfig{StateDir: cfg.Dir}, ov, cfg.Hostname, log); err != nil {
 				log.Warn("no status socket: status and doctor cannot reach this node", "err", err)
 			} else {
-				defer stopAPI()
+				defer api.Close()
 			}
 			log.Info(fmt.Sprintf("up as %s %v", cfg.Hostname, st.TailscaleIPs))
 			if fwd != nil {
@@ -171,6 +165,6 @@ next connections go to the others.`,
 	cmd.Flags().BoolVar(&anyAddress, "forward-any-address", false, "allow --forward to listen on addresses other than loopback (anyone reaching them acts as this node)")
 	cmd.Flags().DurationVar(&dialTimeout, "dial-timeout", forward.DefaultDialTimeout, "reset a forwarded connection when the host does not answer within this long")
 	cmd.Flags().DurationVar(&probe, "probe-interval", forward.DefaultProbeInterval, "check hosts with open connections this often; a negative value turns checking off")
-	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")
+	cmd.Flags().DurationVar(&joinTimeout, "join-timeout", node.DefaultJoinTimeout, "give up joining the tailnet after this long")
 	return cmd
 }

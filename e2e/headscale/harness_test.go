@@ -521,23 +521,25 @@ func (c *control) setPolicy(policy string) {
 
 // childEnv is the environment of every child process: Tailscale's switches
 // for a machine with only loopback, and nothing inherited that could point a
-// node elsewhere.
+// node elsewhere. It does not set TS_DEBUG_USE_DERP_HTTP: Headscale's
+// embedded DERP speaks plain HTTP, and gpumesh dials it so by itself
+// because the control URL is http://, which every test here proves.
 func childEnv(t *testing.T) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "TS_") || k == "HOME" || k == "XDG_CONFIG_HOME" {
+		if strings.HasPrefix(k, "TS_") || k == "HOME" || k == "XDG_CONFIG_HOME" || k == "XDG_RUNTIME_DIR" {
 			continue
 		}
 		env = append(env, kv)
 	}
 	return append(env,
 		"HOME="+t.TempDir(),
+		// A running node makes itself known here, not in /run/gpumesh.
+		"XDG_RUNTIME_DIR="+t.TempDir(),
 		// Inside a namespace with only loopback a non-test binary would
 		// decide the network is down and never come up.
 		"TS_ASSUME_NETWORK_UP_FOR_TEST=1",
-		// Headscale's embedded DERP is plain HTTP.
-		"TS_DEBUG_USE_DERP_HTTP=true",
 		// A slip to Tailscale's own control server panics instead of dialing.
 		"TS_PANIC_IF_HIT_MAIN_CONTROL=1",
 	)

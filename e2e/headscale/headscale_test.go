@@ -381,6 +381,12 @@ func TestTailnet(t *testing.T) {
 			t.Fatalf("new connection with Headscale down: %v", err)
 		}
 		c.Close()
+		// A new node cannot join: it fails within its join timeout, naming
+		// the control server.
+		p := tn.run("alice-tablet", "matrix_mul", []string{"TS_AUTHKEY=" + tn.aliceKey}, "--join-timeout", "10s")
+		if code := p.wait(t, time.Minute); code == 0 || !strings.Contains(p.out.String(), "join tailnet at "+tn.hs.url) {
+			t.Errorf("a new node joined with Headscale down (exit %d):\n%s", code, tail(p.out.String(), 2000))
+		}
 		tn.hs.start()
 		// A node that never joined before joins the restarted Headscale
 		// and is served once the host has heard of it.

@@ -78,5 +78,5 @@ func TestUserSubjects(t *testing.T) {
 	expectRun(t, davep, "")  // login "dave", named "user:dave"
 	expectRun(t, carolp, "") // login "carol@example.com", named as it is
 	// Login "bob": the bare word "bob" names a node, not him.
-	expectRun(t, bob, "no rule allows bob-laptop")
+	expectRun(t, bob, "no rule names bob-laptop")
 }

@@ -101,8 +101,9 @@ func StartUp(ctx context.Context, tb testing.TB, bin, controlURL, hostname, targ
 	cmd := exec.CommandContext(ctx, bin, "up", "--control-url", controlURL, "--state-dir", tb.TempDir(),
 		"--hostname", hostname, "--ephemeral", "--forward", "127.0.0.1:0="+target)
 	// As overlaytest does in-process: a namespace with only loopback still
-	// counts as a network that is up.
-	cmd.Env = append(os.Environ(), "TS_ASSUME_NETWORK_UP_FOR_TEST=1")
+	// counts as a network that is up. The node makes itself known in a
+	// runtime dir of the test's, not the machine's (diag.RuntimeDir).
+	cmd.Env = append(os.Environ(), "TS_ASSUME_NETWORK_UP_FOR_TEST=1", "XDG_RUNTIME_DIR="+tb.TempDir())
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

@@ -104,7 +104,7 @@ func (m *Mesh) AddHost(tb testing.TB, name string, tags ...string) *GPUHost {
 	}
 	g := &GPUHost{Name: name, Node: n, Backend: cpu.New(), added: make(chan struct{})}
 	g.Host, err = node.StartHost(ctx, node.HostConfig{
-		Overlay: n, Name: name, Policy: store, Backend: g.Backend,
+		Overlay: n, Name: name, Policy: store, Backend: node.BackendConfig{Ready: g.Backend},
 		OnCall: g.record,
 	})
 	if err != nil {
@@ -146,5 +146,6 @@ func (g *GPUHost) HeldBytes(ctx context.Context) uint64 {
 // it again does nothing.
 func (g *GPUHost) Leave() {
 	g.Host.Close()
+	g.Backend.Close() // handed in ready: ours to close, after the host
 	g.Node.Close()
 }

@@ -2,7 +2,9 @@
 // (tailscale.com/tstest/integration/testcontrol), a DERP relay and a STUN
 // server, all on 127.0.0.1. `gpumesh demo` and tests join nodes to it; no
 // account is needed and nothing leaves the machine: its DERP map names only
-// the loopback relay, and nodes it makes upload no logs.
+// the loopback relay, and nodes it makes upload no logs. Its DERP relay
+// speaks plain HTTP, as Headscale's embedded one does, and its nodes dial
+// it so because the control URL is http:// (overlay/tsnet).
 //
 // It is product code, linked into the gpumesh binary: it imports no
 // testing (overlay/overlaytest wraps it for tests). Start sets a few
@@ -14,11 +16,9 @@ package devnet
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/http/httptest"
 	"sync"
 
@@ -104,8 +104,9 @@ func Start(opts Options) (_ *Tailnet, err error) {
 	t.derpWeb.Listener.Close()
 	t.derpWeb.Listener = ln
 	t.derpWeb.Config.ErrorLog = logger.StdLogger(logf)
-	t.derpWeb.Config.TLSNextProto = make(map[string]func(*http.Server, *tls.Conn, http.Handler))
-	t.derpWeb.StartTLS()
+	// Plain HTTP, as Headscale's embedded DERP: nodes of a control server
+	// on http:// dial DERP that way (overlay/tsnet).
+	t.derpWeb.Start()
 
 	ctx, cancel := context.WithCancel(context.Background())
 	t.stunCtx = cancel
@@ -127,15 +128,14 @@ func Start(opts Options) (_ *Tailnet, err error) {
 				RegionCode: "local",
 				RegionName: "gpumesh dev tailnet (loopback)",
 				Nodes: []*tailcfg.DERPNode{{
-					Name:             "1a",
-					RegionID:         1,
-					HostName:         addr,
-					IPv4:             addr,
-					IPv6:             "none",
-					STUNPort:         t.stun.LocalAddr().(*net.UDPAddr).Port,
-					DERPPort:         ln.Addr().(*net.TCPAddr).Port,
-					InsecureForTests: true,
-					STUNTestIP:       addr,
+					Name:       "1a",
+					RegionID:   1,
+					HostName:   addr,
+					IPv4:       addr,
+					IPv6:       "none",
+					STUNPort:   t.stun.LocalAddr().(*net.UDPAddr).Port,
+					DERPPort:   ln.Addr().(*net.TCPAddr).Port,
+					STUNTestIP: addr,
 				}},
 			},
 		},

@@ -5,7 +5,8 @@
 //
 // Tailscale code reaches for public hosts by default. This package keeps a
 // node quiet unless the user opts in: no log upload, no port mapper, and the
-// control URL is always explicit.
+// control URL is always explicit. A node of a plain http:// control server
+// (a Headscale without TLS) dials DERP over plain HTTP too (derp.go).
 package tsnet
 
 import (
@@ -89,6 +90,7 @@ func setQuiet(cfg Config) {
 		if !cfg.PortMapper {
 			envknob.Setenv("TS_DISABLE_PORTMAPPER", "true")
 		}
+		setDERPHTTP(cfg.ControlURL)
 	})
 }
 
@@ -185,7 +187,7 @@ func (n *Node) Up(ctx context.Context) (*ipnstate.Status, error) {
 	}
 	n.lc = lc
 	if err := n.waitHomeDERP(ctx); err != nil {
-		return nil, fmt.Errorf("tsnet: %q waiting for its home DERP: %w", n.cfg.Hostname, err)
+		return nil, fmt.Errorf("tsnet: %q waiting for its home DERP: %w%s", n.cfg.Hostname, err, derpHint(n.cfg.ControlURL))
 	}
 	return st, nil
 }

@@ -1,28 +1,46 @@
-package main
+package diag
 
 import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/internal/human"
-	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/qos"
+	"github.com/gpumesh/gpumesh/qos/tc"
 )
 
-// liveQoS is a host's node.QoSStatus as its local API sends it and
-// `gpumesh qos status --json` prints it: snake_case names, units in the
-// names, durations in milliseconds (to the microsecond), rates in bytes
-// per second, a code point as its name and its number.
-type liveQoS struct {
-	// Marking is the outer DSCP marking; null when it is off.
-	Marking *liveMarking `json:"marking"`
-	// LinkRateBytesPerS is the rate all classes are paced to; 0: no pacing.
-	LinkRateBytesPerS int64       `json:"link_rate_bytes_per_s"`
-	Classes           []liveClass `json:"classes"`
-	// Shaping is the host's tc tree; null when none is installed.
-	Shaping *liveShaping `json:"shaping"`
+// QoSState is what a GPU host's QoS is doing, read from its parts: the
+// outer marker, the scheduler and the tc tree. node assembles it.
+type QoSState struct {
+	Marking *qos.MarkerStatus // nil when outer marking is off
+	// LinkRate is the rate the scheduler paces all classes to, bytes/s;
+	// 0 when it does not pace.
+	LinkRate int64
+	Classes  []qos.ClassStats // per class, from the scheduler
+	Shaping  string           // the installed tc tree, or "" when none
+	// ShapingStats are the kernel's counters of the tc classes.
+	ShapingStats []tc.ClassStats
+	// Routes are the peers' WireGuard endpoints the tc tree classifies
+	// by peer (the others by DSCP).
+	Routes []tc.PeerRoute
 }
 
-type liveMarking struct {
+// LiveQoS is a host's QoSState as its local API sends it (GET /v1/qos)
+// and `gpumesh qos status --json` prints it: snake_case names, units in
+// the names, durations in milliseconds (to the microsecond), rates in
+// bytes per second, a code point as its name and its number.
+type LiveQoS struct {
+	// Marking is the outer DSCP marking; null when it is off.
+	Marking *LiveMarking `json:"marking"`
+	// LinkRateBytesPerS is the rate all classes are paced to; 0: no pacing.
+	LinkRateBytesPerS int64       `json:"link_rate_bytes_per_s"`
+	Classes           []LiveClass `json:"classes"`
+	// Shaping is the host's tc tree; null when none is installed.
+	Shaping *LiveShaping `json:"shaping"`
+}
+
+// LiveMarking is the outer DSCP marking of the overlay's UDP packets.
+type LiveMarking struct {
 	UDPPort   uint16     `json:"udp_port"`
 	DSCP      string     `json:"dscp"` // "AF41"
 	DSCPValue uint8      `json:"dscp_value"`
@@ -31,8 +49,8 @@ type liveMarking struct {
 	Error     string     `json:"error,omitempty"`
 }
 
-// liveClass is one scheduler class and its counters.
-type liveClass struct {
+// LiveClass is one scheduler class and its counters.
+type LiveClass struct {
 	Name      string `json:"name"`
 	DSCP      string `json:"dscp"`
 	DSCPValue uint8  `json:"dscp_value"`
@@ -49,16 +67,17 @@ type liveClass struct {
 	ThrottledMS float64 `json:"throttled_ms"`
 }
 
-type liveShaping struct {
+// LiveShaping is the host's tc tree and its counters.
+type LiveShaping struct {
 	Tree    string        `json:"tree"` // as `gpumesh qos status` prints it
-	Classes []liveTCClass `json:"classes"`
+	Classes []LiveTCClass `json:"classes"`
 	// Routes are the peers' WireGuard endpoints classified by peer (the
 	// others by DSCP).
-	Routes []liveRoute `json:"routes"`
+	Routes []LiveRoute `json:"routes"`
 }
 
-// liveTCClass is the kernel's counters of one tc class.
-type liveTCClass struct {
+// LiveTCClass is the kernel's counters of one tc class.
+type LiveTCClass struct {
 	Name         string `json:"name"`
 	ClassID      string `json:"class_id"`
 	Bytes        uint64 `json:"bytes"`
@@ -68,16 +87,17 @@ type liveTCClass struct {
 	BacklogBytes uint32 `json:"backlog_bytes"`
 }
 
-type liveRoute struct {
+// LiveRoute is one peer's WireGuard endpoint and the class it is shaped in.
+type LiveRoute struct {
 	Endpoint string `json:"endpoint"`
 	Class    string `json:"class"`
 }
 
-// liveQoSOf is what the local API sends for st.
-func liveQoSOf(st node.QoSStatus) liveQoS {
-	l := liveQoS{LinkRateBytesPerS: st.LinkRate, Classes: []liveClass{}}
+// LiveQoSOf is what the local API sends for st.
+func LiveQoSOf(st QoSState) LiveQoS {
+	l := LiveQoS{LinkRateBytesPerS: st.LinkRate, Classes: []LiveClass{}}
 	if m := st.Marking; m != nil {
-		l.Marking = &liveMarking{UDPPort: m.Port, DSCP: codeName(m.DSCP), DSCPValue: m.DSCP.Value(), Sockets: m.Sockets}
+		l.Marking = &LiveMarking{UDPPort: m.Port, DSCP: codeName(m.DSCP), DSCPValue: m.DSCP.Value(), Sockets: m.Sockets}
 		if !m.At.IsZero() {
 			at := m.At.UTC()
 			l.Marking.CheckedAt = &at
@@ -87,7 +107,7 @@ func liveQoSOf(st node.QoSStatus) liveQoS {
 		}
 	}
 	for _, c := range st.Classes {
-		lc := liveClass{
+		lc := LiveClass{
 			Name: c.Name, DSCP: codeName(c.DSCP), DSCPValue: c.DSCP.Value(), Priority: c.Priority,
 			RateBytesPerS: c.Rate, Bytes: c.Bytes, Chunks: c.Chunks, Queued: c.Queued,
 			MaxWaitMS: human.Millis(c.WaitMax), ThrottledMS: human.Millis(c.ThrottleSum),
@@ -98,13 +118,13 @@ func liveQoSOf(st node.QoSStatus) liveQoS {
 		l.Classes = append(l.Classes, lc)
 	}
 	if st.Shaping != "" {
-		l.Shaping = &liveShaping{Tree: st.Shaping, Classes: []liveTCClass{}, Routes: []liveRoute{}}
+		l.Shaping = &LiveShaping{Tree: st.Shaping, Classes: []LiveTCClass{}, Routes: []LiveRoute{}}
 		for _, c := range st.ShapingStats {
-			l.Shaping.Classes = append(l.Shaping.Classes, liveTCClass{Name: c.Name, ClassID: c.ClassID,
+			l.Shaping.Classes = append(l.Shaping.Classes, LiveTCClass{Name: c.Name, ClassID: c.ClassID,
 				Bytes: c.Bytes, Packets: c.Packets, Drops: c.Drops, Overlimits: c.Overlimits, BacklogBytes: c.Backlog})
 		}
 		for _, r := range st.Routes {
-			l.Shaping.Routes = append(l.Shaping.Routes, liveRoute{Endpoint: r.Addr.String(), Class: r.Class})
+			l.Shaping.Routes = append(l.Shaping.Routes, LiveRoute{Endpoint: r.Addr.String(), Class: r.Class})
 		}
 	}
 	return l
