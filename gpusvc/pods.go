@@ -58,7 +58,7 @@ var errReleased = errors.New("gpusvc: a pod released; no gRPC on this connection
 // Every refusal is recorded, and answered to the peer when it spoke the
 // preface's protocol.
 func (s *Server) identifyPod(conn net.Conn, id overlay.Identity) (_ overlay.Identity, head []byte, err error) {
-	trusted := true
+	trusted := s.policy().TrustsAgent(Subject(id))
 	if err := conn.SetReadDeadline(time.Now().Add(prefaceTimeout)); err != nil {
 		return id, nil, fmt.Errorf("gpusvc: %s: %w", id, err)
 	}
