@@ -22,12 +22,15 @@ package preface
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/gpumesh/gpumesh/overlay"
@@ -269,3 +272,40 @@ func clipTo(s string, n int) string {
 	}
 	return s[:n]
 }
+
+// Handshake is the agent's side: it writes p on conn and reads the host's
+// reply, both within ctx's deadline (or the default's, 10s, when ctx has
+// none). It returns nil when the host accepted p, a *Refused when it
+// refused it; conn is left without a deadline.
+func Handshake(ctx context.Context, conn net.Conn, p Preface) error {
+	b, err := Encode(p)
+	if err != nil {
+		return err
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(handshakeTimeout)
+	}
+	if err := conn.SetDeadline(deadline); err != nil {
+		return fmt.Errorf("preface: %w", err)
+	}
+	// A context cancelled early ends the wait too.
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if _, err := conn.Write(b); err != nil {
+		return fmt.Errorf("preface: writing to the GPU host: %w", err)
+	}
+	if err := ReadReply(conn); err != nil {
+		return err
+	}
+	if !stop() {
+		return fmt.Errorf("preface: %w", ctx.Err())
+	}
+	if err := conn.SetDeadline(time.Time{}); err != nil {
+		return fmt.Errorf("preface: %w", err)
+	}
+	return nil
+}
+
+// handshakeTimeout bounds a Handshake whose context has no deadline.
+const handshakeTimeout = 10 * time.Second
