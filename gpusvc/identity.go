@@ -103,19 +103,29 @@ func (c overlayCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.Auth
 	if err != nil {
 		return nil, nil, fmt.Errorf("gpusvc: identify %s: %w", remote, err)
 	}
-	id, head, err := s.identifyPod(conn, id)
+	// A peer that is not a trusted agent takes its connection slot before
+	// anything it sends is read: it cannot hold more connections waiting
+	// in the preface's read than it may hold at all. A trusted agent's
+	// slot is its pod's, known once its preface is read.
+	agent := s.policy().TrustsAgent(Subject(id))
+	var release func()
+	if !agent {
+		if release, err = s.openConn(newCaller(id)); err != nil {
+			return nil, nil, err
+		}
+	}
+	id, head, err := s.identifyPod(conn, id, agent)
 	if err != nil {
+		if release != nil {
+			release()
+		}
 		return nil, nil, err
 	}
 	who := newCaller(id)
-	limit := s.cfg.MaxConnsPerCaller
-	if !s.policy().Admits(who.subject).Allow {
-		limit = deniedConns
-	}
-	release, err := s.admission.openConn(who, limit)
-	if err != nil {
-		s.refusals.add(who, "connect", err)
-		return nil, nil, err
+	if release == nil {
+		if release, err = s.openConn(who); err != nil {
+			return nil, nil, err
+		}
 	}
 	ci := &connIdentity{whois: s.cfg.WhoIs, policy: s.cfg.Policy, ttl: s.cfg.IdentityTTL, remote: remote, cur: who, at: time.Now()}
 	if s.cfg.WrapConn != nil {
@@ -134,6 +144,21 @@ func (c overlayCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.Auth
 		}
 	}
 	return cc, overlayAuth{CommonAuthInfo: overlaySecurity, conn: ci}, nil
+}
+
+// openConn takes a connection slot for who: few for a peer the policy
+// gives nothing. A refusal is recorded.
+func (s *Server) openConn(who *caller) (release func(), err error) {
+	limit := s.cfg.MaxConnsPerCaller
+	if !s.policy().Admits(who.subject).Allow {
+		limit = deniedConns
+	}
+	release, err = s.admission.openConn(who, limit)
+	if err != nil {
+		s.refusals.add(who, "connect", err)
+		return nil, err
+	}
+	return release, nil
 }
 
 func (overlayCreds) Info() credentials.ProtocolInfo {

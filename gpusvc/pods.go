@@ -57,8 +57,9 @@ var errReleased = errors.New("gpusvc: a pod released; no gRPC on this connection
 // the bytes it read that belong to gRPC (head), to be read again first.
 // Every refusal is recorded, and answered to the peer when it spoke the
 // preface's protocol.
-func (s *Server) identifyPod(conn net.Conn, id overlay.Identity) (_ overlay.Identity, head []byte, err error) {
-	trusted := s.policy().TrustsAgent(Subject(id))
+//
+// trusted says whether the policy trusts the peer as an agent.
+func (s *Server) identifyPod(conn net.Conn, id overlay.Identity, trusted bool) (_ overlay.Identity, head []byte, err error) {
 	if err := conn.SetReadDeadline(time.Now().Add(prefaceTimeout)); err != nil {
 		return id, nil, fmt.Errorf("gpusvc: %s: %w", id, err)
 	}

@@ -108,6 +108,7 @@ func startPods(t *testing.T) *podWorld {
 	host := w.nodes["gpu-host"]
 	w.srv, err = gpusvc.NewServer(gpusvc.Config{
 		Backend: w.backend, WhoIs: host.WhoIs, Policy: w.pol.Load, Host: "gpu-host",
+		MaxConnsPerCaller: maxConns,
 		OnCall: func(r gpusvc.CallRecord) {
 			w.rec.add(r)
 			log.Record(r)
@@ -132,6 +133,9 @@ func startPods(t *testing.T) *podWorld {
 	})
 	return w
 }
+
+// maxConns is the pods' world's connection cap per caller.
+const maxConns = 8
 
 var hostAddr = "gpu-host:" + strconv.Itoa(gpusvc.DefaultPort)
 
@@ -408,6 +412,21 @@ func TestPodPrefaceAttacks(t *testing.T) {
 			if r.Caller.Pod != nil && r.Caller.Pod.UID == "uid-b" {
 				t.Errorf("a call was recorded as pod B: %+v", r)
 			}
+		}
+	})
+
+	t.Run("an untrusted node's silent connections take its connection slots", func(t *testing.T) {
+		// The host waits up to 10s for a connection's first bytes; a node
+		// that is not a trusted agent holds its slot while it does, so one
+		// connection over the cap is refused at once (recorded), not left
+		// waiting with the others.
+		mark := w.rec.mark()
+		for range maxConns + 1 {
+			w.dialRaw(t, "rogue", nil)
+		}
+		recs := waitRecords(t, w, func() []gpusvc.CallRecord { return connects(mark, "rogue") }, 1)
+		if recs[0].Code != codes.ResourceExhausted {
+			t.Errorf("record %+v; want rogue's connection over the cap refused as ResourceExhausted", recs[0])
 		}
 	})
 }

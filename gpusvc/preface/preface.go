@@ -274,9 +274,9 @@ func clipTo(s string, n int) string {
 }
 
 // Handshake is the agent's side: it writes p on conn and reads the host's
-// reply, both within ctx's deadline (or the default's, 10s, when ctx has
-// none). It returns nil when the host accepted p, a *Refused when it
-// refused it; conn is left without a deadline.
+// reply, both before ctx's deadline (10s from now when ctx has none) and
+// ctx's end. It returns nil when the host accepted p, a *Refused when it
+// refused it; an accepted conn is left without a deadline.
 func Handshake(ctx context.Context, conn net.Conn, p Preface) error {
 	b, err := Encode(p)
 	if err != nil {

@@ -2,9 +2,11 @@ package preface
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
+	"net"
 	"strings"
 	"testing"
 
@@ -161,5 +163,82 @@ func FuzzRead(f *testing.F) {
 		if err != nil || again.Op != p.Op || (again.Pod == nil) != (p.Pod == nil) || p.Pod != nil && *again.Pod != *p.Pod {
 			t.Fatalf("re-encoded %+v reads as %+v, %v", p, again, err)
 		}
+	})
+}
+
+// TestHandshake: the agent's side over a real connection pair: an accepted
+// preface returns nil and leaves the connection for gRPC; a refusal comes
+// back with the host's reason; a host that never answers is given up on
+// when the context ends.
+func TestHandshake(t *testing.T) {
+	host := func(t *testing.T, c net.Conn, refusal error) {
+		t.Helper()
+		p, err := Read(c)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if p.Pod == nil || *p.Pod != *trainer {
+			t.Errorf("the host read %+v; want the trainer's preface", p)
+		}
+		if err := WriteReply(c, refusal); err != nil {
+			t.Error(err)
+		}
+	}
+	connect := Preface{Op: Connect, Pod: trainer}
+
+	t.Run("accepted", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			host(t, b, nil)
+			b.Write([]byte("gRPC"))
+		}()
+		if err := Handshake(t.Context(), a, connect); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 4)
+		if _, err := io.ReadFull(a, got); err != nil || string(got) != "gRPC" {
+			t.Errorf("after the handshake read %q, %v; want the host's next bytes", got, err)
+		}
+		<-done
+	})
+
+	t.Run("refused", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			host(t, b, errors.New("not trusted"))
+		}()
+		var ref *Refused
+		if err := Handshake(t.Context(), a, connect); !errors.As(err, &ref) || ref.Reason != "not trusted" {
+			t.Errorf("Handshake = %v; want refused: not trusted", err)
+		}
+		<-done
+	})
+
+	t.Run("the context ends", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if _, err := Read(b); err != nil {
+				t.Error(err)
+			}
+			cancel() // and never answer
+		}()
+		if err := Handshake(ctx, a, connect); err == nil {
+			t.Error("Handshake returned nil from a host that never answered")
+		}
+		<-done
 	})
 }
