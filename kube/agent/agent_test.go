@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -35,6 +36,7 @@ import (
 	"github.com/gpumesh/gpumesh/kube/dra"
 	"github.com/gpumesh/gpumesh/kube/kubelettest"
 	"github.com/gpumesh/gpumesh/kube/kubetest"
+	"github.com/gpumesh/gpumesh/overlay"
 )
 
 // nodeName is the Kubernetes node the agent serves, and its tailnet name.
@@ -184,6 +186,7 @@ func TestKubernetes(t *testing.T) {
 	}()
 
 	t.Run("dra", func(t *testing.T) { c.testDRA(ctx, t) })
+	t.Run("shared claim", func(t *testing.T) { c.testSharedClaim(ctx, t) })
 	t.Run("device plugin", func(t *testing.T) { c.testDevicePlugin(ctx, t) })
 	t.Run("publisher failover", func(t *testing.T) { c.testFailover(ctx, t) })
 }
@@ -444,6 +447,97 @@ func (c *cluster) testDRA(ctx context.Context, t *testing.T) {
 	eventually(ctx, t, "the claim deallocated", func() (bool, error) {
 		return claimFreed(ctx, client, claimName)
 	})
+}
+
+// testSharedClaim: a claim several pods share is named to the host by the
+// claim, not by one of its pods, and only when they share a service
+// account (the host could not tell them apart otherwise): a claim reserved
+// for pods of two service accounts is not prepared, one reserved for pods
+// of one is, as k8s:default/trainer with the claim's UID.
+func (c *cluster) testSharedClaim(ctx context.Context, t *testing.T) {
+	client := c.cp.Client
+	claim := &resourceapi.ResourceClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: "shared", Namespace: "default"},
+		Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{
+			Requests: []resourceapi.DeviceRequest{{Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: dra.DeviceClassName}}},
+		}},
+	}
+	claim, err := client.ResourceV1().ResourceClaims("default").Create(ctx, claim, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The pods use the claim and are bound to the node already, so the
+	// scheduler leaves them (and the claim) alone.
+	pods := map[string]string{"shared-a": "trainer", "shared-b": "trainer", "shared-c": "default"}
+	uids := map[string]types.UID{}
+	for _, name := range slices.Sorted(maps.Keys(pods)) {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+			Spec: corev1.PodSpec{
+				NodeName:           nodeName,
+				ServiceAccountName: pods[name],
+				ResourceClaims:     []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimName: ptr.To("shared")}},
+				Containers: []corev1.Container{{
+					Name: "main", Image: "registry.invalid/never-runs",
+					Resources: corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "gpu"}}},
+				}},
+			},
+		}
+		created, err := client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		uids[name] = created.UID
+	}
+	reserve := func(names ...string) {
+		t.Helper()
+		cl, err := client.ResourceV1().ResourceClaims("default").Get(ctx, "shared", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl.Status.Allocation = &resourceapi.AllocationResult{Devices: resourceapi.DeviceAllocationResult{
+			Results: []resourceapi.DeviceRequestAllocationResult{{Request: "gpu", Driver: dra.DriverName, Pool: "gpu-host", Device: "gpu-0"}},
+		}}
+		cl.Status.ReservedFor = nil
+		for _, n := range names {
+			cl.Status.ReservedFor = append(cl.Status.ReservedFor, resourceapi.ResourceClaimConsumerReference{Resource: "pods", Name: n, UID: uids[n]})
+		}
+		if _, err := client.ResourceV1().ResourceClaims("default").UpdateStatus(ctx, cl, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plugin, err := (&kubelettest.DRAKubelet{RegistryDir: c.dirs.registry}).WaitPlugin(ctx, t, dra.DriverName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kclaim := kubelettest.Claim{Namespace: "default", Name: "shared", UID: claim.UID}
+
+	reserve("shared-a", "shared-c")
+	if _, err := plugin.Prepare(ctx, kclaim); err == nil || !strings.Contains(err.Error(), "could not tell them apart") {
+		t.Errorf("preparing a claim shared by two service accounts: %v; want refused", err)
+	}
+	if specs := c.agent.Tunnels().List(); len(specs) != 0 {
+		t.Errorf("tunnels left by a refused claim: %+v", specs)
+	}
+
+	reserve("shared-a", "shared-b")
+	if _, err := plugin.Prepare(ctx, kclaim); err != nil {
+		t.Fatal(err)
+	}
+	specs := c.agent.Tunnels().List()
+	want := overlay.Pod{Namespace: "default", ServiceAccount: "trainer", UID: string(claim.UID), Allocation: string(claim.UID)}
+	if len(specs) != 1 || specs[0].Pod == nil || *specs[0].Pod != want {
+		t.Errorf("the shared claim's tunnels %+v; want one naming %+v", specs, want)
+	}
+	if err := plugin.Unprepare(ctx, kclaim); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range slices.Sorted(maps.Keys(pods)) {
+		deletePod(ctx, t, client, "default", name)
+	}
+	if err := client.ResourceV1().ResourceClaims("default").Delete(ctx, "shared", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // checkAudit waits for the host's audit log to name the pod: a matrix_mul
