@@ -32,6 +32,16 @@ test: ## Run all tests: go vet, gofmt, then every Go test (root-only ones skip w
 bench: ## Benchmarks, each printed with its ratio to the raw path measured in the same run
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./gpusvc/ ./gpusvc/cpu/ ./policy/ ./overlay/forward/ ./qos/ ./node/ ./e2e/priority/
 
+# The WAN matrix (e2e/wan, root): RTT × loss × link rate through the
+# impaired-link lab, tailnet and WireGuard modes; about an hour on 2 shared
+# cores. A subset: make bench-wan WAN='-wan.cells 40/0.5/100 -wan.modes tailnet'
+# (-wan.rtt, -wan.loss, -wan.rate, -wan.ops, -wan.stripes, -wan.tcp: see
+# e2e/wan/matrix_test.go).
+WAN ?=
+.PHONY: bench-wan
+bench-wan: ## The WAN benchmark matrix through the impaired-link lab (root; long; WAN='-wan.cells ...' for a subset)
+	$(GO) test -run '^$$' -bench '^BenchmarkWAN$$' -benchtime 1x -timeout 4h ./e2e/wan/ -args $(WAN)
+
 # A count, not a duration: with a duration, Go 1.26's fuzz coordinator can
 # fail a target with a bare "context deadline exceeded" as the time runs
 # out on a loaded machine (go.dev/issue/75804, fixed in Go 1.27).

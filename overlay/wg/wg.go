@@ -478,7 +478,7 @@ func (n *Node) Listen(network, addr string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	addrs, port, err := n.listenAddrs(network, addr)
+	addrs, port, err := n.listenAddrs(network, addr, "tcp")
 	if err != nil {
 		return nil, fmt.Errorf("wg: listen %s %s: %w", network, addr, err)
 	}
@@ -504,10 +504,10 @@ func (n *Node) Listen(network, addr string) (net.Listener, error) {
 	return ln, nil
 }
 
-// listenAddrs returns the overlay addresses a listener on network and addr
-// binds to, and its port.
-func (n *Node) listenAddrs(network, addr string) ([]netip.Addr, uint16, error) {
-	want4, want6, err := families(network, "tcp")
+// listenAddrs returns the overlay addresses a listener on network (base:
+// "tcp" or "udp") and addr binds to, and its port.
+func (n *Node) listenAddrs(network, addr, base string) ([]netip.Addr, uint16, error) {
+	want4, want6, err := families(network, base)
 	if err != nil {
 		return nil, 0, err
 	}
