@@ -10,9 +10,12 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 )
 
-type kernelTUN struct{ dev tun.Device }
+type kernelTUN struct {
+	dev  tun.Device
+	name string
+}
 
-func createKernelTUN(string, int) (*kernelTUN, error) {
+func createKernelTUN(string, int, bool) (*kernelTUN, error) {
 	return nil, errors.New("tun: kernel TUN mode needs Linux")
 }
 
