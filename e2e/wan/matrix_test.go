@@ -32,6 +32,7 @@ var (
 	flagCalls   = flag.Int("wan.calls", 200, "interactive calls per p99 series, at most")
 	flagWindow  = flag.Int("wan.window", 0, "gRPC flow-control window of Write and Read clients, MiB (0: gpusvc's 16 MiB)")
 	flagTCP     = flag.String("wan.tcp", "", "netstack TCP settings of tailnet nodes, e.g. cc=cubic,rbuf=32,sbuf=32,rack=1 (MiB)")
+	flagQueue   = flag.Duration("wan.queue", 0, "the bottleneck's buffer, as time at the link rate; 0: one round trip (one bandwidth-delay product), at least 20 ms")
 )
 
 // cell is one link condition.
@@ -57,9 +58,15 @@ func mbit(r int64) string {
 }
 
 // impairment is the cell as each direction of the lab's link: half the
-// round trip, the loss and the rate.
+// round trip, the loss and the rate, and a tail-drop buffer of one
+// bandwidth-delay product (the classic rule for router buffers), at least
+// 20 ms, unless -wan.queue says otherwise.
 func (c cell) impairment() wanlab.Impairment {
-	return wanlab.Impairment{Delay: c.rtt / 2, Loss: c.loss, Rate: c.rate}
+	q := *flagQueue
+	if q == 0 {
+		q = max(c.rtt, 20*time.Millisecond)
+	}
+	return wanlab.Impairment{Delay: c.rtt / 2, Loss: c.loss, Rate: c.rate, Queue: q}
 }
 
 // cells lists the cells the flags select.
@@ -184,8 +191,9 @@ type row struct {
 	errs      []string
 }
 
-// measureCell runs the selected operations in one cell.
-func measureCell(cl *proc, mode string, c cell) []*row {
+// measureCell runs the selected operations in one cell, each once the
+// lab is quiet.
+func measureCell(cl *proc, lab *wanlab.Lab, mode string, c cell) []*row {
 	ops := set(*flagOps)
 	loads := set(*flagLoads)
 	var rows []*row
@@ -195,6 +203,7 @@ func measureCell(cl *proc, mode string, c cell) []*row {
 		r := &row{mode: mode, cell: c, stripes: max(k, 1), load: [2]string{loadavg(), ""}}
 		rows = append(rows, r)
 		try := func(into *result, o op) {
+			waitQuiet(lab)
 			res, err := cl.do(o)
 			*into = res
 			if err != nil {
@@ -240,6 +249,25 @@ func measureCell(cl *proc, mode string, c cell) []*row {
 		r.load[1] = loadavg()
 	}
 	return rows
+}
+
+// waitQuiet waits until the lab carries almost nothing (what the last
+// operation left in flight has drained), 15 s at most.
+func waitQuiet(lab *wanlab.Lab) {
+	count := func() uint64 { ab, ba := lab.Stats(); return ab.In + ba.In }
+	last, still := count(), 0
+	for range 150 {
+		time.Sleep(100 * time.Millisecond) // polling the lab's counters
+		cur := count()
+		if cur-last < 10 { // keepalives and the like
+			if still++; still == 3 {
+				return
+			}
+		} else {
+			still = 0
+		}
+		last = cur
+	}
 }
 
 func with(o op, kind, dir string) op {
@@ -289,7 +317,7 @@ func BenchmarkWAN(b *testing.B) {
 						b.Fatal(err)
 					}
 					t0 := time.Now()
-					rs := measureCell(cl, mode, c)
+					rs := measureCell(cl, lab, mode, c)
 					rows = append(rows, rs...)
 					ab, ba := lab.Stats()
 					for _, r := range rs {
