@@ -31,7 +31,7 @@ var (
 	flagCap     = flag.Duration("wan.cap", 10*time.Second, "time limit of each transfer and p99 series")
 	flagCalls   = flag.Int("wan.calls", 200, "interactive calls per p99 series, at most")
 	flagWindow  = flag.Int("wan.window", 0, "gRPC flow-control window of Write and Read clients, MiB (0: gpusvc's 16 MiB)")
-	flagTCP     = flag.String("wan.tcp", "", "netstack TCP settings of tailnet nodes, e.g. cc=cubic,rbuf=32,sbuf=32,rack=1 (MiB)")
+	flagTCP     = flag.String("wan.tcp", "", "netstack TCP settings of tailnet and wg (netstack) nodes, e.g. cc=cubic,rbuf=32,sbuf=32,rack=1 (MiB)")
 	flagQueue   = flag.Duration("wan.queue", 0, "the bottleneck's buffer, as time at the link rate; 0: one round trip (one bandwidth-delay product), at least 20 ms")
 )
 

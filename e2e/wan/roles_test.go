@@ -84,15 +84,7 @@ func join(ctx context.Context, mode, name string, port uint16) (overlayNode, err
 			n.Close()
 			return nil, err
 		}
-		opts, err := tcpSettings(os.Getenv(envTCP))
-		if err == nil {
-			for _, o := range opts {
-				if err = n.SetTCPOption(o); err != nil {
-					break
-				}
-			}
-		}
-		if err != nil {
+		if err := setTCP(n); err != nil {
 			n.Close()
 			return nil, err
 		}
@@ -110,9 +102,31 @@ func join(ctx context.Context, mode, name string, port uint16) (overlayNode, err
 			n.Close()
 			return nil, err
 		}
+		if mode == "wg" {
+			if err := setTCP(n); err != nil {
+				n.Close()
+				return nil, err
+			}
+		}
 		return n, nil
 	}
 	return nil, fmt.Errorf("unknown mode %q", mode)
+}
+
+// setTCP applies the netstack TCP settings the parent gave (envTCP).
+func setTCP(n interface {
+	SetTCPOption(tcpip.SettableTransportProtocolOption) error
+}) error {
+	opts, err := tcpSettings(os.Getenv(envTCP))
+	if err != nil {
+		return err
+	}
+	for _, o := range opts {
+		if err := n.SetTCPOption(o); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // tcpSettings parses "cc=cubic,rbuf=32,sbuf=32,rack=1" (buffers in MiB)

@@ -77,10 +77,18 @@ func newUserStack(addrs []netip.Addr, mtu int) (*userStack, error) {
 		g.Init(true)
 		return g
 	}
+	// SACK on; buffers that grow as far as tsnet's (receive 8 MiB, send
+	// 6 MiB), for long fat paths.
 	sack := tcpip.TCPSACKEnabled(true)
-	if err := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
-		s.stack.Close()
-		return nil, fmt.Errorf("netstack: enable SACK: %v", err)
+	for _, opt := range []tcpip.SettableTransportProtocolOption{
+		&sack,
+		&tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcp.DefaultReceiveBufferSize, Max: 8 << 20},
+		&tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcp.DefaultSendBufferSize, Max: 6 << 20},
+	} {
+		if err := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
+			s.stack.Close()
+			return nil, fmt.Errorf("netstack: TCP option %T: %v", opt, err)
+		}
 	}
 	if err := s.stack.CreateNIC(nicID, s.ep); err != nil {
 		s.stack.Close()
@@ -223,6 +231,24 @@ func (s *userStack) DialContext(ctx context.Context, network, address string) (n
 		return gonet.DialUDP(s.stack, nil, &fa, proto)
 	}
 	return nil, fmt.Errorf("netstack: dial: unsupported network %q", network)
+}
+
+// SetTCPOption sets an option of the userspace TCP (ModeNetstack; gVisor)
+// for connections opened after it: congestion control, buffer size
+// ranges, loss recovery.
+func (n *Node) SetTCPOption(opt tcpip.SettableTransportProtocolOption) error {
+	tnet, err := n.state()
+	if err != nil {
+		return err
+	}
+	s, ok := tnet.(*userStack)
+	if !ok {
+		return fmt.Errorf("wg: set TCP option: not in %v mode", ModeNetstack)
+	}
+	if err := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
+		return fmt.Errorf("wg: set TCP option %T: %v", opt, err)
+	}
+	return nil
 }
 
 // linkEndpoint is the stack's link: outbound packets wait in a queue for
