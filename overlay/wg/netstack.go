@@ -23,11 +23,10 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 )
 
-// stackNet is what Listen, Dial and ListenPacket use of ModeNetstack's
-// userspace stack: a userStack, or wireguard-go's tun/netstack.Net.
+// stackNet is what Listen and Dial use of ModeNetstack's userspace stack:
+// a userStack, or wireguard-go's tun/netstack.Net.
 type stackNet interface {
 	ListenTCPAddrPort(netip.AddrPort) (*gonet.TCPListener, error)
-	ListenUDPAddrPort(netip.AddrPort) (*gonet.UDPConn, error)
 	DialContext(ctx context.Context, network, address string) (net.Conn, error)
 }
 
@@ -217,11 +216,6 @@ func (s *userStack) ListenTCPAddrPort(ap netip.AddrPort) (*gonet.TCPListener, er
 	return gonet.ListenTCP(s.stack, fa, proto)
 }
 
-func (s *userStack) ListenUDPAddrPort(ap netip.AddrPort) (*gonet.UDPConn, error) {
-	fa, proto := fullAddr(ap)
-	return gonet.DialUDP(s.stack, &fa, nil, proto)
-}
-
 // DialContext connects to address ("ip:port") over network (tcp or udp,
 // optionally with 4 or 6).
 func (s *userStack) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
@@ -234,7 +228,7 @@ func (s *userStack) DialContext(ctx context.Context, network, address string) (n
 	case "tcp", "tcp4", "tcp6":
 		return gonet.DialContextTCP(ctx, s.stack, fa, proto)
 	case "udp", "udp4", "udp6":
-		return gonet.DialUDP(s.stack, nil, &fa, proto)
+		return s.listenUDP(netip.AddrPort{}, ap)
 	}
 	return nil, fmt.Errorf("netstack: dial: unsupported network %q", network)
 }

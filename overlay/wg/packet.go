@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+
+	"golang.zx2c4.com/wireguard/tun/netstack"
 )
 
 // ListenPacket listens for UDP ("udp", "udp4", "udp6") on one of the
@@ -20,9 +22,12 @@ func (n *Node) ListenPacket(network, addr string) (net.PacketConn, error) {
 	}
 	ap := netip.AddrPortFrom(addrs[0], port)
 	var pc net.PacketConn
-	if n.cfg.Mode == ModeNetstack {
-		pc, err = tnet.ListenUDPAddrPort(ap)
-	} else {
+	switch t := tnet.(type) {
+	case *userStack:
+		pc, err = t.listenUDP(ap, netip.AddrPort{})
+	case *netstack.Net:
+		pc, err = t.ListenUDPAddrPort(ap)
+	default: // ModeTUN: the kernel's
 		pc, err = net.ListenUDP(network, net.UDPAddrFromAddrPort(ap))
 	}
 	if err != nil {
