@@ -102,7 +102,7 @@ func (s *stage) read() {
 
 func (s *stage) write() {
 	defer s.wg.Done()
-	bufs := make([][]byte, conn128)
+	bufs := make([][]byte, writeBatch)
 	for i := range bufs {
 		bufs[i] = make([]byte, headroom+65535)
 	}
@@ -147,9 +147,9 @@ func (s *stage) write() {
 	}
 }
 
-// conn128 is how many packets the writer hands the TUN device at once
+// writeBatch is how many packets the writer hands the TUN device at once
 // (wireguard-go's conn.IdealBatchSize), so that it can coalesce them.
-const conn128 = 128
+const writeBatch = 128
 
 // send writes out's packets to the TUN device, in batches.
 func (s *stage) send(bufs [][]byte, out []Delivery, dirs []Dir) {
@@ -190,7 +190,7 @@ func (s *stage) set(lines [2]*Line) {
 	}
 	s.lines = lines
 	s.mu.Unlock()
-	bufs := make([][]byte, conn128)
+	bufs := make([][]byte, writeBatch)
 	for i := range bufs {
 		bufs[i] = make([]byte, headroom+65535)
 	}
