@@ -48,6 +48,16 @@ SOAK ?= 3m
 soak: ## Soak the GPU host for SOAK (3m): 64 clients, valid/invalid/cancelled calls, policy reloads; prints calls, wrong results, errors by code, p50/p99, peak RSS, buffers, goroutines
 	$(GO) test -tags soak -run '^TestSoak$$' -count=1 -timeout 0 -v ./gpusvc/ -soak.duration=$(SOAK)
 
+# The WAN matrix (e2e/wan, root): RTT × loss × link rate through the
+# impaired-link lab, tailnet and WireGuard modes; about an hour on 2 shared
+# cores. A subset: make bench-wan WAN='-wan.cells 40/0.5/100 -wan.modes tailnet'
+# (-wan.rtt, -wan.loss, -wan.rate, -wan.ops, -wan.stripes, -wan.tcp: see
+# e2e/wan/matrix_test.go).
+WAN ?=
+.PHONY: bench-wan
+bench-wan: ## The WAN benchmark matrix through the impaired-link lab (root; long; WAN='-wan.cells ...' for a subset)
+	$(GO) test -run '^$$' -bench '^BenchmarkWAN$$' -benchtime 1x -timeout 4h ./e2e/wan/ -args $(WAN)
+
 # A count, not a duration: with a duration, Go 1.26's fuzz coordinator can
 # fail a target with a bare "context deadline exceeded" as the time runs
 # out on a loaded machine (go.dev/issue/75804, fixed in Go 1.27).

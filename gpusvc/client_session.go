@@ -95,7 +95,7 @@ func (c *Client) Upload(ctx context.Context, session uint64, gpu string, n uint6
 func (c *Client) Read(ctx context.Context, session, buffer, off, n uint64, w io.Writer) (int64, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := c.api.Read(ctx, &pb.ReadRequest{Session: session, Buffer: buffer, Offset: off, Length: n})
+	st, err := c.bulkAPI.Read(ctx, &pb.ReadRequest{Session: session, Buffer: buffer, Offset: off, Length: n})
 	if err != nil {
 		return 0, err
 	}
@@ -127,7 +127,7 @@ func (c *Client) writeStream(ctx context.Context, first *pb.WriteRequest, r io.R
 	chunk := chunkFor(l)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := c.api.Write(ctx)
+	st, err := c.bulkAPI.Write(ctx)
 	if err != nil {
 		return nil, err
 	}

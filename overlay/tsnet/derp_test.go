@@ -20,7 +20,7 @@ func TestDERPOverHTTP(t *testing.T) {
 		{"http://127.0.0.1:8080", "-", true, "if the relay speaks TLS, unset it"},
 		{"http://hs.lan:8080", "false", false, "unset TS_DEBUG_USE_DERP_HTTP or set it to true"},
 		{"http://hs.lan:8080", "true", true, "if the relay speaks TLS"},
-		{"https://controlplane.tailscale.com", "-", false, "set TS_DEBUG_USE_DERP_HTTP=true"},
+		{"https://login.example.com", "-", false, "set TS_DEBUG_USE_DERP_HTTP=true"},
 		{"https://hs.example.com", "1", true, "if the relay speaks TLS"},
 		{"https://hs.example.com", "junk", false, "set TS_DEBUG_USE_DERP_HTTP=true"},
 	} {

@@ -21,12 +21,15 @@ import (
 	"sync"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"tailscale.com/client/local"
 	"tailscale.com/envknob"
 	"tailscale.com/ipn"
 	"tailscale.com/ipn/ipnstate"
 	ts "tailscale.com/tsnet"
 	"tailscale.com/types/logger"
+	"tailscale.com/wgengine/netstack"
 
 	"github.com/gpumesh/gpumesh/overlay"
 )
@@ -260,6 +263,30 @@ func (n *Node) waitHomeDERP(ctx context.Context) error {
 // Listen listens on the node's tailnet addresses.
 func (n *Node) Listen(network, addr string) (net.Listener, error) {
 	return n.srv.Listen(network, addr)
+}
+
+// ListenPacket listens for UDP on the node's tailnet address addr
+// ("ip:port"; the IP is required), in the node's own network stack.
+func (n *Node) ListenPacket(network, addr string) (net.PacketConn, error) {
+	return n.srv.ListenPacket(network, addr)
+}
+
+// SetTCPOption sets an option of the node's userspace TCP (gVisor's
+// netstack) for connections opened after it: congestion control, buffer
+// size ranges, loss recovery. Valid after Up.
+func (n *Node) SetTCPOption(opt tcpip.SettableTransportProtocolOption) error {
+	ns, ok := n.srv.Sys().Netstack.GetOK()
+	if !ok {
+		return errors.New("tsnet: set TCP option: no netstack (before Up?)")
+	}
+	impl, ok := ns.(*netstack.Impl)
+	if !ok {
+		return fmt.Errorf("tsnet: set TCP option: netstack is a %T", ns)
+	}
+	if err := impl.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
+		return fmt.Errorf("tsnet: set TCP option %T: %v", opt, err)
+	}
+	return nil
 }
 
 // Dial connects to addr on the tailnet; the host may be a peer's name.

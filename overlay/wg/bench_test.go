@@ -25,8 +25,9 @@ type benchResult struct {
 }
 
 // benchPaths runs bulk and ping-pong over each path, then reports each
-// path's ratios against the first path (the raw baseline).
-func benchPaths(b *testing.B, paths []benchPath) {
+// path's ratios against the first path (the raw baseline), and the bulk
+// ratio of each pair in pairs (path, against path) measured in the same run.
+func benchPaths(b *testing.B, paths []benchPath, pairs ...[2]string) {
 	results := map[string]*benchResult{}
 	for _, p := range paths {
 		b.Run(p.name, func(b *testing.B) {
@@ -49,6 +50,11 @@ func benchPaths(b *testing.B, paths []benchPath) {
 			}
 			b.ReportMetric(r.mbps/base.mbps, p.name+"/"+paths[0].name+"-bulk")
 			b.ReportMetric(r.p50us/base.p50us, p.name+"/"+paths[0].name+"-p50")
+		}
+		for _, pair := range pairs {
+			if x, y := results[pair[0]], results[pair[1]]; x != nil && y != nil && y.mbps > 0 {
+				b.ReportMetric(x.mbps/y.mbps, pair[0]+"/"+pair[1]+"-bulk")
+			}
 		}
 	})
 }

@@ -67,4 +67,10 @@ type Config struct {
 	// Verbose also sends wireguard-go's verbose logs (handshakes,
 	// keepalives) to Logf.
 	Verbose bool
+
+	// For tests and benchmarks only: legacyNetstack uses wireguard-go's
+	// tun/netstack (one packet per call) instead of userStack;
+	// tunNoOffloads opens the kernel TUN device without offloads, as on a
+	// kernel that lacks them.
+	legacyNetstack, tunNoOffloads bool
 }

@@ -12,9 +12,12 @@ import (
 	"github.com/gpumesh/gpumesh/dscp"
 )
 
-type kernelTUN struct{ dev tun.Device }
+type kernelTUN struct {
+	dev  tun.Device
+	name string
+}
 
-func createKernelTUN(string, int) (*kernelTUN, error) {
+func createKernelTUN(string, int, bool) (*kernelTUN, error) {
 	return nil, errors.New("tun: kernel TUN mode needs Linux")
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -25,9 +26,10 @@ type kernelTUN struct {
 	removed bool // guarded by the owning Node's mu
 }
 
-// createKernelTUN creates the interface name with mtu. It refuses to take
-// over an existing interface.
-func createKernelTUN(name string, mtu int) (*kernelTUN, error) {
+// createKernelTUN creates the interface name with mtu, with offloads
+// (GSO/GRO, batches of packets per read and write) where the kernel has
+// them. It refuses to take over an existing interface.
+func createKernelTUN(name string, mtu int, offloads bool) (*kernelTUN, error) {
 	h, err := netlink.NewHandle()
 	if err != nil {
 		return nil, fmt.Errorf("tun: netlink: %w", err)
@@ -36,7 +38,12 @@ func createKernelTUN(name string, mtu int) (*kernelTUN, error) {
 		h.Close()
 		return nil, fmt.Errorf("tun: interface %q already exists", name)
 	}
-	dev, err := tun.CreateTUN(name, mtu)
+	var dev tun.Device
+	if offloads {
+		dev, err = tun.CreateTUN(name, mtu)
+	} else {
+		dev, err = createTUNWithoutOffloads(name, mtu)
+	}
 	if err != nil {
 		h.Close()
 		return nil, fmt.Errorf("tun: create %q (needs CAP_NET_ADMIN and /dev/net/tun): %w", name, err)
@@ -122,6 +129,30 @@ func (k *kernelTUN) remove() error {
 		return fmt.Errorf("tun: remove %s: %w", k.name, err)
 	}
 	return nil
+}
+
+// createTUNWithoutOffloads creates a TUN device as a kernel without
+// offloads would give it: no virtio-net header, one packet per read.
+func createTUNWithoutOffloads(name string, mtu int) (tun.Device, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return tun.CreateTUNFromFile(os.NewFile(uintptr(fd), "/dev/net/tun"), mtu)
 }
 
 func prefixNet(p netip.Prefix) *net.IPNet {

@@ -44,7 +44,7 @@ type Node struct {
 	up        bool                          // Up succeeded; guarded by mu
 	closed    bool                          // guarded by mu
 	dev       *device.Device                // guarded by mu
-	tnet      *netstack.Net                 // ModeNetstack; guarded by mu
+	tnet      stackNet                      // ModeNetstack; guarded by mu
 	kernel    *kernelTUN                    // ModeTUN; guarded by mu
 	listeners map[*trackedListener]struct{} // ModeTUN listeners, closed by Close; guarded by mu
 }
@@ -198,15 +198,25 @@ func (n *Node) Up(ctx context.Context) (err error) {
 	var tdev tun.Device
 	switch n.cfg.Mode {
 	case ModeNetstack:
-		tdev, n.tnet, err = netstack.CreateNetTUN(n.Addrs(), nil, n.mtu)
+		if n.cfg.legacyNetstack {
+			tdev, n.tnet, err = netstack.CreateNetTUN(n.Addrs(), nil, n.mtu)
+		} else {
+			var s *userStack
+			s, err = newUserStack(n.Addrs(), n.mtu)
+			tdev, n.tnet = s, s
+		}
 		if err != nil {
 			return fmt.Errorf("wg: up: netstack: %w", err)
 		}
 		undo = append(undo, func() { n.tnet = nil })
 	case ModeTUN:
-		n.kernel, err = createKernelTUN(n.cfg.TUNName, n.mtu)
+		n.kernel, err = createKernelTUN(n.cfg.TUNName, n.mtu, !n.cfg.tunNoOffloads)
 		if err != nil {
 			return fmt.Errorf("wg: up: %w", err)
+		}
+		if b := n.kernel.dev.BatchSize(); b == 1 {
+			n.logf("wg: warning: TUN device %s has no offloads (this kernel refused IFF_VNET_HDR or TUNSETOFFLOAD): "+
+				"wireguard-go moves one packet per read and write, expect a fraction of the usual throughput", n.kernel.name)
 		}
 		tdev = n.kernel.dev
 		k := n.kernel
@@ -298,43 +308,6 @@ func (n *Node) uapiConfig(ctx context.Context) (string, error) {
 	return b.String(), nil
 }
 
-func peerLabel(p wgconfig.Peer) string {
-	if p.Name != "" {
-		return p.Name
-	}
-	return p.PublicKey.String()
-}
-
-func resolveEndpoint(ctx context.Context, hostport string) (netip.AddrPort, error) {
-	host, port, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("endpoint %q: %w", hostport, err)
-	}
-	pn, err := strconv.ParseUint(port, 10, 16)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("endpoint %q: bad port", hostport)
-	}
-	if a, err := netip.ParseAddr(host); err == nil {
-		return netip.AddrPortFrom(a.Unmap(), uint16(pn)), nil
-	}
-	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("endpoint %q: %w", hostport, err)
-	}
-	if len(addrs) == 0 {
-		return netip.AddrPort{}, fmt.Errorf("endpoint %q: no addresses", hostport)
-	}
-	// Prefer IPv4, as wg(8) does when a name has both.
-	best := addrs[0]
-	for _, a := range addrs {
-		if a.Unmap().Is4() {
-			best = a
-			break
-		}
-	}
-	return netip.AddrPortFrom(best.Unmap(), uint16(pn)), nil
-}
-
 // Close leaves the overlay: it stops wireguard-go, closes the UDP socket
 // and, in ModeTUN, removes the interface (and with it its addresses and
 // routes) and closes listeners made by Listen. A second Close returns
@@ -366,7 +339,7 @@ func (n *Node) Close() error {
 }
 
 // state returns what Listen, Dial and WhoIs need, or ErrNotUp / net.ErrClosed.
-func (n *Node) state() (*netstack.Net, error) {
+func (n *Node) state() (stackNet, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	switch {
@@ -402,17 +375,6 @@ func (n *Node) WhoIs(ctx context.Context, remoteAddr string) (overlay.Identity, 
 	return p.identity(), nil
 }
 
-func parseRemote(s string) (netip.Addr, error) {
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return ap.Addr().Unmap(), nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Addr{}, errors.New("not an ip:port or ip")
-	}
-	return a.Unmap(), nil
-}
-
 // Listen listens for TCP connections ("tcp", "tcp4", "tcp6") on the node's
 // overlay addresses only. addr is ":port" or "overlay-ip:port".
 func (n *Node) Listen(network, addr string) (net.Listener, error) {
@@ -420,7 +382,7 @@ func (n *Node) Listen(network, addr string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	addrs, port, err := n.listenAddrs(network, addr)
+	addrs, port, err := n.listenAddrs(network, addr, "tcp")
 	if err != nil {
 		return nil, fmt.Errorf("wg: listen %s %s: %w", network, addr, err)
 	}
@@ -446,10 +408,10 @@ func (n *Node) Listen(network, addr string) (net.Listener, error) {
 	return ln, nil
 }
 
-// listenAddrs returns the overlay addresses a listener on network and addr
-// binds to, and its port.
-func (n *Node) listenAddrs(network, addr string) ([]netip.Addr, uint16, error) {
-	want4, want6, err := families(network, "tcp")
+// listenAddrs returns the overlay addresses a listener on network (base:
+// "tcp" or "udp") and addr binds to, and its port.
+func (n *Node) listenAddrs(network, addr, base string) ([]netip.Addr, uint16, error) {
+	want4, want6, err := families(network, base)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -484,25 +446,6 @@ func (n *Node) listenAddrs(network, addr string) ([]netip.Addr, uint16, error) {
 	return out, uint16(pn), nil
 }
 
-// families reports which IP versions network ("tcp", "tcp4", ...) allows;
-// base is "tcp" or "" for tcp and udp.
-func families(network, base string) (v4, v6 bool, err error) {
-	switch network {
-	case "tcp", "udp":
-		v4, v6 = true, true
-	case "tcp4", "udp4":
-		v4 = true
-	case "tcp6", "udp6":
-		v6 = true
-	default:
-		return false, false, fmt.Errorf("unsupported network %q", network)
-	}
-	if base != "" && !strings.HasPrefix(network, base) {
-		return false, false, fmt.Errorf("unsupported network %q", network)
-	}
-	return v4, v6, nil
-}
-
 // Dial connects to addr over the overlay. addr's host is a peer's name or
 // an overlay IP inside some peer's AllowedIPs; network is tcp or udp
 // (optionally with 4 or 6).
@@ -526,41 +469,4 @@ func (n *Node) Dial(ctx context.Context, network, addr string) (net.Conn, error)
 		return nil, fmt.Errorf("wg: dial %s %s: %w", network, addr, err)
 	}
 	return c, nil
-}
-
-// resolve turns addr ("name:port" or "ip:port") into an overlay address
-// some peer holds.
-func (n *Node) resolve(network, addr string) (netip.AddrPort, error) {
-	want4, want6, err := families(network, "")
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	pn, err := strconv.ParseUint(port, 10, 16)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("bad port %q", port)
-	}
-	if ip, err := netip.ParseAddr(host); err == nil {
-		ip = ip.Unmap()
-		if (ip.Is4() && !want4) || (ip.Is6() && !want6) {
-			return netip.AddrPort{}, fmt.Errorf("%s is not a %s address", ip, network)
-		}
-		if _, ok := n.peers.lookup(ip); !ok {
-			return netip.AddrPort{}, fmt.Errorf("%w: no peer's AllowedIPs contain %s", ErrNoPeer, ip)
-		}
-		return netip.AddrPortFrom(ip, uint16(pn)), nil
-	}
-	p, ok := n.peers.byName(host)
-	if !ok {
-		return netip.AddrPort{}, fmt.Errorf("%w: no peer named %q", ErrNoPeer, host)
-	}
-	for _, a := range p.addrs {
-		if (a.Is4() && want4) || (a.Is6() && want6) {
-			return netip.AddrPortFrom(a, uint16(pn)), nil
-		}
-	}
-	return netip.AddrPort{}, fmt.Errorf("%w: peer %q has no single-address AllowedIPs for %s", ErrNoPeer, host, network)
 }
