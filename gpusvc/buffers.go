@@ -83,7 +83,7 @@ func (s *Server) OpenSession(ctx context.Context, _ *pb.OpenSessionRequest) (*pb
 	if !d.Allow {
 		return nil, s.denied(d, " (a session needs the right to run some kernel on some gpu)")
 	}
-	sess, err := s.sessions.open(c.who, d.Limits.IdleTimeout)
+	sess, err := s.sessions.open(c.who, d.Limits.IdleTimeout, s.pods.released)
 	if err != nil {
 		return nil, err
 	}

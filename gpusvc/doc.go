@@ -14,7 +14,9 @@
 //  1. Identify. The handshake asks the overlay who holds the connection's
 //     remote address (WhoIs; never anything the request says) and caches
 //     the answer with its policy subject prepared, asking again after
-//     Config.IdentityTTL. Before any message of a stream is read, the tap
+//     Config.IdentityTTL. From a Kubernetes agent the policy trusts, and
+//     only from one, it then reads a bounded preface, with a deadline,
+//     naming the pod the connection is for (pods.go, gpusvc/preface). Before any message of a stream is read, the tap
 //     handle refuses a peer the policy gives no right at all
 //     (policy.Admits) and one over its caps on connections and open
 //     streams. The interceptor begins the call with the caller it names.

@@ -33,24 +33,44 @@ type ClassSetter interface {
 type caller struct {
 	id      overlay.Identity
 	subject policy.Subject // prepared: capability JSON decoded once
-	key     string         // the quota key: stable ID, else node name
+	key     string         // the quota key: stable ID, else node name; a pod's adds its UID
 	name    string         // id.String(), for messages and logs
+	// agent is, for a pod, the subject of the agent it calls through,
+	// which the policy must trust for as long as the pod calls.
+	agent policy.Subject
 }
 
 func newCaller(id overlay.Identity) *caller {
-	return &caller{id: id, subject: Subject(id).Prepare(), key: quotaKey(id), name: id.String()}
-}
-
-// Subject is what the policy knows of an overlay identity.
-func Subject(id overlay.Identity) policy.Subject {
-	return policy.Subject{Node: id.Node, User: id.User, Tags: id.Tags, Caps: id.Caps, WireGuard: id.WireGuard}
-}
-
-func quotaKey(id overlay.Identity) string {
-	if id.StableID != "" {
-		return id.StableID
+	c := &caller{id: id, subject: Subject(id).Prepare(), key: quotaKey(id), name: id.String()}
+	if id.Pod != nil {
+		id.Pod = nil
+		c.agent = Subject(id)
 	}
-	return id.Node
+	return c
+}
+
+// Subject is what the policy knows of an overlay identity: for a pod
+// behind a trusted agent, the pod and the agent's node.
+func Subject(id overlay.Identity) policy.Subject {
+	s := policy.Subject{Node: id.Node, User: id.User, Tags: id.Tags, Caps: id.Caps, WireGuard: id.WireGuard}
+	if p := id.Pod; p != nil {
+		s.Pod = &policy.Pod{Namespace: p.Namespace, ServiceAccount: p.ServiceAccount, Name: p.Name}
+	}
+	return s
+}
+
+// quotaKey is what an identity's sessions, buffers and quotas are kept
+// under: its node, and for a pod the pod's UID as well (scoped by the
+// agent: another agent naming the same UID is another caller).
+func quotaKey(id overlay.Identity) string {
+	k := id.StableID
+	if k == "" {
+		k = id.Node
+	}
+	if id.Pod != nil {
+		k += "/k8s:" + id.Pod.UID
+	}
+	return k
 }
 
 // overlayCreds are transport credentials for connections that already run
@@ -69,9 +89,11 @@ func (c overlayCreds) ClientHandshake(_ context.Context, _ string, conn net.Conn
 // overlaySecurity: the overlay encrypts and authenticates every packet.
 var overlaySecurity = credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}
 
-// ServerHandshake identifies the peer before gRPC reads anything from it,
-// and refuses the connection when the peer already holds as many as it
-// may (few for a peer the policy gives nothing: enough to be told why).
+// ServerHandshake identifies the peer before gRPC reads anything from it
+// (the overlay says who the peer is; a trusted Kubernetes agent's preface
+// says which of its pods the connection is for, see pods.go), and refuses
+// the connection when the peer already holds as many as it may (few for a
+// peer the policy gives nothing: enough to be told why).
 func (c overlayCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	s := c.srv
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -81,22 +103,62 @@ func (c overlayCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.Auth
 	if err != nil {
 		return nil, nil, fmt.Errorf("gpusvc: identify %s: %w", remote, err)
 	}
-	who := newCaller(id)
-	limit := s.cfg.MaxConnsPerCaller
-	if !s.policy().Admits(who.subject).Allow {
-		limit = deniedConns
+	// A peer that is not a trusted agent takes its connection slot before
+	// anything it sends is read: it cannot hold more connections waiting
+	// in the preface's read than it may hold at all. A trusted agent's
+	// slot is its pod's, known once its preface is read.
+	agent := s.policy().TrustsAgent(Subject(id))
+	var release func()
+	if !agent {
+		if release, err = s.openConn(newCaller(id)); err != nil {
+			return nil, nil, err
+		}
 	}
-	release, err := s.admission.openConn(who, limit)
+	id, head, err := s.identifyPod(conn, id, agent)
 	if err != nil {
-		s.refusals.add(who, "connect", err)
+		if release != nil {
+			release()
+		}
 		return nil, nil, err
 	}
-	ci := &connIdentity{whois: s.cfg.WhoIs, ttl: s.cfg.IdentityTTL, remote: remote, cur: who, at: time.Now()}
+	who := newCaller(id)
+	if release == nil {
+		if release, err = s.openConn(who); err != nil {
+			return nil, nil, err
+		}
+	}
+	ci := &connIdentity{whois: s.cfg.WhoIs, policy: s.cfg.Policy, ttl: s.cfg.IdentityTTL, remote: remote, cur: who, at: time.Now()}
 	if s.cfg.WrapConn != nil {
 		conn = s.cfg.WrapConn(conn, id)
 		ci.class, _ = conn.(ClassSetter)
 	}
-	return &countedConn{Conn: conn, release: release}, overlayAuth{CommonAuthInfo: overlaySecurity, conn: ci}, nil
+	if len(head) > 0 {
+		conn = &prefixConn{Conn: conn, head: head}
+	}
+	cc := &countedConn{Conn: conn, release: release}
+	if id.Pod != nil {
+		if err := s.pods.track(who, cc); err != nil {
+			cc.Close()
+			s.refusals.add(who, "connect", err)
+			return nil, nil, err
+		}
+	}
+	return cc, overlayAuth{CommonAuthInfo: overlaySecurity, conn: ci}, nil
+}
+
+// openConn takes a connection slot for who: few for a peer the policy
+// gives nothing. A refusal is recorded.
+func (s *Server) openConn(who *caller) (release func(), err error) {
+	limit := s.cfg.MaxConnsPerCaller
+	if !s.policy().Admits(who.subject).Allow {
+		limit = deniedConns
+	}
+	release, err = s.admission.openConn(who, limit)
+	if err != nil {
+		s.refusals.add(who, "connect", err)
+		return nil, err
+	}
+	return release, nil
 }
 
 func (overlayCreds) Info() credentials.ProtocolInfo {
@@ -109,15 +171,22 @@ func (overlayCreds) OverrideServerName(string) error           { return nil }
 // hold: one to be told why, one more for a client that reconnects.
 const deniedConns = 2
 
-// countedConn gives its caller's connection slot back when gRPC closes it.
+// countedConn gives its caller's connection slot back when gRPC closes it
+// (or a pod's release closes it).
 type countedConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
+	untrack func() // a pod's connection leaves the pods' registry; nil otherwise
 }
 
 func (c *countedConn) Close() error {
-	c.once.Do(c.release)
+	c.once.Do(func() {
+		c.release()
+		if c.untrack != nil {
+			c.untrack()
+		}
+	})
 	return c.Conn.Close()
 }
 
@@ -132,6 +201,7 @@ func (overlayAuth) AuthType() string { return "gpumesh-overlay" }
 // connIdentity caches the overlay's answer for one connection.
 type connIdentity struct {
 	whois  WhoIsFunc
+	policy func() *policy.Policy
 	ttl    time.Duration
 	remote string
 	class  ClassSetter // the connection's QoS wrapper; nil when none
@@ -146,17 +216,24 @@ type connIdentity struct {
 // in the tailnet apply to open connections too. When the overlay cannot
 // answer, it returns the last caller known with the error, so that the
 // failure is still recorded under a name.
+//
+// A pod's connection keeps its pod; the agent it comes through must still
+// be one the policy trusts (its tags, or the policy, may have changed), or
+// the call is refused.
 func (c *connIdentity) get(ctx context.Context) (*caller, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if time.Since(c.at) < c.ttl {
-		return c.cur, nil
+	if time.Since(c.at) >= c.ttl {
+		id, err := c.whois(ctx, c.remote)
+		if err != nil {
+			return c.cur, fmt.Errorf("gpusvc: identify %s: %w", c.remote, err)
+		}
+		id.Pod = c.cur.id.Pod
+		c.cur, c.at = newCaller(id), time.Now()
 	}
-	id, err := c.whois(ctx, c.remote)
-	if err != nil {
-		return c.cur, fmt.Errorf("gpusvc: identify %s: %w", c.remote, err)
+	if c.cur.id.Pod != nil && !c.policy().TrustsAgent(c.cur.agent) {
+		return c.cur, fmt.Errorf("gpusvc: %s is no longer a Kubernetes agent the policy trusts: its pods' calls are refused", c.cur.agent)
 	}
-	c.cur, c.at = newCaller(id), time.Now()
 	return c.cur, nil
 }
 

@@ -136,6 +136,7 @@ type Server struct {
 	sessions  *sessions
 	admission *admission
 	refusals  *refusals
+	pods      pods // Kubernetes pods' connections and releases (pods.go)
 	health    *health
 	sampler   *sampler
 	resident  []string // the rights any of which lets a caller hold buffers

@@ -99,7 +99,7 @@ func TestSessionsPinnedFree(t *testing.T) {
 		t.Run(end, func(t *testing.T) {
 			tab, mem := testTable(t)
 			c := testCall("laptop", 1000)
-			s, err := tab.open(c.who, 0)
+			s, err := tab.open(c.who, 0, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -137,7 +137,7 @@ func TestSessionsPinnedFree(t *testing.T) {
 func TestSessionsPublishAfterEnd(t *testing.T) {
 	tab, mem := testTable(t)
 	c := testCall("laptop", 0)
-	s, _ := tab.open(c.who, 0)
+	s, _ := tab.open(c.who, 0, nil)
 	b, err := tab.alloc(context.Background(), c, device{name: "0"}, 10)
 	if err != nil {
 		t.Fatal(err)
@@ -157,8 +157,8 @@ func TestSessionsPublishAfterEnd(t *testing.T) {
 func TestSessionsExpire(t *testing.T) {
 	tab, mem := testTable(t)
 	c := testCall("laptop", 0)
-	short, _ := tab.open(c.who, time.Second)
-	long, _ := tab.open(c.who, time.Hour)
+	short, _ := tab.open(c.who, time.Second, nil)
+	long, _ := tab.open(c.who, time.Hour, nil)
 	mustAlloc(t, tab, short, c, 1)
 	mustAlloc(t, tab, long, c, 1)
 	now := time.Now()
@@ -191,7 +191,7 @@ func TestSessionsOwnerAndLimits(t *testing.T) {
 	tab, _ := testTable(t)
 	c := testCall("laptop", buffered(100))
 	other := testCall("other", 0)
-	s, _ := tab.open(c.who, 0)
+	s, _ := tab.open(c.who, 0, nil)
 	mustAlloc(t, tab, s, c, 100)
 	if _, err := tab.use(other, s.id); status.Code(err) != codes.NotFound {
 		t.Errorf("another owner's session: %v; want NotFound", err)
@@ -200,18 +200,18 @@ func TestSessionsOwnerAndLimits(t *testing.T) {
 		t.Errorf("alloc over max_memory: %v; want ResourceExhausted", err)
 	}
 	for i := 1; i < maxSessionsPerCaller; i++ {
-		if _, err := tab.open(c.who, 0); err != nil {
+		if _, err := tab.open(c.who, 0, nil); err != nil {
 			t.Fatalf("session %d: %v", i+1, err)
 		}
 	}
-	if _, err := tab.open(c.who, 0); status.Code(err) != codes.ResourceExhausted {
+	if _, err := tab.open(c.who, 0, nil); status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("session over the cap: %v; want ResourceExhausted", err)
 	}
-	if _, err := tab.open(other.who, 0); err != nil {
+	if _, err := tab.open(other.who, 0, nil); err != nil {
 		t.Errorf("another caller is not limited by laptop's sessions: %v", err)
 	}
 	tab.close()
-	if _, err := tab.open(other.who, 0); status.Code(err) != codes.Unavailable {
+	if _, err := tab.open(other.who, 0, nil); status.Code(err) != codes.Unavailable {
 		t.Errorf("open after close: %v; want Unavailable", err)
 	}
 }

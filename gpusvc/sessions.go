@@ -215,8 +215,10 @@ func (t *sessions) freeAll(bs []*buffer) {
 	}
 }
 
-// open starts a session for who.
-func (t *sessions) open(who *caller, idle time.Duration) (*session, error) {
+// open starts a session for who, unless released says who's pod was
+// released: asked under the table's lock, so that a session opened while
+// its pod is released is either refused or ended by endOwner.
+func (t *sessions) open(who *caller, idle time.Duration, released func(key string) bool) (*session, error) {
 	if idle <= 0 {
 		idle = t.defaultIdle
 	}
@@ -224,6 +226,9 @@ func (t *sessions) open(who *caller, idle time.Duration) (*session, error) {
 	defer t.mu.Unlock()
 	if t.closed {
 		return nil, status.Error(codes.Unavailable, "gpumesh: the server is stopping")
+	}
+	if who.id.Pod != nil && released != nil && released(who.key) {
+		return nil, podGone(who)
 	}
 	if n := t.owned[who.key]; n >= maxSessionsPerCaller {
 		return nil, status.Errorf(codes.ResourceExhausted, "gpumesh: %s already holds %d sessions; close one first", who.name, n)
@@ -244,6 +249,25 @@ func (t *sessions) open(who *caller, idle time.Duration) (*session, error) {
 	}
 	t.poke()
 	return s, nil
+}
+
+// endOwner ends every session of owner (a released pod) and frees their
+// buffers (a buffer a call still reads, at that call's end). It returns
+// how many sessions and buffers that was.
+func (t *sessions) endOwner(owner string) (sessions, buffers int) {
+	var free []*buffer
+	t.mu.Lock()
+	for _, s := range t.m {
+		if s.owner != owner {
+			continue
+		}
+		sessions++
+		buffers += len(s.buffers)
+		free = append(free, t.endLocked(s)...)
+	}
+	t.mu.Unlock()
+	t.freeAll(free)
+	return sessions, buffers
 }
 
 func noSession(id uint64) error {

@@ -158,13 +158,13 @@ func TestStaticHostsAndTunnels(t *testing.T) {
 	if err := matmul(ctx, unixClient(t, tun.Socket())); err != nil {
 		t.Fatalf("through the restored tunnel: %v", err)
 	}
-	if err := ts2.RemoveOwner("claim-uid"); err != nil {
+	if err := ts2.RemoveOwner(ctx, "claim-uid"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(tun.HostDir); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("tunnel directory left after Remove: %v", err)
 	}
-	if err := ts2.Remove(spec.ID); err != nil {
+	if err := ts2.Remove(ctx, spec.ID); err != nil {
 		t.Errorf("removing a removed tunnel = %v; want nil", err)
 	}
 
@@ -207,7 +207,7 @@ func TestTunnelRefusals(t *testing.T) {
 			t.Errorf("Open(%+v) succeeded", spec)
 		}
 	}
-	if err := ts.Remove("../escape"); err == nil {
+	if err := ts.Remove(t.Context(), "../escape"); err == nil {
 		t.Error("Remove(../escape) succeeded")
 	}
 }

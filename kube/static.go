@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/gpusvc"
+	"github.com/gpumesh/gpumesh/gpusvc/preface"
 	"github.com/gpumesh/gpumesh/overlay"
 )
 
@@ -30,6 +31,9 @@ type StaticConfig struct {
 	// Timeout bounds one probe; a host that does not answer within it is
 	// unhealthy. 0 means 3s.
 	Timeout time.Duration
+	// NamePods: the agent names its pods to the hosts (TunnelConfig's
+	// NamePods), so its probes start with the agent's own preface.
+	NamePods bool
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -82,7 +86,7 @@ func StartStatic(ctx context.Context, cfg StaticConfig) (*StaticHosts, error) {
 	}
 	s := &StaticHosts{cfg: cfg, log: log, changed: make(chan struct{})}
 	for _, n := range cfg.Names {
-		s.probes = append(s.probes, &probe{name: n, target: net.JoinHostPort(n, strconv.Itoa(cfg.Port)), ov: cfg.Overlay})
+		s.probes = append(s.probes, &probe{name: n, target: net.JoinHostPort(n, strconv.Itoa(cfg.Port)), ov: cfg.Overlay, namePods: cfg.NamePods})
 	}
 	s.round(ctx)
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -180,8 +184,10 @@ type probe struct {
 	name   string
 	target string
 	ov     overlay.Overlay
-	client *gpusvc.Client // nil until the first probe, and after a failed one
-	last   Host           // the last answer, kept while the host is down
+	// namePods: each connection starts with the agent's own preface.
+	namePods bool
+	client   *gpusvc.Client // nil until the first probe, and after a failed one
+	last     Host           // the last answer, kept while the host is down
 
 	mu     sync.Mutex
 	remote net.Addr // the host's overlay address, from the client's last dial; guarded by mu
@@ -191,6 +197,12 @@ func (p *probe) run(ctx context.Context) Host {
 	if p.client == nil {
 		c, err := gpusvc.NewClient(p.target, func(ctx context.Context, network, addr string) (net.Conn, error) {
 			conn, err := p.ov.Dial(ctx, network, addr)
+			if err == nil && p.namePods {
+				if err = preface.Handshake(ctx, conn, preface.Preface{Op: preface.Connect}); err != nil {
+					conn.Close()
+					return nil, err
+				}
+			}
 			if err == nil {
 				p.mu.Lock()
 				p.remote = conn.RemoteAddr()

@@ -17,8 +17,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/gpumesh/gpumesh/gpusvc"
+	"github.com/gpumesh/gpumesh/gpusvc/preface"
+	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/overlay/forward"
 )
 
@@ -61,6 +64,28 @@ type TunnelSpec struct {
 	Host string `json:"host"`
 	// GPU is the GPU's index on the host.
 	GPU int `json:"gpu"`
+	// Pod is the pod the tunnel serves, as the Kubernetes API names it;
+	// with TunnelConfig.NamePods, each of the tunnel's connections
+	// starts with its preface, and removing the tunnel releases it on
+	// the host. Nil when the agent does not know the pod (the device
+	// plugin): the connections are then the agent's own.
+	Pod *overlay.Pod `json:"pod,omitempty"`
+}
+
+// equal reports whether s and o are the same spec, their pods compared
+// by value.
+func (s TunnelSpec) equal(o TunnelSpec) bool {
+	sp, op := s.Pod, o.Pod
+	s.Pod, o.Pod = nil, nil
+	if s != o || (sp == nil) != (op == nil) {
+		return false
+	}
+	return sp == nil || *sp == *op
+}
+
+// preface is what each of the tunnel's connections starts with.
+func (s TunnelSpec) preface() preface.Preface {
+	return preface.Preface{Op: preface.Connect, Pod: s.Pod}
 }
 
 var idRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,63}$`)
@@ -130,6 +155,13 @@ type TunnelConfig struct {
 	ContainerDir string
 	// Dial connects to a GPU host's compute endpoint (Hosts.Dial). Required.
 	Dial func(ctx context.Context, host string) (net.Conn, error)
+	// NamePods makes every tunnel connection start with a preface
+	// (gpusvc/preface) naming its pod, or the agent itself when the
+	// tunnel has no pod, and a removed tunnel's pod released on its host
+	// (its sessions and buffers freed at once). A host's policy must
+	// trust the agent (its kubernetes block) for those connections to be
+	// served.
+	NamePods bool
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -223,7 +255,7 @@ func (ts *Tunnels) Open(spec TunnelSpec) (*Tunnel, error) {
 		return nil, net.ErrClosed
 	}
 	if t, ok := ts.tunnels[spec.ID]; ok {
-		if t.Spec == spec {
+		if t.Spec.equal(spec) {
 			return t, nil
 		}
 		t.fwd.Close()
@@ -244,14 +276,13 @@ func (ts *Tunnels) Open(spec TunnelSpec) (*Tunnel, error) {
 	if err := writeFileAtomic(filepath.Join(t.HostDir, specName), b); err != nil {
 		return nil, fmt.Errorf("kube: tunnel %s: %w", spec.ID, err)
 	}
-	dial := ts.cfg.Dial
 	t.fwd, err = forward.StartUnix(forward.Config{
 		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			host, _, err := net.SplitHostPort(addr)
 			if err != nil {
 				return nil, err
 			}
-			return dial(ctx, host)
+			return ts.dial(ctx, host, spec.preface())
 		},
 		Rules:  []forward.Rule{{Listen: t.Socket(), Target: net.JoinHostPort(spec.Host, strconv.Itoa(gpusvc.DefaultPort))}},
 		Logger: ts.log,
@@ -264,6 +295,34 @@ func (ts *Tunnels) Open(spec TunnelSpec) (*Tunnel, error) {
 	return t, nil
 }
 
+// dial connects to host and, with NamePods, says whose connection it is.
+func (ts *Tunnels) dial(ctx context.Context, host string, p preface.Preface) (net.Conn, error) {
+	conn, err := ts.cfg.Dial(ctx, host)
+	if err != nil || !ts.cfg.NamePods {
+		return conn, err
+	}
+	if err := preface.Handshake(ctx, conn, p); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("kube: %s: %w", host, err)
+	}
+	return conn, nil
+}
+
+// release asks the tunnel's host to release its pod: end the pod's
+// sessions, freeing their buffers, and its connections.
+func (ts *Tunnels) release(ctx context.Context, spec TunnelSpec) error {
+	ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+	defer cancel()
+	conn, err := ts.dial(ctx, spec.Host, preface.Preface{Op: preface.Release, Pod: spec.Pod})
+	if err != nil {
+		return fmt.Errorf("kube: release %s on %s: %w", spec.Pod, spec.Host, err)
+	}
+	return conn.Close()
+}
+
+// releaseTimeout bounds one release.
+const releaseTimeout = 10 * time.Second
+
 func writeFileAtomic(path string, b []byte) error {
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o644); err != nil {
@@ -272,16 +331,23 @@ func writeFileAtomic(path string, b []byte) error {
 	return os.Rename(tmp, path)
 }
 
-// Remove closes the tunnel id, ending its connections, and deletes its
-// directory. Removing a tunnel that is not open is not an error (unprepare
-// calls are repeated).
-func (ts *Tunnels) Remove(id string) error {
+// Remove closes the tunnel id, ending its connections, releases its pod
+// on its host (with NamePods), and deletes its directory. Removing a
+// tunnel that is not open is not an error (unprepare calls are repeated).
+// A release that fails is logged, not returned: the tunnel is gone either
+// way, and the host frees the pod's sessions on their idle timeout.
+func (ts *Tunnels) Remove(ctx context.Context, id string) error {
 	ts.mu.Lock()
 	t, ok := ts.tunnels[id]
 	delete(ts.tunnels, id)
 	ts.mu.Unlock()
 	if ok {
 		t.fwd.Close()
+		if ts.cfg.NamePods && t.Spec.Pod != nil {
+			if err := ts.release(ctx, t.Spec); err != nil {
+				ts.log.Warn("kube: the GPU host did not release the pod; it frees the pod's sessions when they go idle", "id", id, "err", err)
+			}
+		}
 	}
 	if !idRE.MatchString(id) {
 		return fmt.Errorf("kube: tunnel ID %q: want 1 to 64 of [a-z0-9-]", id)
@@ -296,11 +362,11 @@ func (ts *Tunnels) Remove(id string) error {
 }
 
 // RemoveOwner removes every tunnel opened for owner.
-func (ts *Tunnels) RemoveOwner(owner string) error {
+func (ts *Tunnels) RemoveOwner(ctx context.Context, owner string) error {
 	var errs []error
 	for _, s := range ts.List() {
 		if s.Owner == owner {
-			errs = append(errs, ts.Remove(s.ID))
+			errs = append(errs, ts.Remove(ctx, s.ID))
 		}
 	}
 	return errors.Join(errs...)

@@ -50,13 +50,50 @@ type Identity struct {
 	// WireGuard is true when the identity comes from a static WireGuard
 	// peer list rather than a tailnet control plane.
 	WireGuard bool `json:"wireguard,omitempty"`
+	// Pod is set when the peer is a Kubernetes agent the host's policy
+	// trusts and the connection carries one of its pods: the pod as the
+	// agent named it at the connection's start (gpusvc/preface). The
+	// overlay never sets it; the other fields stay the agent's node.
+	Pod *Pod `json:"pod,omitempty"`
+}
+
+// Pod is a Kubernetes pod behind a trusted agent, as the agent named it
+// from the Kubernetes API.
+type Pod struct {
+	Namespace      string `json:"namespace"`
+	ServiceAccount string `json:"service_account"`
+	// Name is the pod's name; empty for a claim several pods share.
+	Name string `json:"name,omitempty"`
+	// UID is the pod's UID (a shared claim's UID for a shared claim):
+	// what the host keys the pod's sessions and quotas by, with the agent.
+	UID string `json:"uid"`
+	// Allocation is the agent's tunnel the pod came through (a claim's or
+	// a device's), for the record.
+	Allocation string `json:"allocation,omitempty"`
+}
+
+// String names the pod: "k8s:NAMESPACE/NAME", or for a shared claim
+// "k8s:NAMESPACE/claim:UID".
+func (p *Pod) String() string {
+	if p.Name == "" {
+		return "k8s:" + p.Namespace + "/claim:" + p.UID
+	}
+	return "k8s:" + p.Namespace + "/" + p.Name
 }
 
 // HasTag reports whether id carries tag.
 func (id Identity) HasTag(tag string) bool { return slices.Contains(id.Tags, tag) }
 
-// String returns the name a log line should show for id.
+// String returns the name a log line should show for id: a pod as
+// "k8s:NAMESPACE/NAME via NODE".
 func (id Identity) String() string {
+	if id.Pod != nil {
+		node := id.Node
+		if node == "" {
+			node = id.StableID
+		}
+		return id.Pod.String() + " via " + node
+	}
 	if id.Node != "" {
 		return id.Node
 	}

@@ -20,6 +20,7 @@ var fileSchema = &hcl.BodySchema{
 		{Type: "rule", LabelNames: []string{"name"}},
 		{Type: "deny", LabelNames: []string{"name"}},
 		{Type: "test", LabelNames: []string{"name"}},
+		{Type: "kubernetes"},
 	},
 }
 
@@ -103,6 +104,7 @@ func (c *compiler) compile(body hcl.Body) {
 	for _, b := range byType["class"] {
 		c.class(b)
 	}
+	c.kubernetes(byType["kubernetes"])
 	c.rules = map[string]hcl.Range{}
 	for _, b := range byType["rule"] {
 		c.rule(b, false)
@@ -110,6 +112,7 @@ func (c *compiler) compile(body hcl.Body) {
 	for _, b := range byType["deny"] {
 		c.rule(b, true)
 	}
+	c.warnAgentRules()
 	c.tests = map[string]hcl.Range{}
 	for _, b := range byType["test"] {
 		c.test(b)

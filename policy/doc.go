@@ -30,7 +30,10 @@
 //	"group:ml"                   the members of a group defined in this file
 //	"cap:gpumesh.dev/cap/gpu"    callers the tailnet grants this app capability
 //	"wg:workstation"             a static WireGuard peer (plain WireGuard mode)
-//	"*"                          any identified caller
+//	"k8s:ml/trainer"             Kubernetes pods of namespace ml running as
+//	                             service account trainer (see Kubernetes)
+//	"k8s:ml/*"                   every pod of namespace ml
+//	"*"                          any identified caller, pods included
 //
 // Names, logins and tags compare case-insensitively; capability names
 // exactly. WireGuard peers are their own namespace: "laptop" never matches a
@@ -65,6 +68,28 @@
 //	}
 //
 // Groups hold any subject entry but another group or "*".
+//
+// # Kubernetes
+//
+// Pods reach a host through gpumesh's Kubernetes agent, which names each
+// pod (namespace, service account, name, UID, from the Kubernetes API) at
+// the start of the connection it forwards. The host believes it only from
+// the agents this block trusts, by tag (or wg: peer); a trusted agent's
+// connection without that preface is refused, and so is anyone else's
+// with one:
+//
+//	kubernetes {
+//	  trusted_agents = ["tag:k8s"]
+//	}
+//
+// A pod is named only by k8s: entries, groups holding them and "*": rules
+// naming its agent (tag:k8s, the node) grant the pod nothing (and `policy
+// check` warns about allow rules naming a trusted agent's tag), but denies
+// naming the agent refuse its pods too. A trusted agent's own connections
+// (it probes the host) may ask Devices and Explain without a rule.
+// Sessions, buffers and quotas are the pod's own; deleting the pod frees
+// them at once. In tests: subject = { k8s = "ml/trainer", pod = "trainer-0",
+// node = "k8s-node-1", tags = ["tag:k8s"] }.
 //
 // # QoS classes
 //

@@ -19,13 +19,14 @@ type entry struct {
 // that evaluating a request touches only the rules about its subject.
 type index struct {
 	nodes, users, tags, wg, caps map[string][]entry
+	k8s                          map[string][]entry // "NS/SA" and "NS/*"
 	any                          []entry
 }
 
 func buildIndex(p *Policy) index {
 	idx := index{
 		nodes: map[string][]entry{}, users: map[string][]entry{}, tags: map[string][]entry{},
-		wg: map[string][]entry{}, caps: map[string][]entry{},
+		wg: map[string][]entry{}, caps: map[string][]entry{}, k8s: map[string][]entry{},
 	}
 	groups := map[string]*group{}
 	for i := range p.groups {
@@ -48,6 +49,8 @@ func buildIndex(p *Policy) index {
 		case kindCap:
 			e.cap = ref.name
 			idx.caps[ref.name] = append(idx.caps[ref.name], e)
+		case kindK8sNS, kindK8sSA:
+			idx.k8s[ref.name] = append(idx.k8s[ref.name], e)
 		case kindGroup:
 			if g := groups[ref.name]; g != nil {
 				for _, m := range g.members {
@@ -89,9 +92,9 @@ func (p *Policy) Evaluate(s Subject, r Request) Decision {
 		return Decision{Reason: "gpu " + clip(r.GPU) + gpuUUIDText(r) + " is not a GPU index or UUID in canonical form (default deny)"}
 	}
 	var allow, deny entry
-	consider := func(es []entry) {
+	consider := func(es []entry, denyOnly bool) {
 		for _, e := range es {
-			if !e.rule.covers(r.Kernel, gpu, uuid) {
+			if denyOnly && !e.rule.deny || !e.rule.covers(r.Kernel, gpu, uuid) {
 				continue
 			}
 			if e.rule.deny {
@@ -278,8 +281,11 @@ func (p *Policy) Admits(s Subject) Decision {
 		return Decision{Reason: "the caller has no identity (default deny)"}
 	}
 	var allow, deny entry
-	consider := func(es []entry) {
+	consider := func(es []entry, denyOnly bool) {
 		for _, e := range es {
+			if denyOnly && !e.rule.deny {
+				continue
+			}
 			if e.rule.deny {
 				if e.rule.coversEverything() && (deny.rule == nil || better(e, deny)) {
 					deny = e
@@ -304,32 +310,46 @@ func (p *Policy) Admits(s Subject) Decision {
 			Reason: "rule " + quote(allow.rule.name) + " grants " + allow.who() + " some rights",
 			Limits: allow.rule.limits, Class: allow.rule.class,
 		}
+	case p.TrustsAgent(s):
+		return p.agentAdmitted(s)
 	}
 	return Decision{Reason: "no rule names " + s.String() + " (default deny)"}
 }
 
 // forEachKey passes consider the index entries of every key s matches:
-// its node or WireGuard peer, user, tags, capabilities and "*".
-func (s Subject) forEachKey(p *Policy, consider func([]entry)) {
+// its node or WireGuard peer, user, tags, capabilities and "*". For a pod:
+// its service account, its namespace and "*", then (denyOnly: their
+// denies alone count) those of the node it calls through.
+func (s Subject) forEachKey(p *Policy, consider func(es []entry, denyOnly bool)) {
+	nodeOnly := false
+	if s.Pod != nil {
+		sa, ns := s.Pod.keys()
+		consider(p.idx.k8s[sa], false)
+		consider(p.idx.k8s[ns], false)
+		consider(p.idx.any, false)
+		nodeOnly = true
+	}
 	if s.Node != "" {
 		if s.WireGuard {
-			consider(p.idx.wg[lower(s.Node)])
+			consider(p.idx.wg[lower(s.Node)], nodeOnly)
 		} else {
-			consider(p.idx.nodes[lower(s.Node)])
+			consider(p.idx.nodes[lower(s.Node)], nodeOnly)
 		}
 	}
 	if s.User != "" {
-		consider(p.idx.users[lower(s.User)])
+		consider(p.idx.users[lower(s.User)], nodeOnly)
 	}
 	for _, t := range s.Tags {
-		consider(p.idx.tags[lower(t)])
+		consider(p.idx.tags[lower(t)], nodeOnly)
 	}
 	if len(p.idx.caps) > 0 {
 		for c := range s.Caps {
-			consider(p.idx.caps[c])
+			consider(p.idx.caps[c], nodeOnly)
 		}
 	}
-	consider(p.idx.any)
+	if !nodeOnly {
+		consider(p.idx.any, false)
+	}
 }
 
 // capGrantsAnything reports whether capability name has at least one value

@@ -45,6 +45,11 @@ func (p *Policy) Explain(s Subject, r Request) Explanation {
 		switch {
 		case !ok:
 			st.Outcome = "does not name " + s.String()
+			if agent := s.agent(); s.Pod != nil && !rl.deny {
+				if _, _, _, named := bestRef(rl, agent, groups); named {
+					st.Outcome += " (it names " + agent.String() + ", the agent the pod calls through: an allow rule naming an agent grants its pods nothing)"
+				}
+			}
 			if c := capsNotHeld(rl, s, groups); c != "" {
 				st.Outcome += " (it grants through " + c + ", which " + s.String() + " does not hold now)"
 			}
@@ -92,7 +97,7 @@ func bestRef(rl *rule, s Subject, groups map[string]*group) (via string, k kind,
 			}
 		}
 		for _, m := range refs {
-			if !refNames(m, s) {
+			if !refNames(m, s, rl.deny) {
 				continue
 			}
 			if spec := ref.kind.specificity(); spec > best {
@@ -107,11 +112,24 @@ func bestRef(rl *rule, s Subject, groups map[string]*group) (via string, k kind,
 	return via, k, capName, ok
 }
 
-// refNames reports whether a non-group subject entry names s.
-func refNames(ref subjectRef, s Subject) bool {
+// refNames reports whether a non-group subject entry of an allow rule or
+// (deny) a deny block names s. A pod is named by k8s: entries and "*", and,
+// in a deny, by the entries naming the node it calls through.
+func refNames(ref subjectRef, s Subject, deny bool) bool {
 	switch ref.kind {
 	case kindAny:
 		return true
+	case kindK8sNS, kindK8sSA:
+		if s.Pod == nil {
+			return false
+		}
+		sa, ns := s.Pod.keys()
+		return ref.name == sa || ref.name == ns
+	}
+	if s.Pod != nil && !deny {
+		return false
+	}
+	switch ref.kind {
 	case kindNode:
 		return !s.WireGuard && s.Node != "" && lower(s.Node) == ref.name
 	case kindWG:

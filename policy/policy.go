@@ -26,6 +26,11 @@ type Subject struct {
 	Tags      []string                     // "tag:ci"
 	Caps      map[string][]json.RawMessage // tailnet app capabilities, e.g. "gpumesh.dev/cap/gpu" -> [{"kernels":["matrix_mul"],"gpus":["0"]}]
 	WireGuard bool                         // identity from a static WireGuard peer (subject kind "wg:NAME")
+	// Pod, when set, is a Kubernetes pod calling through the node above,
+	// a trusted agent (see the kubernetes block): only k8s: entries and
+	// "*" grant it anything, and denies naming the agent's node, user,
+	// tags or capabilities refuse it too.
+	Pod *Pod
 
 	// decoded holds Caps' values decoded by Prepare, so that evaluation
 	// does not decode the same JSON on every call; nil until then.
@@ -49,10 +54,13 @@ func (s Subject) Prepare() Subject {
 	return s
 }
 
-// String names the subject the way decisions' reasons do: "wg:NAME" for a
-// WireGuard peer, else the node name, else the user, else the first tag.
+// String names the subject the way decisions' reasons do: a pod as
+// "k8s:NAMESPACE/SERVICEACCOUNT (pod NAME)", "wg:NAME" for a WireGuard
+// peer, else the node name, else the user, else the first tag.
 func (s Subject) String() string {
 	switch {
+	case s.Pod != nil:
+		return s.Pod.String()
 	case s.WireGuard && s.Node != "":
 		return "wg:" + s.Node
 	case s.Node != "":
@@ -66,7 +74,7 @@ func (s Subject) String() string {
 }
 
 func (s Subject) empty() bool {
-	return s.Node == "" && s.User == "" && len(s.Tags) == 0 && len(s.Caps) == 0
+	return s.Pod == nil && s.Node == "" && s.User == "" && len(s.Tags) == 0 && len(s.Caps) == 0
 }
 
 // Request is what they ask for.
@@ -132,6 +140,7 @@ type Policy struct {
 
 	warnings hcl.Diagnostics // see Warnings
 	idx      index
+	agents   trustedAgents // the kubernetes block's trusted_agents
 }
 
 // Warnings are the policy's warnings: things that compile but that a

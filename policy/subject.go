@@ -18,6 +18,8 @@ const (
 	kindUser              // "user:LOGIN", or a bare entry containing "@"
 	kindNode              // "node:NAME" or a bare node name
 	kindWG                // "wg:NAME", a static WireGuard peer
+	kindK8sNS             // "k8s:NAMESPACE/*", every pod of a namespace
+	kindK8sSA             // "k8s:NAMESPACE/SERVICEACCOUNT", the pods running as it
 )
 
 func (k kind) String() string {
@@ -36,16 +38,24 @@ func (k kind) String() string {
 		return "node"
 	case kindWG:
 		return "wg"
+	case kindK8sNS, kindK8sSA:
+		return "k8s"
 	}
 	return fmt.Sprintf("kind(%d)", int(k))
 }
 
 // specificity ranks a kind: node and wg (one device) > user > cap > tag >
 // group > "*". Node and wg share a rank; a subject is only ever one of them.
+// A service account ranks as a user (one identity), a namespace as a tag
+// (a set of workloads); pods are named only by these, groups and "*".
 func (k kind) specificity() int {
 	switch k {
 	case kindWG:
 		return int(kindNode)
+	case kindK8sSA:
+		return int(kindUser)
+	case kindK8sNS:
+		return int(kindTag)
 	}
 	return int(k)
 }
@@ -65,6 +75,9 @@ func parseSubject(s string) (subjectRef, error) {
 	}
 	if t == "*" {
 		return subjectRef{kind: kindAny, text: t}, nil
+	}
+	if rest, ok := strings.CutPrefix(t, "k8s:"); ok {
+		return parseK8sSubject(t, rest)
 	}
 	prefix, rest, hasPrefix := strings.Cut(t, ":")
 	if !hasPrefix {
@@ -122,7 +135,7 @@ func parseSubject(s string) (subjectRef, error) {
 				return ref, nil
 			}
 		}
-		return ref, fmt.Errorf("subject %q: unknown kind %q (want a node name, a login, node:, user:, tag:, group:, cap:, wg: or *)", t, prefix)
+		return ref, fmt.Errorf("subject %q: unknown kind %q (want a node name, a login, node:, user:, tag:, group:, cap:, wg:, k8s: or *)", t, prefix)
 	}
 	ref.name = lower(rest)
 	return ref, nil

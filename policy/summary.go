@@ -21,6 +21,8 @@ type Summary struct {
 	Rules   []RuleSummary  `json:"rules"`
 	Denies  []RuleSummary  `json:"denies"`
 	Tests   []TestSummary  `json:"tests"`
+	// TrustedAgents is the kubernetes block's trusted_agents.
+	TrustedAgents []string `json:"trusted_agents,omitempty"`
 }
 
 // GroupSummary is a group and its members, canonically written.
@@ -108,6 +110,8 @@ type TestSummary struct {
 	Tags    []string                     `json:"tags,omitempty"`
 	Caps    map[string][]json.RawMessage `json:"caps,omitempty"`
 	WG      bool                         `json:"wireguard,omitempty"`
+	K8s     string                       `json:"k8s,omitempty"`
+	Pod     string                       `json:"pod,omitempty"`
 	Kernel  string                       `json:"kernel"`
 	GPU     string                       `json:"gpu,omitempty"`
 	GPUUUID string                       `json:"gpu_uuid,omitempty"`
@@ -124,6 +128,7 @@ func (p *Policy) Summary() Summary {
 		return s
 	}
 	s.Version = p.version
+	s.TrustedAgents = p.TrustedAgents()
 	for _, g := range p.groups {
 		gs := GroupSummary{Name: g.name, Members: []string{}}
 		for _, m := range g.members {
@@ -152,6 +157,9 @@ func (p *Policy) Summary() Summary {
 			Caps: t.subject.Caps, WG: t.subject.WireGuard,
 			Kernel: t.req.Kernel, GPU: t.req.GPU, GPUUUID: t.req.GPUUUID, Bytes: t.req.Bytes,
 			Expect: verdict(t.expect),
+		}
+		if pod := t.subject.Pod; pod != nil {
+			ts.K8s, ts.Pod = pod.Namespace+"/"+pod.ServiceAccount, pod.Name
 		}
 		if t.hasRule {
 			ts.Rule = &t.rule

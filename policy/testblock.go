@@ -80,10 +80,12 @@ func (c *compiler) test(b *hcl.Block) {
 	c.p.tests = append(c.p.tests, t)
 }
 
-var subjectFields = []string{"node", "user", "tags", "caps", "wireguard"}
+var subjectFields = []string{"node", "user", "tags", "caps", "wireguard", "k8s", "pod"}
 
 // testSubject decodes a test's subject = { node = …, user = …, tags = […],
-// caps = { "NAME" = [ {…} ] }, wireguard = bool }.
+// caps = { "NAME" = [ {…} ] }, wireguard = bool }; a pod adds
+// k8s = "NAMESPACE/SERVICEACCOUNT" and optionally pod = "NAME", the other
+// fields then describing the agent it calls through.
 func (c *compiler) testSubject(a *hcl.Attribute) Subject {
 	var s Subject
 	if !c.literal(a.Expr) {
@@ -134,6 +136,29 @@ func (c *compiler) testSubject(a *hcl.Attribute) Subject {
 			}
 		case "caps":
 			s.Caps = c.testCaps(field)
+		case "k8s":
+			if v, ok := c.str(field); ok {
+				pod, err := ParsePod(v)
+				if err != nil {
+					c.errorf(field.Expr.Range(), "Invalid pod", "k8s = %q: want a pod's \"NAMESPACE/SERVICEACCOUNT\".", v)
+					break
+				}
+				if s.Pod != nil {
+					pod.Name = s.Pod.Name
+				}
+				s.Pod = pod
+			}
+		case "pod":
+			if v, ok := c.str(field); ok {
+				if !ValidK8sName(v) {
+					c.errorf(field.Expr.Range(), "Invalid pod", "pod = %q is not a Kubernetes pod name.", v)
+					break
+				}
+				if s.Pod == nil {
+					s.Pod = &Pod{}
+				}
+				s.Pod.Name = v
+			}
 		default:
 			msg := fmt.Sprintf("A test subject has no field %q (fields: %s)", key, strings.Join(subjectFields, ", "))
 			if sug := suggest(key, subjectFields); sug != "" {
@@ -143,6 +168,9 @@ func (c *compiler) testSubject(a *hcl.Attribute) Subject {
 			}
 			c.errorf(kv.Key.Range(), "Unsupported subject field", "%s", msg)
 		}
+	}
+	if s.Pod != nil && s.Pod.Namespace == "" {
+		c.errorf(a.Expr.Range(), "Invalid pod", `A test subject with pod needs k8s = "NAMESPACE/SERVICEACCOUNT".`)
 	}
 	return s
 }

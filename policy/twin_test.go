@@ -68,6 +68,8 @@ func gridSubjects() []Subject {
 		{Node: "runner-7", Tags: []string{"tag:ci"}}, {Node: "inference-1", Tags: []string{"tag:prod"}},
 		{Node: "contractor", User: "carol@example.com", Caps: capv}, {Node: "workstation", WireGuard: true},
 		{Node: "workstation"}, {Node: "old-laptop", User: "bob@example.com"}, {Node: "stranger"}, {},
+		{Node: "k8s-node-1", Tags: []string{"tag:k8s"}, Pod: &Pod{Namespace: "ml", ServiceAccount: "trainer", Name: "t-0"}},
+		{Node: "k8s-node-1", Tags: []string{"tag:k8s"}, Pod: &Pod{Namespace: "ml", ServiceAccount: "notebook"}},
 	}
 }
 

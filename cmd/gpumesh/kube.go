@@ -47,7 +47,14 @@ With --device-plugin it registers gpumesh.dev/gpu with the kubelet: every
 node offers every remote GPU (times --slots), and the hosts' policies share
 them out. With --dra it runs the DRA kubelet plugin, and with --publish it
 campaigns (a Lease in --namespace) to publish the ResourceSlices, one agent
-for the cluster: the scheduler then allocates each GPU to one claim.`,
+for the cluster: the scheduler then allocates each GPU to one claim.
+
+With --name-pods (the default) every connection to a GPU host starts by
+naming whose it is: a claim's pod (namespace, service account, name, UID,
+read from the Kubernetes API), or the agent itself. The hosts' policies must
+trust the agent's tag (kubernetes { trusted_agents = ["tag:k8s"] }); their
+rules then name pods as k8s:NAMESPACE/SERVICEACCOUNT, and unpreparing a claim
+frees its pod's buffers on the host at once.`,
 		Example: `  gpumesh kube agent --hosts gpu-a,gpu-b --authkey-file /etc/gpumesh/authkey \
     --state-dir /var/lib/gpumesh/state --advertise-tags tag:k8s`,
 		Args: cobra.NoArgs,
@@ -118,6 +125,7 @@ for the cluster: the scheduler then allocates each GPU to one claim.`,
 	fl.StringVar(&cfg.RegistrarDir, "registrar-dir", "", "the kubelet's plugin registration directory (default /var/lib/kubelet/plugins_registry)")
 	fl.StringVar(&cfg.PluginDir, "plugin-dir", "", "the DRA plugin's socket directory (default /var/lib/kubelet/plugins/gpu.gpumesh.dev)")
 	fl.StringVar(&cfg.CDIDir, "cdi-dir", "", "where the container runtime reads CDI specs (default /var/run/cdi)")
+	fl.BoolVar(&cfg.NamePods, "name-pods", true, "name each connection's pod to the GPU hosts (their policies must trust this agent's tag)")
 	fl.DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")
 	return cmd
 }

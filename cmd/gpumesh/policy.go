@@ -340,7 +340,7 @@ or capabilities); --cap NAME alone gives it without values.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&as, "as", "", `the caller: node name, "wg:NAME" or a login (required)`)
+	fl.StringVar(&as, "as", "", `the caller: node name, "wg:NAME", a login, or a pod "k8s:NAMESPACE/SERVICEACCOUNT" (required)`)
 	fl.StringVar(&user, "user", "", "the caller's login")
 	fl.StringSliceVar(&tags, "tag", nil, `a tag the caller carries, "tag:NAME" (repeatable)`)
 	fl.StringArrayVar(&caps, "cap", nil, "an app capability NAME or NAME=JSON (repeatable)")
@@ -357,6 +357,12 @@ or capabilities); --cap NAME alone gives it without values.`,
 func policyExplainSubject(as, user string, tags, caps []string) (policy.Subject, error) {
 	s := policy.Subject{User: user}
 	switch {
+	case strings.HasPrefix(as, "k8s:"): // a pod; --tag and --user describe its agent
+		pod, err := policy.ParsePod(strings.TrimPrefix(as, "k8s:"))
+		if err != nil {
+			return s, fmt.Errorf("--as: %w", err)
+		}
+		s.Pod = pod
 	case strings.HasPrefix(as, "wg:"):
 		s.Node, s.WireGuard = strings.TrimPrefix(as, "wg:"), true
 	case strings.HasPrefix(as, "user:") && user == "":

@@ -74,7 +74,7 @@ func TestPolicyCheck(t *testing.T) {
 			Rules []struct{ Name string } `json:"rules"`
 		} `json:"policy"`
 	}
-	if err := json.Unmarshal([]byte(out), &got); err != nil || code != 0 || !got.OK || len(got.Policy.Rules) != 6 {
+	if err := json.Unmarshal([]byte(out), &got); err != nil || code != 0 || !got.OK || len(got.Policy.Rules) != 7 {
 		t.Errorf("check --json: code %d err %v\n%s", code, err, out)
 	}
 
@@ -146,6 +146,8 @@ func TestPolicyExplain(t *testing.T) {
 			[]string{"DENY:", "whose values do not permit matrix_mul"}},
 		{[]string{"policy", "explain", team, "--as", "alice@example.com", "--kernel", "custom:ptx"},
 			[]string{`ALLOW: rule "alice-custom" allows alice@example.com`}},
+		{[]string{"policy", "explain", team, "--as", "k8s:ml/trainer", "--tag", "k8s", "--kernel", "relu"},
+			[]string{`ALLOW: rule "ml-training" allows k8s:ml/trainer to call relu on gpu 0`}},
 	} {
 		out, errOut, code := runPolicyCmd(t, tc.args...)
 		if code != 0 {
@@ -171,7 +173,7 @@ func TestPolicyExplain(t *testing.T) {
 		Steps []struct{ Rule, Outcome string }
 	}
 	if err := json.Unmarshal([]byte(out), &ex); err != nil || code != 0 || !ex.Decision.Allow || ex.Decision.Rule != "team" ||
-		ex.Decision.Class != "interactive" || ex.Decision.Limits.MaxConcurrent != 4 || len(ex.Steps) != 8 {
+		ex.Decision.Class != "interactive" || ex.Decision.Limits.MaxConcurrent != 4 || len(ex.Steps) != 9 {
 		t.Errorf("explain --json: code %d err %v\n%s", code, err, out)
 	}
 

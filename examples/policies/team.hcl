@@ -113,6 +113,27 @@ rule "workstation" {
   kernels  = ["*", "custom:cuda"]
 }
 
+# Pods on the team's Kubernetes cluster reach this host through gpumesh's
+# node agent, which joins the tailnet tagged tag:k8s and names each pod.
+# The host believes those names only from the agents trusted here.
+kubernetes {
+  trusted_agents = ["tag:k8s"]
+}
+
+# Training pods (namespace ml, service account trainer): any built-in on
+# GPU 0, each pod with its own memory and concurrency. A pod is named only
+# by k8s: entries (or "*"): a rule naming tag:k8s would grant the agents'
+# own connections, never their pods.
+rule "ml-training" {
+  subjects       = ["k8s:ml/trainer"]
+  gpus           = ["0"]
+  kernels        = ["*"]
+  max_memory     = "4GiB"
+  max_concurrent = 2
+  idle_timeout   = "1h"
+  class          = "bulk"
+}
+
 # --- Refusals ---------------------------------------------------------------
 
 # Bob's old laptop was lost: whatever else names it, it gets nothing.
@@ -247,6 +268,20 @@ test "no custom code on gpu 1, not even for the workstation" {
 
 test "strangers are refused" {
   subject = { node = "stranger" }
+  kernel  = "matrix_mul"
+  expect  = "deny"
+}
+
+test "a training pod on gpu 0" {
+  subject = { k8s = "ml/trainer", pod = "trainer-0", node = "k8s-node-1", tags = ["tag:k8s"] }
+  kernel  = "matrix_mul"
+  expect  = "allow"
+  rule    = "ml-training"
+  class   = "bulk"
+}
+
+test "another service account of ml is not a trainer" {
+  subject = { k8s = "ml/notebook", node = "k8s-node-1", tags = ["tag:k8s"] }
   kernel  = "matrix_mul"
   expect  = "deny"
 }

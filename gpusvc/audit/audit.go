@@ -44,29 +44,41 @@ type Options struct {
 // Entry is one line of the log, in JSON. Field names are part of the log's
 // format: add fields, never rename them.
 type Entry struct {
-	Time       time.Time `json:"time"`
-	Caller     string    `json:"caller"` // the short node name, or stable ID
-	Node       string    `json:"node,omitempty"`
-	FQDN       string    `json:"fqdn,omitempty"`
-	StableID   string    `json:"stable_id,omitempty"`
-	User       string    `json:"user,omitempty"`
-	Tags       []string  `json:"tags,omitempty"`
-	Addr       string    `json:"addr,omitempty"` // the caller's first overlay address
-	Method     string    `json:"method"`
-	Kernel     string    `json:"kernel,omitempty"`
-	GPU        string    `json:"gpu,omitempty"`
-	BytesIn    int64     `json:"bytes_in"`
-	BytesOut   int64     `json:"bytes_out"`
-	DurationMS float64   `json:"duration_ms"`
-	Decision   string    `json:"decision"` // "allow", "deny", or "none": the call ended before the policy was asked, or needs no decision (Free, CloseSession)
-	Rule       string    `json:"rule,omitempty"`
-	Reason     string    `json:"reason,omitempty"`
-	Code       string    `json:"code"` // the gRPC code, "OK" on success
-	Error      string    `json:"error,omitempty"`
+	Time     time.Time `json:"time"`
+	Caller   string    `json:"caller"` // the short node name, or stable ID
+	Node     string    `json:"node,omitempty"`
+	FQDN     string    `json:"fqdn,omitempty"`
+	StableID string    `json:"stable_id,omitempty"`
+	User     string    `json:"user,omitempty"`
+	Tags     []string  `json:"tags,omitempty"`
+	Addr     string    `json:"addr,omitempty"` // the caller's first overlay address
+	// Pod is the Kubernetes pod the call came from, through the node
+	// above (a trusted agent); absent for other callers.
+	Pod        *Pod    `json:"pod,omitempty"`
+	Method     string  `json:"method"`
+	Kernel     string  `json:"kernel,omitempty"`
+	GPU        string  `json:"gpu,omitempty"`
+	BytesIn    int64   `json:"bytes_in"`
+	BytesOut   int64   `json:"bytes_out"`
+	DurationMS float64 `json:"duration_ms"`
+	Decision   string  `json:"decision"` // "allow", "deny", or "none": the call ended before the policy was asked, or needs no decision (Free, CloseSession)
+	Rule       string  `json:"rule,omitempty"`
+	Reason     string  `json:"reason,omitempty"`
+	Code       string  `json:"code"` // the gRPC code, "OK" on success
+	Error      string  `json:"error,omitempty"`
 	// Suppressed counts attempts like this one by the same caller, refused
 	// before they were read, that have no line of their own (at most ten
 	// such lines a second are written per caller).
 	Suppressed int64 `json:"suppressed,omitempty"`
+}
+
+// Pod is a caller's Kubernetes pod, as its agent named it.
+type Pod struct {
+	Namespace      string `json:"namespace"`
+	ServiceAccount string `json:"service_account"`
+	Name           string `json:"name,omitempty"`
+	UID            string `json:"uid"`
+	Allocation     string `json:"allocation,omitempty"`
 }
 
 // EntryOf turns a call record into a log entry.
@@ -100,6 +112,9 @@ func EntryOf(r gpusvc.CallRecord) Entry {
 	}
 	if len(r.Caller.Addrs) > 0 {
 		e.Addr = r.Caller.Addrs[0].String()
+	}
+	if p := r.Caller.Pod; p != nil {
+		e.Pod = &Pod{Namespace: p.Namespace, ServiceAccount: p.ServiceAccount, Name: p.Name, UID: p.UID, Allocation: p.Allocation}
 	}
 	return e
 }

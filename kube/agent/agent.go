@@ -45,6 +45,13 @@ type Config struct {
 	// means kube.DefaultContainerDir.
 	TunnelDir    string
 	ContainerDir string
+	// NamePods makes the agent name each connection's pod to the GPU
+	// hosts (gpusvc/preface): a prepared claim's pod, read from the
+	// Kubernetes API; the agent itself for its probes and the device
+	// plugin's tunnels (the kubelet does not say which pod a device
+	// goes to). Unpreparing a claim releases its pod on the host at once.
+	// The hosts' policies must trust the agent (their kubernetes block).
+	NamePods bool
 
 	// DevicePlugin offers the GPUs as gpumesh.dev/gpu, each as Slots
 	// devices, registering in DevicePluginDir (empty: the kubelet's).
@@ -110,13 +117,13 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		if cfg.Overlay == nil {
 			return nil, errors.New("agent: no overlay to reach the GPU hosts")
 		}
-		a.ownHosts, err = kube.StartStatic(ctx, kube.StaticConfig{Names: cfg.HostNames, Overlay: cfg.Overlay, Interval: cfg.ProbeInterval, Logger: log})
+		a.ownHosts, err = kube.StartStatic(ctx, kube.StaticConfig{Names: cfg.HostNames, Overlay: cfg.Overlay, Interval: cfg.ProbeInterval, NamePods: cfg.NamePods, Logger: log})
 		if err != nil {
 			return nil, err
 		}
 		a.hosts = a.ownHosts
 	}
-	a.tunnels, err = kube.OpenTunnels(kube.TunnelConfig{Dir: cfg.TunnelDir, ContainerDir: cfg.ContainerDir, Dial: a.hosts.Dial, Logger: log})
+	a.tunnels, err = kube.OpenTunnels(kube.TunnelConfig{Dir: cfg.TunnelDir, ContainerDir: cfg.ContainerDir, Dial: a.hosts.Dial, NamePods: cfg.NamePods, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +138,7 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	if cfg.DRA {
 		a.draPlugin, err = dra.StartPlugin(ctx, dra.PluginConfig{
-			Client: cfg.Client, Hosts: a.hosts, Tunnels: a.tunnels,
+			Client: cfg.Client, Hosts: a.hosts, Tunnels: a.tunnels, NamePods: cfg.NamePods,
 			RegistrarDir: cfg.RegistrarDir, PluginDir: cfg.PluginDir, CDIDir: cfg.CDIDir, Logger: log,
 		})
 		if err != nil {

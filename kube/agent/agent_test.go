@@ -2,8 +2,10 @@ package agent_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io/fs"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -24,11 +28,15 @@ import (
 
 	k8sdeploy "github.com/gpumesh/gpumesh/deploy/kubernetes"
 	"github.com/gpumesh/gpumesh/gpusvc"
+	"github.com/gpumesh/gpumesh/gpusvc/audit"
+	"github.com/gpumesh/gpumesh/gpusvc/kernel"
+	"github.com/gpumesh/gpumesh/kube"
 	"github.com/gpumesh/gpumesh/kube/agent"
 	"github.com/gpumesh/gpumesh/kube/deviceplugin"
 	"github.com/gpumesh/gpumesh/kube/dra"
 	"github.com/gpumesh/gpumesh/kube/kubelettest"
 	"github.com/gpumesh/gpumesh/kube/kubetest"
+	"github.com/gpumesh/gpumesh/overlay"
 )
 
 // nodeName is the Kubernetes node the agent serves, and its tailnet name.
@@ -69,6 +77,34 @@ func newDirs(t testing.TB) dirs {
 	return d
 }
 
+// hostPolicy is the GPU host's: it trusts the agent (tag:k8s) to name its
+// pods. The agent's own connections (its probes, and the device plugin's
+// pods: the kubelet does not say which pod a device goes to) get every
+// kernel from the rule naming its tag; the pods of the service account
+// default/trainer get matrix_mul from theirs, with sessions that stay an
+// hour idle, so that only the agent's release frees them fast.
+const hostPolicy = `
+version = 1
+
+kubernetes {
+  trusted_agents = ["tag:k8s"]
+}
+
+rule "kubernetes nodes" {
+  subjects     = ["tag:k8s"]
+  gpus         = ["*"]
+  kernels      = ["*"]
+  idle_timeout = "2s"
+}
+
+rule "trainers" {
+  subjects     = ["k8s:default/trainer"]
+  gpus         = ["*"]
+  kernels      = ["matrix_mul"]
+  idle_timeout = "1h"
+}
+`
+
 // startCluster makes the node, the tailnet with its GPU host, the node's
 // directories and the kubelet's device plugin socket, then starts the
 // agent with the device plugin and DRA (publishing). The gpumesh-system
@@ -77,7 +113,7 @@ func startCluster(ctx context.Context, t testing.TB, cp *kubetest.ControlPlane) 
 	t.Helper()
 	c := &cluster{cp: cp}
 	createNode(ctx, t, cp.Client, nodeName)
-	c.mesh = kubetest.StartMesh(t, nodeName, "")
+	c.mesh = kubetest.StartMesh(t, nodeName, hostPolicy)
 	c.host = c.mesh.AddHost(t, "gpu-host", "tag:gpu", "tag:ml")
 	c.dirs = newDirs(t)
 	// The kubelet is up before the agent, as on a node.
@@ -90,6 +126,7 @@ func startCluster(ctx context.Context, t testing.TB, cp *kubetest.ControlPlane) 
 		NodeName:        nodeName,
 		Client:          cp.Client,
 		TunnelDir:       c.dirs.tunnels,
+		NamePods:        true,
 		DevicePlugin:    true,
 		DevicePluginDir: c.dirs.devicePlugins,
 		DRA:             true,
@@ -149,6 +186,7 @@ func TestKubernetes(t *testing.T) {
 	}()
 
 	t.Run("dra", func(t *testing.T) { c.testDRA(ctx, t) })
+	t.Run("shared claim", func(t *testing.T) { c.testSharedClaim(ctx, t) })
 	t.Run("device plugin", func(t *testing.T) { c.testDevicePlugin(ctx, t) })
 	t.Run("publisher failover", func(t *testing.T) { c.testFailover(ctx, t) })
 }
@@ -250,10 +288,15 @@ func (c *cluster) testDRA(ctx context.Context, t *testing.T) {
 	if _, err := client.ResourceV1().ResourceClaimTemplates("default").Create(ctx, tmpl, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "trainer", Namespace: "default"}}
+	if _, err := client.CoreV1().ServiceAccounts("default").Create(ctx, sa, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "trainer", Namespace: "default"},
 		Spec: corev1.PodSpec{
-			ResourceClaims: []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: ptr.To("ml-gpu")}},
+			ServiceAccountName: "trainer",
+			ResourceClaims:     []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: ptr.To("ml-gpu")}},
 			Containers: []corev1.Container{{
 				Name: "main", Image: "registry.invalid/never-runs",
 				Resources: corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "gpu"}}},
@@ -265,6 +308,7 @@ func (c *cluster) testDRA(ctx context.Context, t *testing.T) {
 		t.Fatal(err)
 	}
 	bound := waitBound(ctx, t, client, "default", "trainer")
+	podUID := string(bound.UID)
 	boundAt := time.Now()
 	if bound.Spec.NodeName != nodeName {
 		t.Fatalf("pod bound to %q; want %s", bound.Spec.NodeName, nodeName)
@@ -338,24 +382,46 @@ func (c *cluster) testDRA(ctx context.Context, t *testing.T) {
 		proc.waitLine(ctx, t, "holding ")
 		out := proc.output()
 		t.Logf("the pod's process:\n%s", out)
-		if !strings.Contains(out, "the host sees me as "+nodeName) || !strings.Contains(out, "matrix_mul 8x8 ok") {
-			t.Fatalf("the process did not run matrix_mul on gpu-host as %s", nodeName)
+		// The host sees the pod, through the node's agent.
+		if !strings.Contains(out, "the host sees me as k8s:default/trainer via "+nodeName) || !strings.Contains(out, "matrix_mul 8x8 ok") {
+			t.Fatalf("the process did not run matrix_mul on gpu-host as k8s:default/trainer via %s", nodeName)
 		}
 		if held := c.host.HeldBytes(ctx); held < 256<<10 {
 			t.Fatalf("the host holds %d bytes; want the process's 256 KiB buffer", held)
 		}
 		calls, _ := c.host.Calls()
 		if !slices.ContainsFunc(calls, func(r gpusvc.CallRecord) bool {
-			return r.Kernel == "matrix_mul" && r.Allow && r.Caller.Node == nodeName
+			p := r.Caller.Pod
+			return r.Kernel == "matrix_mul" && r.Allow && r.Rule == "trainers" && r.Caller.Node == nodeName &&
+				p != nil && p.Namespace == "default" && p.ServiceAccount == "trainer" && p.Name == "trainer" && p.UID == podUID
 		}) {
-			t.Errorf("the host recorded no matrix_mul from %s: %+v", nodeName, calls)
+			t.Errorf("the host recorded no matrix_mul from pod default/trainer via %s allowed by rule trainers: %+v", nodeName, calls)
+		}
+		c.checkAudit(ctx, t, podUID)
+		// The pod's rule decides: it grants matrix_mul, not relu, though
+		// the node's own rule grants every kernel.
+		pc := unixClient(t, filepath.Join(ctr.Mounts[0].HostPath, kube.SocketName))
+		_, err = pc.Compute(ctx, "relu", kernel.Arg{Kind: kernel.ArgTensor, Tensor: kernel.NewFloat32([]int64{2}, []float32{-1, 1})})
+		if status.Code(err) != codes.PermissionDenied {
+			t.Errorf("relu from the pod = %v; want PermissionDenied (rule trainers grants matrix_mul only)", err)
 		}
 	}
 
-	// The pod is deleted: the kubelet unprepares its claim.
+	// The pod is deleted: the kubelet unprepares its claim, and the agent
+	// releases the pod on the host, which frees its buffer before it
+	// answers (the rule's idle timeout is an hour).
 	deletePod(ctx, t, client, "default", "trainer")
 	if err := plugin.Unprepare(ctx, kclaim); err != nil {
 		t.Fatal(err)
+	}
+	if held := c.host.HeldBytes(ctx); held != 0 {
+		t.Errorf("the host still holds %d bytes once the claim is unprepared; want the pod's buffer freed", held)
+	}
+	calls, _ := c.host.Calls()
+	if !slices.ContainsFunc(calls, func(r gpusvc.CallRecord) bool {
+		return r.Method == "release" && r.Caller.Pod != nil && r.Caller.Pod.UID == podUID && r.Caller.Node == nodeName
+	}) {
+		t.Errorf("the host recorded no release of pod %s from %s", podUID, nodeName)
 	}
 	if proc != nil {
 		if err := proc.wait(ctx, t); err != nil {
@@ -375,16 +441,126 @@ func (c *cluster) testDRA(ctx context.Context, t *testing.T) {
 	if err := plugin.Unprepare(ctx, kclaim); err != nil {
 		t.Errorf("unpreparing again: %v", err)
 	}
-	// Nobody can reach the session any more; the host frees it (here when
-	// the policy's 2s idle timeout ends it).
-	eventually(ctx, t, "the host to free the pod's buffer", func() (bool, error) {
-		return c.host.HeldBytes(ctx) == 0, nil
-	})
 	// The controller-manager frees the device: the claim is deallocated
 	// (deleting it is the garbage collector's job, which does not run
 	// here).
 	eventually(ctx, t, "the claim deallocated", func() (bool, error) {
 		return claimFreed(ctx, client, claimName)
+	})
+}
+
+// testSharedClaim: a claim several pods share is named to the host by the
+// claim, not by one of its pods, and only when they share a service
+// account (the host could not tell them apart otherwise): a claim reserved
+// for pods of two service accounts is not prepared, one reserved for pods
+// of one is, as k8s:default/trainer with the claim's UID.
+func (c *cluster) testSharedClaim(ctx context.Context, t *testing.T) {
+	client := c.cp.Client
+	claim := &resourceapi.ResourceClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: "shared", Namespace: "default"},
+		Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{
+			Requests: []resourceapi.DeviceRequest{{Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: dra.DeviceClassName}}},
+		}},
+	}
+	claim, err := client.ResourceV1().ResourceClaims("default").Create(ctx, claim, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The pods use the claim and are bound to the node already, so the
+	// scheduler leaves them (and the claim) alone.
+	pods := map[string]string{"shared-a": "trainer", "shared-b": "trainer", "shared-c": "default"}
+	uids := map[string]types.UID{}
+	for _, name := range slices.Sorted(maps.Keys(pods)) {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+			Spec: corev1.PodSpec{
+				NodeName:           nodeName,
+				ServiceAccountName: pods[name],
+				ResourceClaims:     []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimName: ptr.To("shared")}},
+				Containers: []corev1.Container{{
+					Name: "main", Image: "registry.invalid/never-runs",
+					Resources: corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "gpu"}}},
+				}},
+			},
+		}
+		created, err := client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		uids[name] = created.UID
+	}
+	reserve := func(names ...string) {
+		t.Helper()
+		cl, err := client.ResourceV1().ResourceClaims("default").Get(ctx, "shared", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl.Status.Allocation = &resourceapi.AllocationResult{Devices: resourceapi.DeviceAllocationResult{
+			Results: []resourceapi.DeviceRequestAllocationResult{{Request: "gpu", Driver: dra.DriverName, Pool: "gpu-host", Device: "gpu-0"}},
+		}}
+		cl.Status.ReservedFor = nil
+		for _, n := range names {
+			cl.Status.ReservedFor = append(cl.Status.ReservedFor, resourceapi.ResourceClaimConsumerReference{Resource: "pods", Name: n, UID: uids[n]})
+		}
+		if _, err := client.ResourceV1().ResourceClaims("default").UpdateStatus(ctx, cl, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plugin, err := (&kubelettest.DRAKubelet{RegistryDir: c.dirs.registry}).WaitPlugin(ctx, t, dra.DriverName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kclaim := kubelettest.Claim{Namespace: "default", Name: "shared", UID: claim.UID}
+
+	reserve("shared-a", "shared-c")
+	if _, err := plugin.Prepare(ctx, kclaim); err == nil || !strings.Contains(err.Error(), "could not tell them apart") {
+		t.Errorf("preparing a claim shared by two service accounts: %v; want refused", err)
+	}
+	if specs := c.agent.Tunnels().List(); len(specs) != 0 {
+		t.Errorf("tunnels left by a refused claim: %+v", specs)
+	}
+
+	reserve("shared-a", "shared-b")
+	if _, err := plugin.Prepare(ctx, kclaim); err != nil {
+		t.Fatal(err)
+	}
+	specs := c.agent.Tunnels().List()
+	want := overlay.Pod{Namespace: "default", ServiceAccount: "trainer", UID: string(claim.UID), Allocation: string(claim.UID)}
+	if len(specs) != 1 || specs[0].Pod == nil || *specs[0].Pod != want {
+		t.Errorf("the shared claim's tunnels %+v; want one naming %+v", specs, want)
+	}
+	if err := plugin.Unprepare(ctx, kclaim); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range slices.Sorted(maps.Keys(pods)) {
+		deletePod(ctx, t, client, "default", name)
+	}
+	if err := client.ResourceV1().ResourceClaims("default").Delete(ctx, "shared", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkAudit waits for the host's audit log to name the pod: a matrix_mul
+// allowed by rule trainers, from the node and the pod.
+func (c *cluster) checkAudit(ctx context.Context, t *testing.T, podUID string) {
+	t.Helper()
+	eventually(ctx, t, "the audit log to name the pod", func() (bool, error) {
+		lines, err := audit.Tail(c.host.AuditPath, 0)
+		if err != nil {
+			return false, err
+		}
+		for _, l := range lines {
+			var e audit.Entry
+			if err := json.Unmarshal(l, &e); err != nil {
+				return false, err
+			}
+			if p := e.Pod; p != nil && e.Method != "Explain" && e.Kernel == "matrix_mul" && e.Decision == "allow" && e.Rule == "trainers" && e.Node == nodeName &&
+				p.Namespace == "default" && p.ServiceAccount == "trainer" && p.Name == "trainer" && p.UID == podUID {
+				t.Logf("audit: %s", l)
+				return true, nil
+			}
+		}
+		return false, nil
 	})
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os/exec"
 	"strings"
 	"sync"
@@ -27,6 +28,7 @@ import (
 	"k8s.io/client-go/restmapper"
 	"k8s.io/utils/ptr"
 
+	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/kube/kubetest"
 )
 
@@ -241,4 +243,19 @@ func (p *proc) wait(ctx context.Context, t testing.TB) error {
 		t.Fatalf("waiting for the process to exit: %v", ctx.Err())
 		return nil
 	}
+}
+
+// unixClient is a compute client through a tunnel's socket, as a pod
+// would dial it.
+func unixClient(t testing.TB, socket string) *gpusvc.Client {
+	t.Helper()
+	c, err := gpusvc.NewClient("gpu-host:50051", func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

@@ -308,7 +308,7 @@ func (s *server) GetPreferredAllocation(context.Context, *pb.PreferredAllocation
 // Allocate opens a fresh tunnel per allocated device (closing the one a
 // previous allocation of that device had) and tells the container where
 // they are.
-func (s *server) Allocate(_ context.Context, req *pb.AllocateRequest) (*pb.AllocateResponse, error) {
+func (s *server) Allocate(ctx context.Context, req *pb.AllocateRequest) (*pb.AllocateResponse, error) {
 	hosts, _ := s.p.cfg.Hosts.Snapshot()
 	byID := make(map[string]device)
 	for _, d := range s.p.devices(hosts) {
@@ -324,7 +324,7 @@ func (s *server) Allocate(_ context.Context, req *pb.AllocateRequest) (*pb.Alloc
 				return nil, status.Errorf(codes.NotFound, "deviceplugin: no device %q", id)
 			}
 			spec := kube.TunnelSpec{ID: kube.TunnelID("d-", id), Owner: "device " + id, Host: d.host, GPU: d.gpu}
-			if err := s.p.cfg.Tunnels.Remove(spec.ID); err != nil {
+			if err := s.p.cfg.Tunnels.Remove(ctx, spec.ID); err != nil {
 				return nil, status.Errorf(codes.Internal, "deviceplugin: device %s: %v", id, err)
 			}
 			t, err := s.p.cfg.Tunnels.Open(spec)

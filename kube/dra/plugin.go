@@ -48,6 +48,10 @@ type PluginConfig struct {
 	Hosts kube.Hosts
 	// Tunnels serves the prepared devices. Required.
 	Tunnels *kube.Tunnels
+	// NamePods: each claim's tunnels name its pod to the GPU host (the
+	// Tunnels' NamePods must be on too); the plugin reads the pods a claim
+	// is reserved for (pods.go).
+	NamePods bool
 	// RegistrarDir is where the kubelet looks for plugins' registration
 	// sockets; empty means /var/lib/kubelet/plugins_registry.
 	RegistrarDir string
@@ -157,14 +161,14 @@ func (p *Plugin) observe(ctx context.Context, req any, _ *grpc.UnaryServerInfo, 
 // PrepareResourceClaims implements kubeletplugin.DRAPlugin: a tunnel for
 // every device allocated to each claim from this driver, and a CDI spec
 // naming them.
-func (p *Plugin) PrepareResourceClaims(_ context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
+func (p *Plugin) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
 	res := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
 	for _, c := range claims {
-		devs, err := p.prepare(c)
+		devs, err := p.prepare(ctx, c)
 		if err != nil {
 			p.log.Warn("dra: prepare claim", "claim", c.Namespace+"/"+c.Name, "uid", c.UID, "err", err)
 			// Nothing half-prepared stays behind.
-			p.unprepare(c.UID)
+			p.unprepare(ctx, c.UID)
 		} else {
 			p.log.Info("dra: prepared claim", "claim", c.Namespace+"/"+c.Name, "uid", c.UID, "devices", len(devs))
 		}
@@ -173,12 +177,16 @@ func (p *Plugin) PrepareResourceClaims(_ context.Context, claims []*resourceapi.
 	return res, nil
 }
 
-func (p *Plugin) prepare(c *resourceapi.ResourceClaim) ([]kubeletplugin.Device, error) {
+func (p *Plugin) prepare(ctx context.Context, c *resourceapi.ResourceClaim) ([]kubeletplugin.Device, error) {
 	if !validUID(string(c.UID)) {
 		return nil, fmt.Errorf("dra: claim UID %q", c.UID)
 	}
 	if c.Status.Allocation == nil {
 		return nil, errors.New("dra: claim is not allocated")
+	}
+	pod, err := p.podOf(ctx, c)
+	if err != nil {
+		return nil, err
 	}
 	hosts, _ := p.cfg.Hosts.Snapshot()
 	spec := cdispec.Spec{Kind: CDIKind}
@@ -200,6 +208,7 @@ func (p *Plugin) prepare(c *resourceapi.ResourceClaim) ([]kubeletplugin.Device, 
 			Owner: string(c.UID),
 			Host:  r.Pool,
 			GPU:   gpu,
+			Pod:   pod,
 		})
 		if err != nil {
 			return nil, err
@@ -258,10 +267,10 @@ func writeFileAtomic(path string, b []byte) error {
 // UnprepareResourceClaims implements kubeletplugin.DRAPlugin: it closes
 // the claims' tunnels (ending their connections to the hosts) and removes
 // their CDI specs. A claim that is not prepared is not an error.
-func (p *Plugin) UnprepareResourceClaims(_ context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
+func (p *Plugin) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
 	res := make(map[types.UID]error, len(claims))
 	for _, c := range claims {
-		err := p.unprepare(c.UID)
+		err := p.unprepare(ctx, c.UID)
 		if err != nil {
 			p.log.Warn("dra: unprepare claim", "claim", c.String(), "err", err)
 		} else {
@@ -272,11 +281,11 @@ func (p *Plugin) UnprepareResourceClaims(_ context.Context, claims []kubeletplug
 	return res, nil
 }
 
-func (p *Plugin) unprepare(uid types.UID) error {
+func (p *Plugin) unprepare(ctx context.Context, uid types.UID) error {
 	if !validUID(string(uid)) {
 		return fmt.Errorf("dra: claim UID %q", uid)
 	}
-	err := p.cfg.Tunnels.RemoveOwner(string(uid))
+	err := p.cfg.Tunnels.RemoveOwner(ctx, string(uid))
 	if rerr := os.Remove(p.cdiFile(uid)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 		err = errors.Join(err, rerr)
 	}

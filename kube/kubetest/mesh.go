@@ -81,6 +81,8 @@ type GPUHost struct {
 	Node    *tsnet.Node
 	Host    *node.Host
 	Backend *cpu.Backend
+	// AuditPath is the host's audit log (JSON lines, gpusvc/audit).
+	AuditPath string
 
 	mu    sync.Mutex
 	calls []gpusvc.CallRecord // guarded by mu
@@ -102,9 +104,10 @@ func (m *Mesh) AddHost(tb testing.TB, name string, tags ...string) *GPUHost {
 		n.Close()
 		tb.Fatal(err)
 	}
-	g := &GPUHost{Name: name, Node: n, Backend: cpu.New(), added: make(chan struct{})}
+	g := &GPUHost{Name: name, Node: n, Backend: cpu.New(), AuditPath: filepath.Join(tb.TempDir(), "audit.log"), added: make(chan struct{})}
 	g.Host, err = node.StartHost(ctx, node.HostConfig{
 		Overlay: n, Name: name, Policy: store, Backend: node.BackendConfig{Ready: g.Backend},
+		Audit:  &node.AuditConfig{Path: g.AuditPath},
 		OnCall: g.record,
 	})
 	if err != nil {
