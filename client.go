@@ -310,46 +310,11 @@ func (h *host) Compute(ctx context.Context, kernelName string, args ...Arg) (Ten
 }
 
 func (h *host) MatMul(ctx context.Context, a, b [][]float32) ([][]float32, error) {
-	fa, n, k, err := flatten(a)
+	out, err := kernel.MatMul(ctx, h.Compute, a, b)
 	if err != nil {
-		return nil, fmt.Errorf("gpumesh: matmul: a: %w", err)
-	}
-	fb, k2, m, err := flatten(b)
-	if err != nil {
-		return nil, fmt.Errorf("gpumesh: matmul: b: %w", err)
-	}
-	if k != k2 {
-		return nil, fmt.Errorf("gpumesh: matmul: a is %d×%d, b is %d×%d: inner dimensions differ", n, k, k2, m)
-	}
-	t, err := h.Compute(ctx, "matrix_mul", F32([]int64{int64(n), int64(k)}, fa), F32([]int64{int64(k), int64(m)}, fb))
-	if err != nil {
-		return nil, err
-	}
-	v := t.Float32s()
-	if len(v) != n*m {
-		return nil, fmt.Errorf("gpumesh: matmul: host returned %d values for a %d×%d result", len(v), n, m)
-	}
-	out := make([][]float32, n)
-	for i := range out {
-		out[i] = v[i*m : (i+1)*m : (i+1)*m]
+		return nil, fmt.Errorf("gpumesh: %w", err)
 	}
 	return out, nil
-}
-
-// flatten checks that x is a non-empty rectangle and returns it row-major.
-func flatten(x [][]float32) (flat []float32, rows, cols int, err error) {
-	if len(x) == 0 || len(x[0]) == 0 {
-		return nil, 0, 0, errors.New("empty matrix")
-	}
-	rows, cols = len(x), len(x[0])
-	flat = make([]float32, 0, rows*cols)
-	for i, r := range x {
-		if len(r) != cols {
-			return nil, 0, 0, fmt.Errorf("row %d has %d columns, row 0 has %d", i, len(r), cols)
-		}
-		flat = append(flat, r...)
-	}
-	return flat, rows, cols, nil
 }
 
 // sessionID opens the client's session on first use.

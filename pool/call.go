@@ -3,7 +3,6 @@ package pool
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -185,50 +184,11 @@ func firstOutput(res *pb.ComputeResponse) kernel.Tensor {
 
 // MatMul multiplies a (n×k) by b (k×m) on a host of the pool.
 func (p *Pool) MatMul(ctx context.Context, a, b [][]float32) ([][]float32, error) {
-	fa, n, k, err := flatten(a)
+	out, err := kernel.MatMul(ctx, p.Compute, a, b)
 	if err != nil {
-		return nil, fmt.Errorf("pool: matmul: a: %w", err)
-	}
-	fb, k2, m, err := flatten(b)
-	if err != nil {
-		return nil, fmt.Errorf("pool: matmul: b: %w", err)
-	}
-	if k != k2 {
-		return nil, fmt.Errorf("pool: matmul: a is %d×%d, b is %d×%d: inner dimensions differ", n, k, k2, m)
-	}
-	t, err := p.Compute(ctx, "matrix_mul", f32([]int64{int64(n), int64(k)}, fa), f32([]int64{int64(k), int64(m)}, fb))
-	if err != nil {
-		return nil, err
-	}
-	v := t.Float32s()
-	if len(v) != n*m {
-		return nil, fmt.Errorf("pool: matmul: host returned %d values for a %d×%d result", len(v), n, m)
-	}
-	out := make([][]float32, n)
-	for i := range out {
-		out[i] = v[i*m : (i+1)*m : (i+1)*m]
+		return nil, fmt.Errorf("pool: %w", err)
 	}
 	return out, nil
-}
-
-func f32(shape []int64, v []float32) kernel.Arg {
-	return kernel.Arg{Kind: kernel.ArgTensor, Tensor: kernel.NewFloat32(shape, v)}
-}
-
-// flatten checks that x is a non-empty rectangle and returns it row-major.
-func flatten(x [][]float32) (flat []float32, rows, cols int, err error) {
-	if len(x) == 0 || len(x[0]) == 0 {
-		return nil, 0, 0, errors.New("empty matrix")
-	}
-	rows, cols = len(x), len(x[0])
-	flat = make([]float32, 0, rows*cols)
-	for i, r := range x {
-		if len(r) != cols {
-			return nil, 0, 0, fmt.Errorf("row %d has %d columns, row 0 has %d", i, len(r), cols)
-		}
-		flat = append(flat, r...)
-	}
-	return flat, rows, cols, nil
 }
 
 // session returns the pool's own session, opening it on first use. Once
