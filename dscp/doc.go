@@ -10,6 +10,7 @@
 // marking helper (Mark, MarkFD, MarkUDPPort) that sets the DSCP on IPv4
 // and IPv6 sockets while keeping the two ECN bits the stack manages.
 //
-// dscp is a leaf: it imports the standard library and golang.org/x/sys
-// only, so policy, qos, overlay and cmd can all share it.
+// dscp is a leaf: it imports the standard library, golang.org/x/sys and
+// internal/human (typo suggestions) only, so policy, qos, overlay and cmd
+// can all share it.
 package dscp

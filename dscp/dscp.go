@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/gpumesh/gpumesh/internal/human"
 )
 
 // Code is a DiffServ code point 0..63, or None.
@@ -192,36 +194,9 @@ func (c *Code) UnmarshalText(b []byte) error {
 // closest returns the standard name nearest to s by edit distance, or ""
 // when none is close enough to be a plausible typo.
 func closest(s string) string {
-	best, bestD := "", 0
-	for _, n := range names {
-		d := editDistance(s, n.name)
-		if best == "" || d < bestD || d == bestD && n.name < best {
-			best, bestD = n.name, d
-		}
+	all := make([]string, len(names))
+	for i, n := range names {
+		all[i] = n.name
 	}
-	if bestD > 2 || bestD >= len(s) {
-		return ""
-	}
-	return best
-}
-
-// editDistance is the Levenshtein distance between a and b in bytes.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
+	return human.Closest(s, all)
 }

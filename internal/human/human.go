@@ -1,8 +1,9 @@
 // Package human formats quantities for people and for gpumesh's JSON:
 // byte counts and rates in binary units ("1.5MiB", "12.0MiB/s"), durations
 // to three significant digits ("150µs", "1.23ms", "2.5s"), and durations as
-// milliseconds rounded to the microsecond for JSON fields named *_ms.
-// cmd/gpumesh and diag share it instead of keeping copies.
+// milliseconds rounded to the microsecond for JSON fields named *_ms; and
+// the nearest name to a typo (Closest), for error hints. cmd/gpumesh, diag,
+// policy and dscp share it instead of keeping copies.
 //
 // It is a leaf: it imports only the standard library.
 package human
