@@ -137,9 +137,9 @@ type Forwarder struct {
 	closed bool                  // guarded by mu
 }
 
-// Start validates cfg, listens for every rule and starts forwarding. A
-// half-built start is undone: either every rule listens or none does.
-func Start(cfg Config) (_ *Forwarder, err error) {
+// withDefaults checks what Start and StartUnix both need and fills in the
+// defaults, returning the logger to use.
+func (cfg *Config) withDefaults() (*slog.Logger, error) {
 	if cfg.Dial == nil {
 		return nil, errors.New("forward: a dial function is required")
 	}
@@ -152,9 +152,18 @@ func Start(cfg Config) (_ *Forwarder, err error) {
 	if cfg.ProbeInterval == 0 {
 		cfg.ProbeInterval = DefaultProbeInterval
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	if cfg.Logger == nil {
+		return slog.New(slog.DiscardHandler), nil
+	}
+	return cfg.Logger, nil
+}
+
+// Start validates cfg, listens for every rule and starts forwarding. A
+// half-built start is undone: either every rule listens or none does.
+func Start(cfg Config) (_ *Forwarder, err error) {
+	log, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	type plan struct {
 		rule  Rule

@@ -2,10 +2,8 @@ package forward
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -24,21 +22,9 @@ const UnixSocketMode fs.FileMode = 0o666
 // file there is an error. Close removes the sockets. A half-built start is
 // undone.
 func StartUnix(cfg Config) (_ *Forwarder, err error) {
-	if cfg.Dial == nil {
-		return nil, errors.New("forward: a dial function is required")
-	}
-	if len(cfg.Rules) == 0 {
-		return nil, errors.New("forward: no rules")
-	}
-	if cfg.DialTimeout <= 0 {
-		cfg.DialTimeout = DefaultDialTimeout
-	}
-	if cfg.ProbeInterval == 0 {
-		cfg.ProbeInterval = DefaultProbeInterval
-	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	log, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	for _, r := range cfg.Rules {
 		if !filepath.IsAbs(r.Listen) {
