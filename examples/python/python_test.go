@@ -15,6 +15,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/gpusvc/cpu"
+	"github.com/gpumesh/gpumesh/internal/pythontest"
 	"github.com/gpumesh/gpumesh/internal/testtools"
 	"github.com/gpumesh/gpumesh/overlay/forward"
 	"github.com/gpumesh/gpumesh/overlay/overlaytest"
@@ -35,20 +36,7 @@ rule "cloud" {
 // PATH, or Debian's when PATH leads to another installation.
 func python(t *testing.T) string {
 	t.Helper()
-	var tried []string
-	for _, p := range []string{"python3", "/usr/bin/python3"} {
-		path, err := exec.LookPath(p)
-		if err != nil {
-			continue
-		}
-		out, err := exec.Command(path, "-c", "import grpc, google.protobuf").CombinedOutput()
-		if err == nil {
-			return path
-		}
-		tried = append(tried, path+": "+strings.TrimSpace(string(out)))
-	}
-	t.Skipf("no python3 with the grpc and protobuf modules (apt-get install python3-grpcio python3-protobuf); tried %q", tried)
-	return ""
+	return pythontest.Find(t, "grpc", "google.protobuf")
 }
 
 // leastPrivilegePolicy lets cloud multiply matrices, and nothing else.

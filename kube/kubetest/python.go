@@ -1,10 +1,10 @@
 package kubetest
 
 import (
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
+
+	"github.com/gpumesh/gpumesh/internal/pythontest"
 )
 
 // Python returns a Python 3 that imports grpc and protobuf (Debian's
@@ -12,20 +12,7 @@ import (
 // none.
 func Python(tb testing.TB) string {
 	tb.Helper()
-	var tried []string
-	for _, p := range []string{"/usr/bin/python3", "python3"} {
-		path, err := exec.LookPath(p)
-		if err != nil {
-			continue
-		}
-		out, err := exec.Command(path, "-c", "import grpc, google.protobuf").CombinedOutput()
-		if err == nil {
-			return path
-		}
-		tried = append(tried, path+": "+strings.TrimSpace(string(out)))
-	}
-	tb.Skipf("no python3 with the grpc and protobuf modules (apt-get install python3-grpcio python3-protobuf); tried %q", tried)
-	return ""
+	return pythontest.Find(tb, "grpc", "google.protobuf")
 }
 
 // PythonExamples is the directory of the Python client example
