@@ -55,18 +55,7 @@ func runOnPool(ctx context.Context, w io.Writer, nw pool.Network, target, kernel
 	got := gpusvc.TensorFromPB(res.GetOutputs()[0])
 	line := fmt.Sprintf("%s %s → %v on %s (pool %s): round trip %s (compute %s)", kernelName, shapes(args), got.Shape, host, target,
 		human.Duration(rtt), human.Duration(time.Duration(res.GetComputeNanos())))
-	if check {
-		maxErr, scale, err := compareLocal(kernelName, args, got)
-		if err != nil {
-			return err
-		}
-		if maxErr > 1e-4*scale {
-			return fmt.Errorf("%s on %s: result differs from the local computation: max |err| %.3g > %.3g", kernelName, host, maxErr, 1e-4*scale)
-		}
-		line += fmt.Sprintf("; matches local computation (max |err| %.2g)", maxErr)
-	}
-	fmt.Fprintln(w, line)
-	return nil
+	return printChecked(w, line, host, kernelName, args, got, check)
 }
 
 // parseForward reads one --forward: LISTEN=HOST[:PORT], or LISTEN=TARGET

@@ -30,6 +30,12 @@ func runAndReport(ctx context.Context, w io.Writer, c *gpusvc.Client, host, kern
 	got := gpusvc.TensorFromPB(res.GetOutputs()[0])
 	line := fmt.Sprintf("%s %s → %v: round trip %s (compute %s)", kernelName, shapes(args), got.Shape,
 		human.Duration(rtt), human.Duration(time.Duration(res.GetComputeNanos())))
+	return printChecked(w, line, host, kernelName, args, got, check)
+}
+
+// printChecked prints a call's line, after checking got against the local
+// computation when check is set.
+func printChecked(w io.Writer, line, host, kernelName string, args []kernel.Arg, got kernel.Tensor, check bool) error {
 	if check {
 		maxErr, scale, err := compareLocal(kernelName, args, got)
 		if err != nil {

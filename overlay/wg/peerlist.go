@@ -2,8 +2,6 @@ package wg
 
 import (
 	"context"
-	"fmt"
-	"net"
 	"net/netip"
 	"strings"
 
@@ -17,17 +15,9 @@ var _ overlay.PeerLister = (*Node)(nil)
 // tells whether it answers); its path is direct once the device knows an
 // endpoint for it (WireGuard has no relays), else unknown.
 func (n *Node) Peers(ctx context.Context) ([]overlay.Peer, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	switch {
-	case n.closed:
-		return nil, net.ErrClosed
-	case n.dev == nil:
-		return nil, ErrNotUp
-	}
-	s, err := n.dev.IpcGet()
+	s, err := n.ipcGet("peers")
 	if err != nil {
-		return nil, fmt.Errorf("wg: peers: %w", err)
+		return nil, err
 	}
 	// The device lists peers by hex public key, with "endpoint=" once it
 	// has one.

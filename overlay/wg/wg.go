@@ -103,22 +103,32 @@ func (n *Node) Addrs() []netip.Addr {
 
 var _ overlay.PeerPather = (*Node)(nil)
 
+// ipcGet returns the device's state in wireguard-go's UAPI text format,
+// for what (named in the error).
+func (n *Node) ipcGet(what string) (string, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case n.closed:
+		return "", net.ErrClosed
+	case n.dev == nil:
+		return "", ErrNotUp
+	}
+	s, err := n.dev.IpcGet()
+	if err != nil {
+		return "", fmt.Errorf("wg: %s: %w", what, err)
+	}
+	return s, nil
+}
+
 // PeerPaths reports each peer's first overlay address (from its AllowedIPs)
 // and the endpoint the device sends its packets to now: the configured
 // one, or the one its last authenticated packet came from. A peer with no
 // endpoint yet has none.
 func (n *Node) PeerPaths(ctx context.Context) ([]overlay.PeerPath, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	switch {
-	case n.closed:
-		return nil, net.ErrClosed
-	case n.dev == nil:
-		return nil, ErrNotUp
-	}
-	s, err := n.dev.IpcGet()
+	s, err := n.ipcGet("peer paths")
 	if err != nil {
-		return nil, fmt.Errorf("wg: peer paths: %w", err)
+		return nil, err
 	}
 	var out []overlay.PeerPath
 	var cur *overlay.PeerPath
