@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
 
+	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/policy"
 )
 
@@ -38,19 +39,32 @@ func newAdmission() *admission {
 
 // openConn takes one of who's connection slots, or says why not.
 func (a *admission) openConn(who *caller, limit int) (release func(), err error) {
+	return a.takeConn(who.key, who.name, limit, 1)
+}
+
+// openAgentConn takes one of a trusted Kubernetes agent's agent-wide
+// connection slots (for all its pods and itself); the connection's own
+// slot, taken by openConn, is the one the host's total counts.
+func (a *admission) openAgentConn(id overlay.Identity, limit int) (release func(), err error) {
+	return a.takeConn("agent:"+quotaKey(id), "Kubernetes agent "+id.String()+" (all its pods)", limit, 0)
+}
+
+// takeConn takes one of key's connection slots, adding total to the
+// host's count of open connections.
+func (a *admission) takeConn(key, name string, limit, total int) (release func(), err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if n := a.conns[who.key]; n >= limit {
-		return nil, status.Errorf(codes.ResourceExhausted, "gpumesh: %s already holds %d connections to this host, its most", who.name, n)
+	if n := a.conns[key]; n >= limit {
+		return nil, status.Errorf(codes.ResourceExhausted, "gpumesh: %s already holds %d connections to this host, its most", name, n)
 	}
-	a.conns[who.key]++
-	a.totalConns++
+	a.conns[key]++
+	a.totalConns += total
 	return func() {
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		a.totalConns--
-		if a.conns[who.key]--; a.conns[who.key] <= 0 {
-			delete(a.conns, who.key)
+		a.totalConns -= total
+		if a.conns[key]--; a.conns[key] <= 0 {
+			delete(a.conns, key)
 		}
 	}, nil
 }

@@ -105,27 +105,37 @@ func (c overlayCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.Auth
 	}
 	// A peer that is not a trusted agent takes its connection slot before
 	// anything it sends is read: it cannot hold more connections waiting
-	// in the preface's read than it may hold at all. A trusted agent's
-	// slot is its pod's, known once its preface is read.
+	// in the preface's read than it may hold at all. A trusted agent
+	// takes one of its agent-wide slots first (MaxConnsPerAgent, for its
+	// pods and itself together), then its pod's, known once its preface
+	// is read.
 	agent := s.policy().TrustsAgent(Subject(id))
 	var release func()
-	if !agent {
-		if release, err = s.openConn(newCaller(id)); err != nil {
-			return nil, nil, err
-		}
+	if agent {
+		release, err = s.admission.openAgentConn(id, s.cfg.MaxConnsPerAgent)
+	} else {
+		release, err = s.openConn(newCaller(id))
 	}
-	id, head, err := s.identifyPod(conn, id, agent)
 	if err != nil {
-		if release != nil {
-			release()
+		if agent {
+			s.refusals.add(newCaller(id), "connect", err)
 		}
 		return nil, nil, err
 	}
+	id, head, err := s.identifyPod(conn, id, agent)
+	if err != nil {
+		release()
+		return nil, nil, err
+	}
 	who := newCaller(id)
-	if release == nil {
-		if release, err = s.openConn(who); err != nil {
+	if agent {
+		own, err := s.openConn(who)
+		if err != nil {
+			release()
 			return nil, nil, err
 		}
+		agentSlot := release
+		release = func() { own(); agentSlot() }
 	}
 	ci := &connIdentity{whois: s.cfg.WhoIs, policy: s.cfg.Policy, ttl: s.cfg.IdentityTTL, remote: remote, cur: who, at: time.Now()}
 	if s.cfg.WrapConn != nil {

@@ -109,6 +109,7 @@ func startPods(t *testing.T) *podWorld {
 	w.srv, err = gpusvc.NewServer(gpusvc.Config{
 		Backend: w.backend, WhoIs: host.WhoIs, Policy: w.pol.Load, Host: "gpu-host",
 		MaxConnsPerCaller: maxConns,
+		MaxConnsPerAgent:  maxAgentConns,
 		OnCall: func(r gpusvc.CallRecord) {
 			w.rec.add(r)
 			log.Record(r)
@@ -134,8 +135,12 @@ func startPods(t *testing.T) *podWorld {
 	return w
 }
 
-// maxConns is the pods' world's connection cap per caller.
-const maxConns = 8
+// maxConns is the pods' world's connection cap per caller, maxAgentConns
+// per trusted agent (its pods and itself together).
+const (
+	maxConns      = 8
+	maxAgentConns = 12
+)
 
 var hostAddr = "gpu-host:" + strconv.Itoa(gpusvc.DefaultPort)
 
@@ -427,6 +432,36 @@ func TestPodPrefaceAttacks(t *testing.T) {
 		recs := waitRecords(t, w, func() []gpusvc.CallRecord { return connects(mark, "rogue") }, 1)
 		if recs[0].Code != codes.ResourceExhausted {
 			t.Errorf("record %+v; want rogue's connection over the cap refused as ResourceExhausted", recs[0])
+		}
+	})
+
+	t.Run("a trusted agent's silent connections take its agent-wide slots", func(t *testing.T) {
+		// A compromised agent could name a new pod on every connection,
+		// each pod with slots of its own: the agent-wide cap is taken
+		// before its preface is read, so the connection over it is
+		// refused at once, and the slots come back when they close.
+		mark := w.rec.mark()
+		var silent []net.Conn
+		for range maxAgentConns + 1 {
+			silent = append(silent, w.dialRaw(t, "agent-2", nil))
+		}
+		recs := waitRecords(t, w, func() []gpusvc.CallRecord { return connects(mark, "agent-2") }, 1)
+		if recs[0].Code != codes.ResourceExhausted || !strings.Contains(recs[0].Err, "Kubernetes agent") {
+			t.Errorf("record %+v; want agent-2's connection over its agent-wide cap refused as ResourceExhausted, naming the agent", recs[0])
+		}
+		for _, c := range silent {
+			c.Close()
+		}
+		c := w.client(t, "agent-2", trainer("trainer-9", "uid-slots"))
+		var err error
+		for range 100 { // the host notices the closed connections as their reads end
+			if _, err = c.Compute(ctx, "relu", f32([]int64{4})); err == nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil {
+			t.Errorf("a pod of agent-2 after its silent connections closed: %v", err)
 		}
 	})
 }

@@ -45,6 +45,11 @@ const (
 	DefaultMaxStreamsPerCaller = 256
 	// DefaultMaxConnsPerCaller caps one identity's connections.
 	DefaultMaxConnsPerCaller = 32
+	// DefaultMaxConnsPerAgent caps the connections one trusted
+	// Kubernetes agent holds for all its pods and itself together (a
+	// node runs at most 110 pods by default; a Go client uses two
+	// connections): a compromised agent cannot make up pods without end.
+	DefaultMaxConnsPerAgent = 1024
 )
 
 // Config configures a Server. Only Backend and WhoIs are required.
@@ -82,6 +87,10 @@ type Config struct {
 	MaxStreamsPerConn   int
 	MaxStreamsPerCaller int
 	MaxConnsPerCaller   int
+	// MaxConnsPerAgent bounds the connections of one trusted Kubernetes
+	// agent, its pods' included, taken before its preface is read; 0
+	// means DefaultMaxConnsPerAgent.
+	MaxConnsPerAgent int
 	// StreamConcurrency is how many calls of one Stream run at once (a
 	// rule's lower max_concurrent wins). 0 means DefaultStreamConcurrency.
 	StreamConcurrency int
@@ -182,6 +191,7 @@ func NewServer(cfg Config) (*Server, error) {
 	defInt(&cfg.MaxStreamsPerConn, DefaultMaxStreamsPerConn)
 	defInt(&cfg.MaxStreamsPerCaller, DefaultMaxStreamsPerCaller)
 	defInt(&cfg.MaxConnsPerCaller, DefaultMaxConnsPerCaller)
+	defInt(&cfg.MaxConnsPerAgent, DefaultMaxConnsPerAgent)
 	defInt(&cfg.StreamConcurrency, DefaultStreamConcurrency)
 	if cfg.IdentityTTL <= 0 {
 		cfg.IdentityTTL = 5 * time.Second
