@@ -22,7 +22,7 @@ import (
 // TestHostile attacks a real host on the embedded tailnet the way issue 12
 // describes each finding, and checks that it now holds.
 func TestHostile(t *testing.T) {
-	w := startHostile(t, "laptop", "roamer", "eager", "stranger", "observer", "hog", "pair")
+	w := startHostile(t, "laptop", "roamer", "eager", "stranger", "observer", "hog", "pair", "lost", "found")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -310,6 +310,41 @@ func TestHostile(t *testing.T) {
 		if grown := fileSize(t, w.audit) - before; grown > 3*1024 {
 			t.Errorf("three calls with 1 MiB names grew the audit log by %d bytes; want a short line each", grown)
 		}
+	})
+
+	// Finding 8: deny { kernels = ["*"] } left custom code and resident
+	// buffers allowed when another rule granted custom:ptx. found holds
+	// the same grant without the deny, and gets what it grants.
+	t.Run("finding8_deny_star_denies_everything", func(t *testing.T) {
+		ptx := &pb.LoadModuleRequest{Session: 1, Source: &pb.LoadModuleRequest_Ptx{Ptx: []byte(".version 7.0")}}
+		lost, found := w.api(t, "lost"), w.api(t, "found")
+
+		_, err := lost.OpenSession(ctx, &pb.OpenSessionRequest{})
+		wantCode(t, err, codes.PermissionDenied, `"lost"`)
+		_, err = lost.Alloc(ctx, &pb.AllocRequest{Session: 1, Bytes: 1})
+		wantCode(t, err, codes.PermissionDenied, `"lost"`)
+		_, err = lost.LoadModule(ctx, ptx)
+		wantCode(t, err, codes.PermissionDenied, `"lost"`)
+		_, err = lost.Compute(ctx, &pb.ComputeRequest{Kernel: "relu", Args: gpusvc.ArgsToPB([]kernel.Arg{f32([]int64{4})})})
+		wantCode(t, err, codes.PermissionDenied, `"lost"`)
+		_, err = lost.Devices(ctx, &pb.DevicesRequest{})
+		wantCode(t, err, codes.PermissionDenied, `"lost"`)
+
+		sess, err := found.OpenSession(ctx, &pb.OpenSessionRequest{})
+		if err != nil {
+			t.Fatalf("found, the same grant without the deny: %v", err)
+		}
+		if _, err := found.Alloc(ctx, &pb.AllocRequest{Session: sess.GetSession(), Bytes: 1}); err != nil {
+			t.Errorf("found's Alloc: %v", err)
+		}
+		ptx.Session = sess.GetSession()
+		// The CPU backend runs no custom code: found gets that answer, not
+		// a refusal by the policy.
+		_, err = found.LoadModule(ctx, ptx)
+		if c := status.Code(err); c == codes.PermissionDenied {
+			t.Errorf("found's LoadModule: %v; want the backend's answer, not the policy's", err)
+		}
+		found.CloseSession(ctx, &pb.CloseSessionRequest{Session: sess.GetSession()})
 	})
 
 	// Finding 9, the lows on the server side.

@@ -80,6 +80,19 @@ rule "hog" {
   kernels  = ["*"]
 }
 
+# lost and found hold the same grant of every kernel, custom code and
+# metrics; lost is a laptop reported lost, denied every kernel.
+rule "grant-all" {
+  subjects = ["lost", "found"]
+  gpus     = ["*"]
+  kernels  = ["*", "custom:ptx", "observe:metrics"]
+}
+deny "lost" {
+  subjects = ["lost"]
+  gpus     = ["*"]
+  kernels  = ["*"]
+}
+
 rule "pair" {
   subjects       = ["pair"]
   gpus           = ["*"]
