@@ -51,10 +51,13 @@ for the cluster: the scheduler then allocates each GPU to one claim.
 
 With --name-pods (the default) every connection to a GPU host starts by
 naming whose it is: a claim's pod (namespace, service account, name, UID,
-read from the Kubernetes API), or the agent itself. The hosts' policies must
+read from the Kubernetes API); for gpumesh.dev/gpu, the pod the kubelet's
+PodResources API (--pod-resources-socket) says holds the device, or the
+connection is refused; or the agent itself. The hosts' policies must
 trust the agent's tag (kubernetes { trusted_agents = ["tag:k8s"] }); their
 rules then name pods as k8s:NAMESPACE/SERVICEACCOUNT, and unpreparing a claim
-frees its pod's buffers on the host at once.`,
+frees its pod's buffers on the host at once, as a device plugin pod's
+going does.`,
 		Example: `  gpumesh kube agent --hosts gpu-a,gpu-b --authkey-file /etc/gpumesh/authkey \
     --state-dir /var/lib/gpumesh/state --advertise-tags tag:k8s`,
 		Args: cobra.NoArgs,
@@ -68,7 +71,7 @@ frees its pod's buffers on the host at once.`,
 				return fmt.Errorf("--node-selector: %w", err)
 			}
 			cfg.NodeSelector = sel
-			if cfg.DRA {
+			if cfg.DRA || (cfg.DevicePlugin && cfg.NamePods) {
 				rc, err := agent.RESTConfig(kubeconfig)
 				if err != nil {
 					return err
@@ -126,6 +129,7 @@ frees its pod's buffers on the host at once.`,
 	fl.StringVar(&cfg.PluginDir, "plugin-dir", "", "the DRA plugin's socket directory (default /var/lib/kubelet/plugins/gpu.gpumesh.dev)")
 	fl.StringVar(&cfg.CDIDir, "cdi-dir", "", "where the container runtime reads CDI specs (default /var/run/cdi)")
 	fl.BoolVar(&cfg.NamePods, "name-pods", true, "name each connection's pod to the GPU hosts (their policies must trust this agent's tag)")
+	fl.StringVar(&cfg.PodResourcesSocket, "pod-resources-socket", "", "the kubelet's PodResources socket, to name the device plugin's pods (default /var/lib/kubelet/pod-resources/kubelet.sock)")
 	fl.DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")
 	return cmd
 }
