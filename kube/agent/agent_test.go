@@ -27,6 +27,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	k8sdeploy "github.com/gpumesh/gpumesh/deploy/kubernetes"
+	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/gpusvc/audit"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
@@ -57,6 +58,7 @@ type cluster struct {
 // dirs are the node's directories the agent shares with the kubelet and
 // the container runtime.
 type dirs struct {
+	kubelet                                                     string // holds the kubelet's directories below
 	devicePlugins, registry, plugin, cdi, tunnels, podResources string
 }
 
@@ -64,6 +66,7 @@ func newDirs(t testing.TB) dirs {
 	t.Helper()
 	base := t.TempDir()
 	d := dirs{
+		kubelet:       base,
 		devicePlugins: filepath.Join(base, "device-plugins"),
 		registry:      filepath.Join(base, "plugins_registry"),
 		plugin:        filepath.Join(base, "plugins", dra.DriverName),
@@ -191,6 +194,7 @@ func TestKubernetes(t *testing.T) {
 
 	t.Run("dra", func(t *testing.T) { c.testDRA(ctx, t) })
 	t.Run("shared claim", func(t *testing.T) { c.testSharedClaim(ctx, t) })
+	t.Run("doctor", func(t *testing.T) { c.testDoctor(ctx, t) })
 	t.Run("device plugin", func(t *testing.T) { c.testDevicePlugin(ctx, t) })
 	t.Run("publisher failover", func(t *testing.T) { c.testFailover(ctx, t) })
 }
@@ -755,4 +759,43 @@ func claimFreed(ctx context.Context, client kubernetes.Interface, name string) (
 		return false, err
 	}
 	return cl.Status.Allocation == nil && len(cl.Status.ReservedFor) == 0, nil
+}
+
+// testDoctor: where the agent runs, every Kubernetes check is ok (the
+// kubelet socket, the device plugin serving and registered, the DRA
+// plugin registered, the slices published, PodResources answering);
+// where no agent or kubelet is, the checks say so and one fails.
+func (c *cluster) testDoctor(ctx context.Context, t *testing.T) {
+	// The kubelet reports the plugin's healthy devices in the Node's
+	// status once it registered it.
+	setExtended(ctx, t, c.cp.Client, 1)
+	checks := agent.Doctor(ctx, agent.DoctorConfig{KubeletDir: c.dirs.kubelet, Client: c.cp.Client, NodeName: nodeName})
+	var out strings.Builder
+	diag.WriteChecks(&out, checks)
+	t.Logf("doctor where the agent runs:\n%s", out.String())
+	want := []string{"kubelet socket", "device plugin", "device plugin registered", "dra plugin", "resource slices", "pod resources"}
+	var names []string
+	for _, ch := range checks {
+		names = append(names, ch.Name)
+		if ch.Result != diag.OK {
+			t.Errorf("check %s: %s (%s); want ok", ch.Name, ch.Result, ch.Detail)
+		}
+	}
+	if !slices.Equal(names, want) {
+		t.Errorf("checks %v; want %v", names, want)
+	}
+	if !strings.Contains(out.String(), "serves 1 devices, 1 healthy") || !strings.Contains(out.String(), "pools gpu-host") {
+		t.Errorf("doctor does not report the device and the gpu-host pool:\n%s", out.String())
+	}
+
+	checks = agent.Doctor(ctx, agent.DoctorConfig{KubeletDir: t.TempDir(), ClientErr: errors.New("not in a pod")})
+	out.Reset()
+	diag.WriteChecks(&out, checks)
+	t.Logf("doctor where nothing runs:\n%s", out.String())
+	if !diag.Failed(checks) || checks[0].Name != "kubelet socket" || checks[0].Result != diag.Fail {
+		t.Errorf("doctor without a kubelet: want the kubelet socket check failed")
+	}
+	if !strings.Contains(out.String(), "not in a pod") {
+		t.Errorf("doctor does not say why it cannot reach the apiserver")
+	}
 }
