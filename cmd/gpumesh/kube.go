@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -11,6 +12,7 @@ import (
 	"github.com/gpumesh/gpumesh/kube"
 	"github.com/gpumesh/gpumesh/kube/agent"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/pool"
 )
 
 func newKubeCmd() *cobra.Command {
@@ -38,10 +40,12 @@ func newKubeAgentCmd() *cobra.Command {
 		joinTimeout  time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "agent --hosts GPU-HOST[,...]",
+		Use:   "agent --hosts GPU-HOST|tag:TAG[,...]",
 		Short: "Run the Kubernetes node agent (device plugin and DRA driver)",
 		Long: `agent joins the tailnet as this Kubernetes node and serves its pods the GPUs
-of the GPU hosts named by --hosts, until interrupted.
+of the GPU hosts named by --hosts, until interrupted: names, and tags
+(tag:gpu) or * whose peers the agent finds in the tailnet's peer list,
+probing each new one and forgetting one that left 10 minutes ago.
 
 With --device-plugin it registers gpumesh.dev/gpu with the kubelet: every
 node offers every remote GPU (times --slots), and the hosts' policies share
@@ -58,13 +62,20 @@ trust the agent's tag (kubernetes { trusted_agents = ["tag:k8s"] }); their
 rules then name pods as k8s:NAMESPACE/SERVICEACCOUNT, and unpreparing a claim
 frees its pod's buffers on the host at once, as a device plugin pod's
 going does.`,
-		Example: `  gpumesh kube agent --hosts gpu-a,gpu-b --authkey-file /etc/gpumesh/authkey \
+		Example: `  gpumesh kube agent --hosts tag:gpu --authkey-file /etc/gpumesh/authkey \
     --state-dir /var/lib/gpumesh/state --advertise-tags tag:k8s`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			if len(cfg.HostNames) == 0 {
-				return fmt.Errorf("--hosts: name at least one GPU host")
+				return fmt.Errorf("--hosts: name at least one GPU host, or a tag")
+			}
+			hosts := cfg.HostNames
+			cfg.HostNames, cfg.HostTarget = splitHosts(hosts)
+			if cfg.HostTarget != "" {
+				if _, err := pool.ParseTarget(cfg.HostTarget); err != nil {
+					return fmt.Errorf("--hosts: %w", err)
+				}
 			}
 			sel, err := agent.ParseNodeSelector(nodeSelector)
 			if err != nil {
@@ -100,7 +111,7 @@ going does.`,
 				return err
 			}
 			defer a.Close()
-			fmt.Fprintf(cmd.OutOrStdout(), "gpumesh: kube agent up as %s on %s, GPU hosts %v\n", cfg.NodeName, ov.Desc, cfg.HostNames)
+			fmt.Fprintf(cmd.OutOrStdout(), "gpumesh: kube agent up as %s on %s, GPU hosts %s\n", cfg.NodeName, ov.Desc, strings.Join(hosts, ","))
 			select {
 			case <-ctx.Done():
 				fmt.Fprintln(cmd.OutOrStdout(), "gpumesh: shutting down")
@@ -112,7 +123,7 @@ going does.`,
 	}
 	tf.register(cmd, envOr("NODE_NAME", "gpumesh-k8s"))
 	fl := cmd.Flags()
-	fl.StringSliceVar(&cfg.HostNames, "hosts", nil, "GPU hosts to offer, by tailnet name")
+	fl.StringSliceVar(&cfg.HostNames, "hosts", nil, "GPU hosts to offer: tailnet names, and tags (tag:gpu) or * whose peers are found in the peer list as they come and go")
 	fl.DurationVar(&cfg.ProbeInterval, "probe-interval", 5*time.Second, "how often each GPU host is asked for its devices")
 	fl.StringVar(&cfg.NodeName, "node-name", envOr("NODE_NAME", ""), "this Kubernetes node's name (default: --hostname); env NODE_NAME")
 	fl.StringVar(&cfg.Namespace, "namespace", envOr("POD_NAMESPACE", "gpumesh-system"), "namespace of the publishing Lease; env POD_NAMESPACE")
@@ -152,4 +163,18 @@ GPUs gpumesh.dev/agent=true.`,
 			return err
 		},
 	}
+}
+
+// splitHosts parts --hosts into names and a pool target ("tag:gpu,*")
+// that finds hosts in the peer list.
+func splitHosts(items []string) (names []string, target string) {
+	var found []string
+	for _, h := range items {
+		if h == "*" || strings.HasPrefix(h, "tag:") {
+			found = append(found, h)
+		} else {
+			names = append(names, h)
+		}
+	}
+	return names, strings.Join(found, ",")
 }

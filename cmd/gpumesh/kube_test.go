@@ -25,6 +25,7 @@ func TestKubeAgentFlags(t *testing.T) {
 		want string
 	}{
 		{[]string{"kube", "agent"}, "--hosts: name at least one GPU host"},
+		{[]string{"kube", "agent", "--hosts", "gpu-a,tag:"}, "is not a tag"},
 		{[]string{"kube", "agent", "--hosts", "gpu-a", "--node-selector", "nolabel"}, "want LABEL=VALUE"},
 		{[]string{"kube", "agent", "--hosts", "gpu-a", "--node-selector", "bad label=x"}, "node selector label"},
 	} {

@@ -32,9 +32,12 @@ type Config struct {
 	// is set.
 	Overlay overlay.Overlay
 	// Hosts is where the GPU hosts come from; nil means StaticHosts over
-	// HostNames, probed through Overlay every ProbeInterval.
+	// HostNames and the peers HostTarget finds in the overlay's peer list
+	// ("tag:gpu", as a pool target), probed through Overlay every
+	// ProbeInterval.
 	Hosts         kube.Hosts
 	HostNames     []string
+	HostTarget    string
 	ProbeInterval time.Duration
 	// NodeName is the Kubernetes node the agent serves. Required with DRA.
 	NodeName string
@@ -128,7 +131,7 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		if cfg.Overlay == nil {
 			return nil, errors.New("agent: no overlay to reach the GPU hosts")
 		}
-		a.ownHosts, err = kube.StartStatic(ctx, kube.StaticConfig{Names: cfg.HostNames, Overlay: cfg.Overlay, Interval: cfg.ProbeInterval, NamePods: cfg.NamePods, Logger: log})
+		a.ownHosts, err = kube.StartStatic(ctx, kube.StaticConfig{Names: cfg.HostNames, Target: cfg.HostTarget, Overlay: cfg.Overlay, Interval: cfg.ProbeInterval, NamePods: cfg.NamePods, Logger: log})
 		if err != nil {
 			return nil, err
 		}

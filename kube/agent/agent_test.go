@@ -126,7 +126,7 @@ func startCluster(ctx context.Context, t testing.TB, cp *kubetest.ControlPlane) 
 	var err error
 	c.agent, err = agent.Start(ctx, agent.Config{
 		Overlay:            c.mesh.Agent,
-		HostNames:          []string{"gpu-host"},
+		HostTarget:         "tag:gpu", // found in the peer list, as a pool finds it
 		ProbeInterval:      200 * time.Millisecond,
 		NodeName:           nodeName,
 		Client:             cp.Client,
