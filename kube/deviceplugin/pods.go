@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -75,6 +76,7 @@ type Pods struct {
 	owners map[string]podRef // device ID → its pod, from the last List; guarded by mu
 	listed time.Time         // when owners was filled; guarded by mu
 	named  map[string]*named // by pod UID; guarded by mu
+	closed bool              // guarded by mu
 }
 
 // podRef is a pod as PodResources names it.
@@ -115,8 +117,18 @@ func NewPods(cfg PodsConfig) (*Pods, error) {
 	}, nil
 }
 
-// Close closes the connection to the kubelet.
-func (p *Pods) Close() error { return p.conn.Close() }
+// Close closes the connection to the kubelet. A second Close returns
+// net.ErrClosed.
+func (p *Pods) Close() error {
+	p.mu.Lock()
+	closed := p.closed
+	p.closed = true
+	p.mu.Unlock()
+	if closed {
+		return net.ErrClosed
+	}
+	return p.conn.Close()
+}
 
 // list asks the kubelet which pod holds each gpumesh.dev/gpu device.
 func (p *Pods) list(ctx context.Context) (map[string]podRef, error) {
