@@ -23,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 	dppb "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 	"k8s.io/utils/ptr"
 
@@ -497,20 +498,27 @@ func (c *cluster) testSharedClaim(ctx context.Context, t *testing.T) {
 		}
 		uids[name] = created.UID
 	}
+	// reserve allocates the claim and reserves it for names, as the
+	// scheduler would; the resourceclaim controller updates it too, so a
+	// conflict is retried on the claim as it is now.
 	reserve := func(names ...string) {
 		t.Helper()
-		cl, err := client.ResourceV1().ResourceClaims("default").Get(ctx, "shared", metav1.GetOptions{})
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			cl, err := client.ResourceV1().ResourceClaims("default").Get(ctx, "shared", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			cl.Status.Allocation = &resourceapi.AllocationResult{Devices: resourceapi.DeviceAllocationResult{
+				Results: []resourceapi.DeviceRequestAllocationResult{{Request: "gpu", Driver: dra.DriverName, Pool: "gpu-host", Device: "gpu-0"}},
+			}}
+			cl.Status.ReservedFor = nil
+			for _, n := range names {
+				cl.Status.ReservedFor = append(cl.Status.ReservedFor, resourceapi.ResourceClaimConsumerReference{Resource: "pods", Name: n, UID: uids[n]})
+			}
+			_, err = client.ResourceV1().ResourceClaims("default").UpdateStatus(ctx, cl, metav1.UpdateOptions{})
+			return err
+		})
 		if err != nil {
-			t.Fatal(err)
-		}
-		cl.Status.Allocation = &resourceapi.AllocationResult{Devices: resourceapi.DeviceAllocationResult{
-			Results: []resourceapi.DeviceRequestAllocationResult{{Request: "gpu", Driver: dra.DriverName, Pool: "gpu-host", Device: "gpu-0"}},
-		}}
-		cl.Status.ReservedFor = nil
-		for _, n := range names {
-			cl.Status.ReservedFor = append(cl.Status.ReservedFor, resourceapi.ResourceClaimConsumerReference{Resource: "pods", Name: n, UID: uids[n]})
-		}
-		if _, err := client.ResourceV1().ResourceClaims("default").UpdateStatus(ctx, cl, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
