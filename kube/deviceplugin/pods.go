@@ -252,8 +252,13 @@ func (p *Pods) release(ctx context.Context, gone []*named) {
 	}
 }
 
-// Sweep asks Run to check the named pods now (an allocation changed).
+// Sweep asks Run to check the named pods now, and the next connection
+// to ask the kubelet afresh: an allocation changed which pod holds a
+// device.
 func (p *Pods) Sweep() {
+	p.mu.Lock()
+	p.listed = time.Time{}
+	p.mu.Unlock()
 	select {
 	case p.wake <- struct{}{}:
 	default:
