@@ -10,7 +10,8 @@
 // socket in a directory of its own, mounted into its container, where the
 // agent forwards each connection to the allocated GPU's host
 // (overlay/forward). The container finds it through the environment
-// (GPUMESH_TARGET, GPUMESH_GPU); the host sees the agent's node.
+// (GPUMESH_TARGET, GPUMESH_GPU); the host sees the agent's node and, with
+// NamePods, the pod (gpusvc/preface).
 //
 // This package holds what both ways share: the Hosts interface and a
 // static implementation that probes a list of hosts, the Tunnels that

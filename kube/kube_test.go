@@ -7,7 +7,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +17,8 @@ import (
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
 	"github.com/gpumesh/gpumesh/kube"
 	"github.com/gpumesh/gpumesh/kube/kubetest"
+	"github.com/gpumesh/gpumesh/overlay"
+	"github.com/gpumesh/gpumesh/overlay/tsnet"
 )
 
 // waitHosts waits until hosts' snapshot satisfies ok, and returns it.
@@ -209,5 +213,89 @@ func TestTunnelRefusals(t *testing.T) {
 	}
 	if err := ts.Remove(t.Context(), "../escape"); err == nil {
 		t.Error("Remove(../escape) succeeded")
+	}
+}
+
+// peerList is the agent's tailnet node with a peer list that can hide
+// peers: the embedded tailnet's control keeps a node that closed listed
+// as online, as a real one does for a while.
+type peerList struct {
+	*tsnet.Node
+	mu     sync.Mutex
+	hidden map[string]bool // guarded by mu
+}
+
+func (p *peerList) hide(name string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.hidden[name] = true
+}
+
+func (p *peerList) Peers(ctx context.Context) ([]overlay.Peer, error) {
+	peers, err := p.Node.Peers(ctx)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.DeleteFunc(peers, func(pe overlay.Peer) bool { return p.hidden[pe.Name] }), err
+}
+
+// TestDiscoveredHosts finds the GPU hosts by tag in the peer list, as a
+// pool does: a host of the tag is probed, a peer without it is not, a host
+// that joins later is found, and one that leaves is unhealthy, and
+// forgotten once it is out of the peer list.
+func TestDiscoveredHosts(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	m := kubetest.StartMesh(t, "k8s-node-1", "")
+	m.AddHost(t, "gpu-a", "tag:gpu")
+	m.AddHost(t, "cpu-b", "tag:build")
+	if _, err := kube.StartStatic(ctx, kube.StaticConfig{Target: "tag:gpu,", Overlay: m.Agent}); err == nil {
+		t.Error("a malformed target was accepted")
+	}
+	pl := &peerList{Node: m.Agent, hidden: make(map[string]bool)}
+	hosts, err := kube.StartStatic(ctx, kube.StaticConfig{
+		Target:      "tag:gpu",
+		Overlay:     pl,
+		Interval:    100 * time.Millisecond,
+		Timeout:     2 * time.Second,
+		ForgetAfter: 300 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hosts.Close()
+	hs := waitHosts(ctx, t, hosts, "gpu-a healthy", func(hs []kube.Host) bool {
+		h, ok := kube.Find(hs, "gpu-a")
+		return ok && h.Healthy
+	})
+	if len(hs) != 1 || len(hs[0].Devices) != 1 {
+		t.Fatalf("hosts %+v; want gpu-a alone (cpu-b is not tagged tag:gpu) with its device", hs)
+	}
+	if _, err := hosts.Dial(ctx, "cpu-b"); err == nil {
+		t.Error("Dial(cpu-b) succeeded; want a refusal: it is not a GPU host of the target")
+	}
+
+	gpuC := m.AddHost(t, "gpu-c", "tag:gpu")
+	waitHosts(ctx, t, hosts, "gpu-c found and healthy", func(hs []kube.Host) bool {
+		h, ok := kube.Find(hs, "gpu-c")
+		return ok && h.Healthy && len(hs) == 2
+	})
+	conn, err := hosts.Dial(ctx, "gpu-c")
+	if err != nil {
+		t.Fatalf("Dial(gpu-c): %v", err)
+	}
+	conn.Close()
+
+	gpuC.Leave()
+	waitHosts(ctx, t, hosts, "gpu-c unhealthy", func(hs []kube.Host) bool {
+		h, ok := kube.Find(hs, "gpu-c")
+		return ok && !h.Healthy
+	})
+	pl.hide("gpu-c")
+	waitHosts(ctx, t, hosts, "gpu-c forgotten", func(hs []kube.Host) bool {
+		_, ok := kube.Find(hs, "gpu-c")
+		return !ok && len(hs) == 1
+	})
+	if _, err := hosts.Dial(ctx, "gpu-c"); err == nil {
+		t.Error("Dial(gpu-c) succeeded after it was forgotten")
 	}
 }

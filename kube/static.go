@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -15,12 +16,22 @@ import (
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/gpusvc/preface"
 	"github.com/gpumesh/gpumesh/overlay"
+	"github.com/gpumesh/gpumesh/pool"
 )
 
 // StaticConfig configures StaticHosts.
 type StaticConfig struct {
-	// Names are the GPU hosts' tailnet names (or overlay IPs). Required.
+	// Names are the GPU hosts' tailnet names (or overlay IPs), probed
+	// whether or not they are online. Names or Target is required.
 	Names []string
+	// Target finds more hosts in the overlay's peer list each round, as a
+	// pool does (pool.ParseTarget: "tag:gpu", "*", a list): each online
+	// peer it matches is probed from then on. A host found so that leaves
+	// the peer list stays, unhealthy, for ForgetAfter, then is dropped.
+	// The Overlay must list its peers (overlay.PeerLister).
+	Target string
+	// ForgetAfter: see Target; 0 means 10m.
+	ForgetAfter time.Duration
 	// Overlay reaches the hosts and says who they are (their tags).
 	// Required, and up.
 	Overlay overlay.Overlay
@@ -38,19 +49,25 @@ type StaticConfig struct {
 	Logger *slog.Logger
 }
 
-// StaticHosts is Hosts over a fixed list of host names, each probed with a
-// Devices call every Interval: a host is healthy while it answers.
+// StaticHosts is Hosts over a list of host names, fixed or found by a
+// Target in the peer list, each probed with a Devices call every
+// Interval: a host is healthy while it answers.
 type StaticHosts struct {
 	cfg    StaticConfig
 	log    *slog.Logger
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	probes []*probe // one per name, in the order of cfg.Names
+	target *pool.Target       // nil without cfg.Target
+	peers  overlay.PeerLister // with target
+	// probes: one per host; cfg.Names first, then those the target found.
+	// Only round changes it, and rounds do not overlap.
+	probes []*probe
 
 	mu      sync.Mutex
-	hosts   []Host        // sorted by name; guarded by mu
-	changed chan struct{} // closed when hosts change; guarded by mu
-	closed  bool          // guarded by mu
+	names   map[string]bool // the probed hosts, for Dial; guarded by mu
+	hosts   []Host          // sorted by name; guarded by mu
+	changed chan struct{}   // closed when hosts change; guarded by mu
+	closed  bool            // guarded by mu
 }
 
 var _ Hosts = (*StaticHosts)(nil)
@@ -61,8 +78,8 @@ func StartStatic(ctx context.Context, cfg StaticConfig) (*StaticHosts, error) {
 	if cfg.Overlay == nil {
 		return nil, errors.New("kube: static hosts need an overlay")
 	}
-	if len(cfg.Names) == 0 {
-		return nil, errors.New("kube: no GPU hosts given")
+	if len(cfg.Names) == 0 && cfg.Target == "" {
+		return nil, errors.New("kube: no GPU hosts given (names or a target)")
 	}
 	seen := make(map[string]bool)
 	for _, n := range cfg.Names {
@@ -80,13 +97,30 @@ func StartStatic(ctx context.Context, cfg StaticConfig) (*StaticHosts, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 3 * time.Second
 	}
+	if cfg.ForgetAfter <= 0 {
+		cfg.ForgetAfter = 10 * time.Minute
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &StaticHosts{cfg: cfg, log: log, changed: make(chan struct{})}
+	s := &StaticHosts{cfg: cfg, log: log, changed: make(chan struct{}), names: make(map[string]bool)}
+	if cfg.Target != "" {
+		t, err := pool.ParseTarget(cfg.Target)
+		if err != nil {
+			return nil, fmt.Errorf("kube: GPU hosts: %w", err)
+		}
+		pl, ok := cfg.Overlay.(overlay.PeerLister)
+		if !ok {
+			return nil, fmt.Errorf("kube: GPU hosts %s: the overlay does not list its peers", cfg.Target)
+		}
+		if t.Port != 0 && t.Port != cfg.Port {
+			return nil, fmt.Errorf("kube: GPU hosts %s: the port is %d", cfg.Target, cfg.Port)
+		}
+		s.target, s.peers = &t, pl
+	}
 	for _, n := range cfg.Names {
-		s.probes = append(s.probes, &probe{name: n, target: net.JoinHostPort(n, strconv.Itoa(cfg.Port)), ov: cfg.Overlay, namePods: cfg.NamePods})
+		s.addProbe(n, false)
 	}
 	s.round(ctx)
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -108,8 +142,11 @@ func (s *StaticHosts) Snapshot() ([]Host, <-chan struct{}) {
 
 // Dial implements Hosts: it connects to a listed host's compute port.
 func (s *StaticHosts) Dial(ctx context.Context, name string) (net.Conn, error) {
-	if !slices.Contains(s.cfg.Names, name) {
-		return nil, fmt.Errorf("kube: %q is not one of the GPU hosts %v", name, s.cfg.Names)
+	s.mu.Lock()
+	ok := s.names[name]
+	s.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("kube: %q is not one of the GPU hosts", name)
 	}
 	return s.cfg.Overlay.Dial(ctx, "tcp", net.JoinHostPort(name, strconv.Itoa(s.cfg.Port)))
 }
@@ -127,8 +164,69 @@ func (s *StaticHosts) run(ctx context.Context) {
 	}
 }
 
+// maxHosts bounds the hosts a target finds.
+const maxHosts = 256
+
+func (s *StaticHosts) addProbe(name string, found bool) {
+	s.probes = append(s.probes, &probe{name: name, found: found, target: net.JoinHostPort(name, strconv.Itoa(s.cfg.Port)), ov: s.cfg.Overlay, namePods: s.cfg.NamePods})
+	s.mu.Lock()
+	s.names[name] = true
+	s.mu.Unlock()
+}
+
+// discover probes the online peers the target matches from now on, and
+// drops those found before that have been gone for ForgetAfter.
+func (s *StaticHosts) discover(ctx context.Context) {
+	lctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	peers, err := s.peers.Peers(lctx)
+	cancel()
+	if err != nil {
+		s.log.Warn("kube: reading the peer list for GPU hosts", "target", s.cfg.Target, "err", err)
+		return
+	}
+	now := time.Now()
+	online := make(map[string]bool)
+	for _, pe := range peers {
+		if pe.Online && pe.Name != "" && s.target.Matches(pe) {
+			online[pe.Name] = true
+		}
+	}
+	var keep []*probe
+	for _, p := range s.probes {
+		switch {
+		case !p.found || online[p.name]:
+			p.gone = time.Time{}
+		case p.gone.IsZero():
+			p.gone = now
+		case now.Sub(p.gone) >= s.cfg.ForgetAfter:
+			s.log.Info("kube: GPU host forgotten: it left the tailnet", "host", p.name, "target", s.cfg.Target)
+			p.close()
+			s.mu.Lock()
+			delete(s.names, p.name)
+			s.mu.Unlock()
+			continue
+		}
+		keep = append(keep, p)
+	}
+	s.probes = keep
+	for _, n := range slices.Sorted(maps.Keys(online)) {
+		if slices.ContainsFunc(s.probes, func(p *probe) bool { return p.name == n }) {
+			continue
+		}
+		if len(s.probes) >= maxHosts {
+			s.log.Warn("kube: too many GPU hosts; not probing more", "target", s.cfg.Target, "max", maxHosts, "host", n)
+			break
+		}
+		s.log.Info("kube: GPU host found", "host", n, "target", s.cfg.Target)
+		s.addProbe(n, true)
+	}
+}
+
 // round probes every host at once and publishes the result if it changed.
 func (s *StaticHosts) round(ctx context.Context) {
+	if s.target != nil {
+		s.discover(ctx)
+	}
 	hosts := make([]Host, len(s.probes))
 	var wg sync.WaitGroup
 	for i, p := range s.probes {
@@ -181,7 +279,12 @@ func (s *StaticHosts) Close() error {
 // time (a round waits for all its probes), but its client dials from
 // gRPC's goroutines.
 type probe struct {
-	name   string
+	name string
+	// found: the target found it (not one of the names); gone: when it
+	// left the peer list, zero while it is there. Read and written by
+	// rounds only.
+	found  bool
+	gone   time.Time
 	target string
 	ov     overlay.Overlay
 	// namePods: each connection starts with the agent's own preface.

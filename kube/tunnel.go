@@ -68,8 +68,15 @@ type TunnelSpec struct {
 	// with TunnelConfig.NamePods, each of the tunnel's connections
 	// starts with its preface, and removing the tunnel releases it on
 	// the host. Nil when the agent does not know the pod (the device
-	// plugin): the connections are then the agent's own.
+	// plugin): the connections are then the agent's own, unless Device
+	// is set.
 	Pod *overlay.Pod `json:"pod,omitempty"`
+	// Device is the device plugin device the tunnel serves. The kubelet
+	// does not say which pod a device goes to, so with NamePods and no Pod
+	// each connection's pod is looked up when it arrives
+	// (TunnelConfig.PodOf), and a connection no pod can be found for is
+	// refused.
+	Device string `json:"device,omitempty"`
 }
 
 // equal reports whether s and o are the same spec, their pods compared
@@ -162,6 +169,10 @@ type TunnelConfig struct {
 	// trust the agent (its kubernetes block) for those connections to be
 	// served.
 	NamePods bool
+	// PodOf names the pod a connection to a Device tunnel (one with a
+	// Device and no Pod) comes from, when it arrives; an error refuses
+	// the connection. Required with NamePods for such tunnels.
+	PodOf func(ctx context.Context, spec TunnelSpec) (*overlay.Pod, error)
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -282,7 +293,11 @@ func (ts *Tunnels) Open(spec TunnelSpec) (*Tunnel, error) {
 			if err != nil {
 				return nil, err
 			}
-			return ts.dial(ctx, host, spec.preface())
+			p, err := ts.prefaceOf(ctx, spec)
+			if err != nil {
+				return nil, err
+			}
+			return ts.dial(ctx, host, p)
 		},
 		Rules:  []forward.Rule{{Listen: t.Socket(), Target: net.JoinHostPort(spec.Host, strconv.Itoa(gpusvc.DefaultPort))}},
 		Logger: ts.log,
@@ -293,6 +308,36 @@ func (ts *Tunnels) Open(spec TunnelSpec) (*Tunnel, error) {
 	}
 	ts.tunnels[spec.ID] = t
 	return t, nil
+}
+
+// prefaceOf is the preface of a connection to spec's tunnel arriving
+// now: its pod's, looked up for a Device tunnel.
+func (ts *Tunnels) prefaceOf(ctx context.Context, spec TunnelSpec) (preface.Preface, error) {
+	p := spec.preface()
+	if !ts.cfg.NamePods || spec.Pod != nil || spec.Device == "" {
+		return p, nil
+	}
+	var err error
+	if ts.cfg.PodOf == nil {
+		err = errors.New("no way to look up its pod")
+	} else {
+		p.Pod, err = ts.cfg.PodOf(ctx, spec)
+	}
+	if err != nil {
+		ts.log.Warn("kube: refusing a connection to a device's tunnel: no pod to name (it does not call as the node)", "id", spec.ID, "device", spec.Device, "err", err)
+		return p, fmt.Errorf("kube: tunnel %s: %w", spec.ID, err)
+	}
+	return p, nil
+}
+
+// Release asks host to release pod, as removing a tunnel does: the host
+// ends the pod's sessions, freeing their buffers, and its connections.
+// It needs NamePods.
+func (ts *Tunnels) Release(ctx context.Context, host string, pod *overlay.Pod) error {
+	if !ts.cfg.NamePods || pod == nil {
+		return errors.New("kube: release needs NamePods and a pod")
+	}
+	return ts.release(ctx, TunnelSpec{Host: host, Pod: pod})
 }
 
 // dial connects to host and, with NamePods, says whose connection it is.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -11,6 +12,7 @@ import (
 	"github.com/gpumesh/gpumesh/kube"
 	"github.com/gpumesh/gpumesh/kube/agent"
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/pool"
 )
 
 func newKubeCmd() *cobra.Command {
@@ -38,10 +40,12 @@ func newKubeAgentCmd() *cobra.Command {
 		joinTimeout  time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "agent --hosts GPU-HOST[,...]",
+		Use:   "agent --hosts GPU-HOST|tag:TAG[,...]",
 		Short: "Run the Kubernetes node agent (device plugin and DRA driver)",
 		Long: `agent joins the tailnet as this Kubernetes node and serves its pods the GPUs
-of the GPU hosts named by --hosts, until interrupted.
+of the GPU hosts named by --hosts, until interrupted: names, and tags
+(tag:gpu) or * whose peers the agent finds in the tailnet's peer list,
+probing each new one and forgetting one that left 10 minutes ago.
 
 With --device-plugin it registers gpumesh.dev/gpu with the kubelet: every
 node offers every remote GPU (times --slots), and the hosts' policies share
@@ -51,24 +55,34 @@ for the cluster: the scheduler then allocates each GPU to one claim.
 
 With --name-pods (the default) every connection to a GPU host starts by
 naming whose it is: a claim's pod (namespace, service account, name, UID,
-read from the Kubernetes API), or the agent itself. The hosts' policies must
+read from the Kubernetes API); for gpumesh.dev/gpu, the pod the kubelet's
+PodResources API (--pod-resources-socket) says holds the device, or the
+connection is refused; or the agent itself. The hosts' policies must
 trust the agent's tag (kubernetes { trusted_agents = ["tag:k8s"] }); their
 rules then name pods as k8s:NAMESPACE/SERVICEACCOUNT, and unpreparing a claim
-frees its pod's buffers on the host at once.`,
-		Example: `  gpumesh kube agent --hosts gpu-a,gpu-b --authkey-file /etc/gpumesh/authkey \
+frees its pod's buffers on the host at once, as a device plugin pod's
+going does.`,
+		Example: `  gpumesh kube agent --hosts tag:gpu --authkey-file /etc/gpumesh/authkey \
     --state-dir /var/lib/gpumesh/state --advertise-tags tag:k8s`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			if len(cfg.HostNames) == 0 {
-				return fmt.Errorf("--hosts: name at least one GPU host")
+				return fmt.Errorf("--hosts: name at least one GPU host, or a tag")
+			}
+			hosts := cfg.HostNames
+			cfg.HostNames, cfg.HostTarget = splitHosts(hosts)
+			if cfg.HostTarget != "" {
+				if _, err := pool.ParseTarget(cfg.HostTarget); err != nil {
+					return fmt.Errorf("--hosts: %w", err)
+				}
 			}
 			sel, err := agent.ParseNodeSelector(nodeSelector)
 			if err != nil {
 				return fmt.Errorf("--node-selector: %w", err)
 			}
 			cfg.NodeSelector = sel
-			if cfg.DRA {
+			if cfg.DRA || (cfg.DevicePlugin && cfg.NamePods) {
 				rc, err := agent.RESTConfig(kubeconfig)
 				if err != nil {
 					return err
@@ -97,7 +111,7 @@ frees its pod's buffers on the host at once.`,
 				return err
 			}
 			defer a.Close()
-			fmt.Fprintf(cmd.OutOrStdout(), "gpumesh: kube agent up as %s on %s, GPU hosts %v\n", cfg.NodeName, ov.Desc, cfg.HostNames)
+			fmt.Fprintf(cmd.OutOrStdout(), "gpumesh: kube agent up as %s on %s, GPU hosts %s\n", cfg.NodeName, ov.Desc, strings.Join(hosts, ","))
 			select {
 			case <-ctx.Done():
 				fmt.Fprintln(cmd.OutOrStdout(), "gpumesh: shutting down")
@@ -109,7 +123,7 @@ frees its pod's buffers on the host at once.`,
 	}
 	tf.register(cmd, envOr("NODE_NAME", "gpumesh-k8s"))
 	fl := cmd.Flags()
-	fl.StringSliceVar(&cfg.HostNames, "hosts", nil, "GPU hosts to offer, by tailnet name")
+	fl.StringSliceVar(&cfg.HostNames, "hosts", nil, "GPU hosts to offer: tailnet names, and tags (tag:gpu) or * whose peers are found in the peer list as they come and go")
 	fl.DurationVar(&cfg.ProbeInterval, "probe-interval", 5*time.Second, "how often each GPU host is asked for its devices")
 	fl.StringVar(&cfg.NodeName, "node-name", envOr("NODE_NAME", ""), "this Kubernetes node's name (default: --hostname); env NODE_NAME")
 	fl.StringVar(&cfg.Namespace, "namespace", envOr("POD_NAMESPACE", "gpumesh-system"), "namespace of the publishing Lease; env POD_NAMESPACE")
@@ -126,6 +140,7 @@ frees its pod's buffers on the host at once.`,
 	fl.StringVar(&cfg.PluginDir, "plugin-dir", "", "the DRA plugin's socket directory (default /var/lib/kubelet/plugins/gpu.gpumesh.dev)")
 	fl.StringVar(&cfg.CDIDir, "cdi-dir", "", "where the container runtime reads CDI specs (default /var/run/cdi)")
 	fl.BoolVar(&cfg.NamePods, "name-pods", true, "name each connection's pod to the GPU hosts (their policies must trust this agent's tag)")
+	fl.StringVar(&cfg.PodResourcesSocket, "pod-resources-socket", "", "the kubelet's PodResources socket, to name the device plugin's pods (default /var/lib/kubelet/pod-resources/kubelet.sock)")
 	fl.DurationVar(&joinTimeout, "join-timeout", 2*time.Minute, "give up joining the tailnet after this long")
 	return cmd
 }
@@ -148,4 +163,18 @@ GPUs gpumesh.dev/agent=true.`,
 			return err
 		},
 	}
+}
+
+// splitHosts parts --hosts into names and a pool target ("tag:gpu,*")
+// that finds hosts in the peer list.
+func splitHosts(items []string) (names []string, target string) {
+	var found []string
+	for _, h := range items {
+		if h == "*" || strings.HasPrefix(h, "tag:") {
+			found = append(found, h)
+		} else {
+			names = append(names, h)
+		}
+	}
+	return names, strings.Join(found, ",")
 }

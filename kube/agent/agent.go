@@ -32,9 +32,12 @@ type Config struct {
 	// is set.
 	Overlay overlay.Overlay
 	// Hosts is where the GPU hosts come from; nil means StaticHosts over
-	// HostNames, probed through Overlay every ProbeInterval.
+	// HostNames and the peers HostTarget finds in the overlay's peer list
+	// ("tag:gpu", as a pool target), probed through Overlay every
+	// ProbeInterval.
 	Hosts         kube.Hosts
 	HostNames     []string
+	HostTarget    string
 	ProbeInterval time.Duration
 	// NodeName is the Kubernetes node the agent serves. Required with DRA.
 	NodeName string
@@ -47,11 +50,18 @@ type Config struct {
 	ContainerDir string
 	// NamePods makes the agent name each connection's pod to the GPU
 	// hosts (gpusvc/preface): a prepared claim's pod, read from the
-	// Kubernetes API; the agent itself for its probes and the device
-	// plugin's tunnels (the kubelet does not say which pod a device
-	// goes to). Unpreparing a claim releases its pod on the host at once.
-	// The hosts' policies must trust the agent (their kubernetes block).
-	NamePods bool
+	// Kubernetes API; for a device plugin tunnel, the pod the kubelet's
+	// PodResources API (PodResourcesSocket; empty: the kubelet's) says
+	// holds the device, looked up as each connection arrives (none: the
+	// connection is refused); the agent itself for its probes.
+	// Unpreparing a claim releases its pod on the host at once; a device
+	// plugin pod is released once it no longer holds its device (polled
+	// every PodPollInterval; 0: 2s). The hosts' policies must trust the
+	// agent (their kubernetes block). With the device plugin it needs
+	// Client and NodeName.
+	NamePods           bool
+	PodResourcesSocket string
+	PodPollInterval    time.Duration
 
 	// DevicePlugin offers the GPUs as gpumesh.dev/gpu, each as Slots
 	// devices, registering in DevicePluginDir (empty: the kubelet's).
@@ -79,6 +89,7 @@ type Agent struct {
 	hosts     kube.Hosts
 	ownHosts  *kube.StaticHosts // closed by the agent; nil when Hosts was given
 	tunnels   *kube.Tunnels
+	pods      *deviceplugin.Pods // names device plugin pods; nil unless NamePods
 	devPlugin *deviceplugin.Plugin
 	draPlugin *dra.Plugin
 	publisher *dra.Publisher
@@ -96,6 +107,9 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	if cfg.DRA && (cfg.Client == nil || cfg.NodeName == "") {
 		return nil, errors.New("agent: DRA needs a Kubernetes client and the node's name")
+	}
+	if cfg.DevicePlugin && cfg.NamePods && (cfg.Client == nil || cfg.NodeName == "") {
+		return nil, errors.New("agent: naming the device plugin's pods needs a Kubernetes client and the node's name")
 	}
 	if cfg.Publish && cfg.Namespace == "" {
 		return nil, errors.New("agent: publishing needs a namespace for its Lease")
@@ -117,20 +131,34 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		if cfg.Overlay == nil {
 			return nil, errors.New("agent: no overlay to reach the GPU hosts")
 		}
-		a.ownHosts, err = kube.StartStatic(ctx, kube.StaticConfig{Names: cfg.HostNames, Overlay: cfg.Overlay, Interval: cfg.ProbeInterval, NamePods: cfg.NamePods, Logger: log})
+		a.ownHosts, err = kube.StartStatic(ctx, kube.StaticConfig{Names: cfg.HostNames, Target: cfg.HostTarget, Overlay: cfg.Overlay, Interval: cfg.ProbeInterval, NamePods: cfg.NamePods, Logger: log})
 		if err != nil {
 			return nil, err
 		}
 		a.hosts = a.ownHosts
 	}
-	a.tunnels, err = kube.OpenTunnels(kube.TunnelConfig{Dir: cfg.TunnelDir, ContainerDir: cfg.ContainerDir, Dial: a.hosts.Dial, NamePods: cfg.NamePods, Logger: log})
+	tcfg := kube.TunnelConfig{Dir: cfg.TunnelDir, ContainerDir: cfg.ContainerDir, Dial: a.hosts.Dial, NamePods: cfg.NamePods, Logger: log}
+	if cfg.DevicePlugin && cfg.NamePods {
+		a.pods, err = deviceplugin.NewPods(deviceplugin.PodsConfig{
+			Client: cfg.Client, NodeName: cfg.NodeName, Socket: cfg.PodResourcesSocket, Interval: cfg.PodPollInterval,
+			Release: func(ctx context.Context, host string, pod *overlay.Pod) error {
+				return a.tunnels.Release(ctx, host, pod)
+			},
+			Logger: log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		tcfg.PodOf = a.pods.PodOf
+	}
+	a.tunnels, err = kube.OpenTunnels(tcfg)
 	if err != nil {
 		return nil, err
 	}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel = cancel
 	if cfg.DevicePlugin {
-		a.devPlugin, err = deviceplugin.New(deviceplugin.Config{Hosts: a.hosts, Tunnels: a.tunnels, Slots: cfg.Slots, Dir: cfg.DevicePluginDir, Logger: log})
+		a.devPlugin, err = deviceplugin.New(deviceplugin.Config{Hosts: a.hosts, Tunnels: a.tunnels, Pods: a.pods, Slots: cfg.Slots, Dir: cfg.DevicePluginDir, Logger: log})
 		if err != nil {
 			return nil, err
 		}
@@ -230,6 +258,9 @@ func (a *Agent) Close() error {
 	}
 	if a.tunnels != nil {
 		errs = append(errs, a.tunnels.Close())
+	}
+	if a.pods != nil {
+		errs = append(errs, a.pods.Close())
 	}
 	if a.ownHosts != nil {
 		errs = append(errs, a.ownHosts.Close())

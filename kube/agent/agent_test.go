@@ -23,10 +23,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 	dppb "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 	"k8s.io/utils/ptr"
 
 	k8sdeploy "github.com/gpumesh/gpumesh/deploy/kubernetes"
+	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/gpusvc/audit"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
@@ -50,24 +52,28 @@ type cluster struct {
 	host  *kubetest.GPUHost
 	dirs  dirs
 	dpk   *kubelettest.DevicePluginKubelet
+	prs   *kubelettest.PodResources
 	agent *agent.Agent
 }
 
 // dirs are the node's directories the agent shares with the kubelet and
 // the container runtime.
 type dirs struct {
-	devicePlugins, registry, plugin, cdi, tunnels string
+	kubelet                                                     string // holds the kubelet's directories below
+	devicePlugins, registry, plugin, cdi, tunnels, podResources string
 }
 
 func newDirs(t testing.TB) dirs {
 	t.Helper()
 	base := t.TempDir()
 	d := dirs{
+		kubelet:       base,
 		devicePlugins: filepath.Join(base, "device-plugins"),
 		registry:      filepath.Join(base, "plugins_registry"),
 		plugin:        filepath.Join(base, "plugins", dra.DriverName),
 		cdi:           filepath.Join(base, "cdi"),
 		tunnels:       filepath.Join(base, "t"),
+		podResources:  filepath.Join(base, "pod-resources", "kubelet.sock"),
 	}
 	for _, p := range []string{d.devicePlugins, d.registry, d.plugin, d.cdi} {
 		if err := os.MkdirAll(p, 0o755); err != nil {
@@ -78,8 +84,7 @@ func newDirs(t testing.TB) dirs {
 }
 
 // hostPolicy is the GPU host's: it trusts the agent (tag:k8s) to name its
-// pods. The agent's own connections (its probes, and the device plugin's
-// pods: the kubelet does not say which pod a device goes to) get every
+// pods. The agent's own connections (its probes) get every
 // kernel from the rule naming its tag; the pods of the service account
 // default/trainer get matrix_mul from theirs, with sessions that stay an
 // hour idle, so that only the agent's release frees them fast.
@@ -118,23 +123,26 @@ func startCluster(ctx context.Context, t testing.TB, cp *kubetest.ControlPlane) 
 	c.dirs = newDirs(t)
 	// The kubelet is up before the agent, as on a node.
 	c.dpk = kubelettest.StartDevicePluginKubelet(t, c.dirs.devicePlugins)
+	c.prs = kubelettest.StartPodResources(t, c.dirs.podResources)
 	var err error
 	c.agent, err = agent.Start(ctx, agent.Config{
-		Overlay:         c.mesh.Agent,
-		HostNames:       []string{"gpu-host"},
-		ProbeInterval:   200 * time.Millisecond,
-		NodeName:        nodeName,
-		Client:          cp.Client,
-		TunnelDir:       c.dirs.tunnels,
-		NamePods:        true,
-		DevicePlugin:    true,
-		DevicePluginDir: c.dirs.devicePlugins,
-		DRA:             true,
-		RegistrarDir:    c.dirs.registry,
-		PluginDir:       c.dirs.plugin,
-		CDIDir:          c.dirs.cdi,
-		Publish:         true,
-		Namespace:       "gpumesh-system",
+		Overlay:            c.mesh.Agent,
+		HostTarget:         "tag:gpu", // found in the peer list, as a pool finds it
+		ProbeInterval:      200 * time.Millisecond,
+		NodeName:           nodeName,
+		Client:             cp.Client,
+		TunnelDir:          c.dirs.tunnels,
+		NamePods:           true,
+		PodResourcesSocket: c.dirs.podResources,
+		PodPollInterval:    100 * time.Millisecond,
+		DevicePlugin:       true,
+		DevicePluginDir:    c.dirs.devicePlugins,
+		DRA:                true,
+		RegistrarDir:       c.dirs.registry,
+		PluginDir:          c.dirs.plugin,
+		CDIDir:             c.dirs.cdi,
+		Publish:            true,
+		Namespace:          "gpumesh-system",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -187,6 +195,7 @@ func TestKubernetes(t *testing.T) {
 
 	t.Run("dra", func(t *testing.T) { c.testDRA(ctx, t) })
 	t.Run("shared claim", func(t *testing.T) { c.testSharedClaim(ctx, t) })
+	t.Run("doctor", func(t *testing.T) { c.testDoctor(ctx, t) })
 	t.Run("device plugin", func(t *testing.T) { c.testDevicePlugin(ctx, t) })
 	t.Run("publisher failover", func(t *testing.T) { c.testFailover(ctx, t) })
 }
@@ -397,7 +406,7 @@ func (c *cluster) testDRA(ctx context.Context, t *testing.T) {
 		}) {
 			t.Errorf("the host recorded no matrix_mul from pod default/trainer via %s allowed by rule trainers: %+v", nodeName, calls)
 		}
-		c.checkAudit(ctx, t, podUID)
+		c.checkAudit(ctx, t, "trainer", podUID)
 		// The pod's rule decides: it grants matrix_mul, not relu, though
 		// the node's own rule grants every kernel.
 		pc := unixClient(t, filepath.Join(ctr.Mounts[0].HostPath, kube.SocketName))
@@ -417,12 +426,13 @@ func (c *cluster) testDRA(ctx context.Context, t *testing.T) {
 	if held := c.host.HeldBytes(ctx); held != 0 {
 		t.Errorf("the host still holds %d bytes once the claim is unprepared; want the pod's buffer freed", held)
 	}
-	calls, _ := c.host.Calls()
-	if !slices.ContainsFunc(calls, func(r gpusvc.CallRecord) bool {
-		return r.Method == "release" && r.Caller.Pod != nil && r.Caller.Pod.UID == podUID && r.Caller.Node == nodeName
-	}) {
-		t.Errorf("the host recorded no release of pod %s from %s", podUID, nodeName)
-	}
+	// The host records the release once it has answered it.
+	eventually(ctx, t, "the host to record the release of pod trainer", func() (bool, error) {
+		calls, _ := c.host.Calls()
+		return slices.ContainsFunc(calls, func(r gpusvc.CallRecord) bool {
+			return r.Method == "release" && r.Caller.Pod != nil && r.Caller.Pod.UID == podUID && r.Caller.Node == nodeName
+		}), nil
+	})
 	if proc != nil {
 		if err := proc.wait(ctx, t); err != nil {
 			t.Fatalf("the process failed: %v\n%s", err, proc.output())
@@ -489,20 +499,27 @@ func (c *cluster) testSharedClaim(ctx context.Context, t *testing.T) {
 		}
 		uids[name] = created.UID
 	}
+	// reserve allocates the claim and reserves it for names, as the
+	// scheduler would; the resourceclaim controller updates it too, so a
+	// conflict is retried on the claim as it is now.
 	reserve := func(names ...string) {
 		t.Helper()
-		cl, err := client.ResourceV1().ResourceClaims("default").Get(ctx, "shared", metav1.GetOptions{})
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			cl, err := client.ResourceV1().ResourceClaims("default").Get(ctx, "shared", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			cl.Status.Allocation = &resourceapi.AllocationResult{Devices: resourceapi.DeviceAllocationResult{
+				Results: []resourceapi.DeviceRequestAllocationResult{{Request: "gpu", Driver: dra.DriverName, Pool: "gpu-host", Device: "gpu-0"}},
+			}}
+			cl.Status.ReservedFor = nil
+			for _, n := range names {
+				cl.Status.ReservedFor = append(cl.Status.ReservedFor, resourceapi.ResourceClaimConsumerReference{Resource: "pods", Name: n, UID: uids[n]})
+			}
+			_, err = client.ResourceV1().ResourceClaims("default").UpdateStatus(ctx, cl, metav1.UpdateOptions{})
+			return err
+		})
 		if err != nil {
-			t.Fatal(err)
-		}
-		cl.Status.Allocation = &resourceapi.AllocationResult{Devices: resourceapi.DeviceAllocationResult{
-			Results: []resourceapi.DeviceRequestAllocationResult{{Request: "gpu", Driver: dra.DriverName, Pool: "gpu-host", Device: "gpu-0"}},
-		}}
-		cl.Status.ReservedFor = nil
-		for _, n := range names {
-			cl.Status.ReservedFor = append(cl.Status.ReservedFor, resourceapi.ResourceClaimConsumerReference{Resource: "pods", Name: n, UID: uids[n]})
-		}
-		if _, err := client.ResourceV1().ResourceClaims("default").UpdateStatus(ctx, cl, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -520,6 +537,10 @@ func (c *cluster) testSharedClaim(ctx context.Context, t *testing.T) {
 		t.Errorf("tunnels left by a refused claim: %+v", specs)
 	}
 
+	// The controller-manager reserves an allocated claim for every pod
+	// bound to a node that uses it (resourceclaim controller, reserveFor):
+	// shared-c must be gone, or it may be added back at any moment.
+	deletePod(ctx, t, client, "default", "shared-c")
 	reserve("shared-a", "shared-b")
 	if _, err := plugin.Prepare(ctx, kclaim); err != nil {
 		t.Fatal(err)
@@ -532,7 +553,7 @@ func (c *cluster) testSharedClaim(ctx context.Context, t *testing.T) {
 	if err := plugin.Unprepare(ctx, kclaim); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range slices.Sorted(maps.Keys(pods)) {
+	for _, name := range []string{"shared-a", "shared-b"} {
 		deletePod(ctx, t, client, "default", name)
 	}
 	if err := client.ResourceV1().ResourceClaims("default").Delete(ctx, "shared", metav1.DeleteOptions{}); err != nil {
@@ -542,7 +563,7 @@ func (c *cluster) testSharedClaim(ctx context.Context, t *testing.T) {
 
 // checkAudit waits for the host's audit log to name the pod: a matrix_mul
 // allowed by rule trainers, from the node and the pod.
-func (c *cluster) checkAudit(ctx context.Context, t *testing.T, podUID string) {
+func (c *cluster) checkAudit(ctx context.Context, t *testing.T, podName, podUID string) {
 	t.Helper()
 	eventually(ctx, t, "the audit log to name the pod", func() (bool, error) {
 		lines, err := audit.Tail(c.host.AuditPath, 0)
@@ -555,7 +576,7 @@ func (c *cluster) checkAudit(ctx context.Context, t *testing.T, podUID string) {
 				return false, err
 			}
 			if p := e.Pod; p != nil && e.Method != "Explain" && e.Kernel == "matrix_mul" && e.Decision == "allow" && e.Rule == "trainers" && e.Node == nodeName &&
-				p.Namespace == "default" && p.ServiceAccount == "trainer" && p.Name == "trainer" && p.UID == podUID {
+				p.Namespace == "default" && p.ServiceAccount == "trainer" && p.Name == podName && p.UID == podUID {
 				t.Logf("audit: %s", l)
 				return true, nil
 			}
@@ -567,8 +588,11 @@ func (c *cluster) checkAudit(ctx context.Context, t *testing.T, podUID string) {
 // testDevicePlugin: the plugin registered with the test kubelet, which
 // advertises its healthy devices in the Node's status; a pod asking for
 // gpumesh.dev/gpu is bound by the real scheduler; the kubelet allocates a
-// device and a container with exactly that env and mount runs compute.py;
-// the GPU host leaving turns the device unhealthy; a kubelet restart gets
+// device; a connection through its tunnel is refused until the kubelet's
+// PodResources API says which pod holds the device; then a container with
+// exactly that env and mount runs hold.py as that pod (the host's audit
+// names it); once the pod is gone from PodResources the agent releases it
+// and the host frees its buffer; the GPU host leaving turns the device unhealthy; a kubelet restart gets
 // a new registration.
 func (c *cluster) testDevicePlugin(ctx context.Context, t *testing.T) {
 	client := c.cp.Client
@@ -595,9 +619,15 @@ func (c *cluster) testDevicePlugin(ctx context.Context, t *testing.T) {
 	// The kubelet reports the healthy devices as the node's capacity.
 	setExtended(ctx, t, client, len(devs))
 
+	// The pod runs as the service account default/trainer, whose rule
+	// grants matrix_mul with sessions that stay an hour idle.
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "trainer", Namespace: "default"}}
+	if _, err := client.CoreV1().ServiceAccounts("default").Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "inference", Namespace: "default"},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+		Spec: corev1.PodSpec{ServiceAccountName: "trainer", Containers: []corev1.Container{{
 			Name: "main", Image: "registry.invalid/never-runs",
 			Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{deviceplugin.ResourceName: resource.MustParse("1")}},
 		}}},
@@ -605,33 +635,78 @@ func (c *cluster) testDevicePlugin(ctx context.Context, t *testing.T) {
 	if _, err := client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if p := waitBound(ctx, t, client, "default", "inference"); p.Spec.NodeName != nodeName {
-		t.Fatalf("pod bound to %q; want %s", p.Spec.NodeName, nodeName)
+	bound := waitBound(ctx, t, client, "default", "inference")
+	if bound.Spec.NodeName != nodeName {
+		t.Fatalf("pod bound to %q; want %s", bound.Spec.NodeName, nodeName)
 	}
+	podUID := string(bound.UID)
 	// The kubelet admits the pod: it allocates one healthy device.
-	res, err := dp.Client.Allocate(ctx, &dppb.AllocateRequest{ContainerRequests: []*dppb.ContainerAllocateRequest{{DevicesIds: []string{devs[0].GetID()}}}})
+	id := devs[0].GetID()
+	res, err := dp.Client.Allocate(ctx, &dppb.AllocateRequest{ContainerRequests: []*dppb.ContainerAllocateRequest{{DevicesIds: []string{id}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctr := kubelettest.FromAllocation(res.GetContainerResponses()[0])
-	if err := kubelettest.CanRun(); err == nil {
-		py := kubetest.Python(t)
-		cmd, err := ctr.Command(ctx, "/bin/sh", "-c", `exec "$0" -B "$1"/compute.py --target "$GPUMESH_TARGET" --size 8`, py, kubetest.PythonExamples(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, err := cmd.CombinedOutput()
-		t.Logf("compute.py in the pod:\n%s", out)
-		if err != nil || !strings.Contains(string(out), "the host sees me as "+nodeName) || !strings.Contains(string(out), "\nOK: ") {
-			t.Fatalf("compute.py through the device plugin's tunnel: %v", err)
-		}
-	} else {
-		t.Logf("the pod's process cannot run here (%v); the allocation is checked without it", err)
-	}
 	if len(ctr.Mounts) != 1 || !strings.HasPrefix(ctr.Env["GPUMESH_TARGET"], "unix://"+ctr.Mounts[0].ContainerPath+"/") {
 		t.Fatalf("allocation %+v; want GPUMESH_TARGET inside the one mount", ctr)
 	}
+	socket := filepath.Join(ctr.Mounts[0].HostPath, kube.SocketName)
+	// Until the kubelet's pod resources say which pod holds the device,
+	// a connection is refused, not made as the node.
+	if _, err := unixClient(t, socket).Devices(ctx); status.Code(err) != codes.Unavailable {
+		t.Fatalf("a call through the tunnel of a device no pod holds = %v; want Unavailable (refused)", err)
+	}
+	// The kubelet records the allocation once Allocate returns.
+	c.prs.Assign("default", "inference", "main", deviceplugin.ResourceName, id)
+
+	var proc *proc
+	if err := kubelettest.CanRun(); err == nil {
+		py := kubetest.Python(t)
+		cmd, err := ctr.Command(ctx, py, "-B", filepath.Join("testdata", "hold.py"), kubetest.PythonExamples(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		proc = start(t, cmd)
+		proc.waitLine(ctx, t, "holding ")
+		out := proc.output()
+		t.Logf("the pod's process:\n%s", out)
+		if !strings.Contains(out, "the host sees me as k8s:default/inference via "+nodeName) || !strings.Contains(out, "matrix_mul 8x8 ok") {
+			t.Fatalf("the process did not run matrix_mul on gpu-host as k8s:default/inference via %s", nodeName)
+		}
+		if held := c.host.HeldBytes(ctx); held < 256<<10 {
+			t.Fatalf("the host holds %d bytes; want the process's 256 KiB buffer", held)
+		}
+		c.checkAudit(ctx, t, "inference", podUID)
+	} else {
+		t.Logf("the pod's process cannot run here (%v); the pod's name is checked with a Go client", err)
+		dres, err := unixClient(t, socket).Devices(ctx)
+		if err != nil || dres.GetCaller() != "k8s:default/inference via "+nodeName {
+			t.Fatalf("Devices through the tunnel = %v, %v; want the host to see k8s:default/inference via %s", dres, err, nodeName)
+		}
+	}
+
+	// The pod goes: once the kubelet's pod resources no longer list it,
+	// the agent releases it on the host, which frees its buffer (the
+	// rule's idle timeout is an hour).
 	deletePod(ctx, t, client, "default", "inference")
+	c.prs.Forget("default", "inference")
+	eventually(ctx, t, "the host to record the release of pod inference", func() (bool, error) {
+		calls, _ := c.host.Calls()
+		return slices.ContainsFunc(calls, func(r gpusvc.CallRecord) bool {
+			return r.Method == "release" && r.Caller.Pod != nil && r.Caller.Pod.UID == podUID && r.Caller.Node == nodeName
+		}), nil
+	})
+	if held := c.host.HeldBytes(ctx); held != 0 {
+		t.Errorf("the host still holds %d bytes once the pod is gone; want its buffer freed", held)
+	}
+	if proc != nil {
+		if err := proc.wait(ctx, t); err != nil {
+			t.Fatalf("the process failed: %v\n%s", err, proc.output())
+		}
+		if !strings.Contains(proc.output(), "after: UNAVAILABLE") {
+			t.Errorf("after its pod is gone the process could still call: %s", proc.output())
+		}
+	}
 
 	// The kubelet restarts: the plugin registers again.
 	c.dpk.Restart(t)
@@ -697,4 +772,43 @@ func claimFreed(ctx context.Context, client kubernetes.Interface, name string) (
 		return false, err
 	}
 	return cl.Status.Allocation == nil && len(cl.Status.ReservedFor) == 0, nil
+}
+
+// testDoctor: where the agent runs, every Kubernetes check is ok (the
+// kubelet socket, the device plugin serving and registered, the DRA
+// plugin registered, the slices published, PodResources answering);
+// where no agent or kubelet is, the checks say so and one fails.
+func (c *cluster) testDoctor(ctx context.Context, t *testing.T) {
+	// The kubelet reports the plugin's healthy devices in the Node's
+	// status once it registered it.
+	setExtended(ctx, t, c.cp.Client, 1)
+	checks := agent.Doctor(ctx, agent.DoctorConfig{KubeletDir: c.dirs.kubelet, Client: c.cp.Client, NodeName: nodeName})
+	var out strings.Builder
+	diag.WriteChecks(&out, checks)
+	t.Logf("doctor where the agent runs:\n%s", out.String())
+	want := []string{"kubelet socket", "device plugin", "device plugin registered", "dra plugin", "resource slices", "pod resources"}
+	var names []string
+	for _, ch := range checks {
+		names = append(names, ch.Name)
+		if ch.Result != diag.OK {
+			t.Errorf("check %s: %s (%s); want ok", ch.Name, ch.Result, ch.Detail)
+		}
+	}
+	if !slices.Equal(names, want) {
+		t.Errorf("checks %v; want %v", names, want)
+	}
+	if !strings.Contains(out.String(), "serves 1 devices, 1 healthy") || !strings.Contains(out.String(), "pools gpu-host") {
+		t.Errorf("doctor does not report the device and the gpu-host pool:\n%s", out.String())
+	}
+
+	checks = agent.Doctor(ctx, agent.DoctorConfig{KubeletDir: t.TempDir(), ClientErr: errors.New("not in a pod")})
+	out.Reset()
+	diag.WriteChecks(&out, checks)
+	t.Logf("doctor where nothing runs:\n%s", out.String())
+	if !diag.Failed(checks) || checks[0].Name != "kubelet socket" || checks[0].Result != diag.Fail {
+		t.Errorf("doctor without a kubelet: want the kubelet socket check failed")
+	}
+	if !strings.Contains(out.String(), "not in a pod") {
+		t.Errorf("doctor does not say why it cannot reach the apiserver")
+	}
 }

@@ -5,7 +5,9 @@
 // several, Config.Slots, for sharing) with its host's health, and answers
 // Allocate with a tunnel per device: GPUMESH_TARGET and a mount of the
 // tunnel's directory. It registers again whenever the kubelet's socket is
-// recreated (a kubelet restart).
+// recreated (a kubelet restart). With Pods, each connection through an
+// allocation's tunnel is named for the pod that holds the device, from
+// the kubelet's PodResources API (pods.go).
 //
 // Every node's kubelet sees every remote GPU: the device plugin API has no
 // cluster-wide allocation, so a GPU is shared by the nodes' pods and the
@@ -59,6 +61,10 @@ type Config struct {
 	// Slots is how many devices each GPU is offered as, for sharing;
 	// 0 means 1, at most 64.
 	Slots int
+	// Pods, when set, names the pod behind each connection to an
+	// allocation's tunnel and releases it once it is gone; Run runs it.
+	// The Tunnels' PodOf must be its PodOf.
+	Pods *Pods
 	// Dir is the kubelet's device plugin directory; empty means
 	// /var/lib/kubelet/device-plugins.
 	Dir string
@@ -126,6 +132,19 @@ func (p *Plugin) Run(ctx context.Context) error {
 	defer w.Close()
 	if err := w.Add(p.cfg.Dir); err != nil {
 		return fmt.Errorf("deviceplugin: watch %s: %w", p.cfg.Dir, err)
+	}
+	if p.cfg.Pods != nil {
+		pctx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.cfg.Pods.Run(pctx)
+		}()
+		defer func() {
+			cancel()
+			wg.Wait()
+		}()
 	}
 	for {
 		restart, err := p.serveOnce(ctx, w)
@@ -314,6 +333,10 @@ func (s *server) Allocate(ctx context.Context, req *pb.AllocateRequest) (*pb.All
 	for _, d := range s.p.devices(hosts) {
 		byID[d.id] = d
 	}
+	if s.p.cfg.Pods != nil {
+		// The devices' previous pods are gone: release them now.
+		defer s.p.cfg.Pods.Sweep()
+	}
 	res := &pb.AllocateResponse{}
 	for _, cr := range req.GetContainerRequests() {
 		var tunnels []*kube.Tunnel
@@ -323,7 +346,7 @@ func (s *server) Allocate(ctx context.Context, req *pb.AllocateRequest) (*pb.All
 			if !ok {
 				return nil, status.Errorf(codes.NotFound, "deviceplugin: no device %q", id)
 			}
-			spec := kube.TunnelSpec{ID: kube.TunnelID("d-", id), Owner: "device " + id, Host: d.host, GPU: d.gpu}
+			spec := kube.TunnelSpec{ID: kube.TunnelID("d-", id), Owner: "device " + id, Host: d.host, GPU: d.gpu, Device: id}
 			if err := s.p.cfg.Tunnels.Remove(ctx, spec.ID); err != nil {
 				return nil, status.Errorf(codes.Internal, "deviceplugin: device %s: %v", id, err)
 			}

@@ -5,7 +5,9 @@
 // Registration service and then calls the plugin's ListAndWatch and
 // Allocate; DRAKubelet finds plugins by their registration sockets
 // (pluginregistration), calls GetInfo and NotifyRegistrationStatus, and
-// then NodePrepareResources and NodeUnprepareResources. Container starts
+// then NodePrepareResources and NodeUnprepareResources. PodResources
+// serves the kubelet's PodResources API (which pod holds which device).
+// Container starts
 // what a container runtime would: a process with the env and mounts a
 // device plugin or a CDI spec gives.
 package kubelettest
