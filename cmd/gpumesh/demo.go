@@ -215,9 +215,7 @@ func (d *demo) run(ctx context.Context, policyPath string) error {
 	// 4. What the host recorded, attributed by tailnet identity.
 	d.say("")
 	d.say("gpu-host call log (identity from the tailnet):")
-	d.mu.Lock()
-	calls := append([]gpusvc.CallRecord(nil), d.calls...)
-	d.mu.Unlock()
+	calls := d.callsOnceRecorded(ctx, "stranger")
 	seen := map[string]bool{}
 	for _, r := range calls {
 		verdict := "allow (rule " + strconv.Quote(r.Rule) + ")"
@@ -265,4 +263,25 @@ func (w *stringWriter) trim() string {
 		s = s[:len(s)-1]
 	}
 	return s
+}
+
+// callsOnceRecorded returns the host's call records once one from node is
+// among them, or after a few seconds: the host records a refusal at
+// admission from a goroutine of its own, so its line may follow the answer.
+func (d *demo) callsOnceRecorded(ctx context.Context, node string) []gpusvc.CallRecord {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		d.mu.Lock()
+		calls := append([]gpusvc.CallRecord(nil), d.calls...)
+		d.mu.Unlock()
+		for _, r := range calls {
+			if r.Caller.Node == node {
+				return calls
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return calls
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
