@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -25,6 +26,10 @@ import (
 // DefaultTunnelDir is where the DaemonSet keeps the tunnels (a hostPath,
 // the same path inside the agent's container and on the node).
 const DefaultTunnelDir = "/var/lib/gpumesh/tunnels"
+
+// podStateName is the file in the tunnel directory that keeps the device
+// plugin's named pods across restarts.
+const podStateName = "named-pods.json"
 
 // Config configures an Agent.
 type Config struct {
@@ -144,7 +149,10 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 			Release: func(ctx context.Context, host string, pod *overlay.Pod) error {
 				return a.tunnels.Release(ctx, host, pod)
 			},
-			Logger: log,
+			// Beside the tunnels, on the node: a restarted agent releases
+			// the pods that went while it was down.
+			StateFile: filepath.Join(cfg.TunnelDir, podStateName),
+			Logger:    log,
 		})
 		if err != nil {
 			return nil, err

@@ -33,6 +33,8 @@ const (
 	maxNamed = 1024
 	// maxListBytes bounds one List answer.
 	maxListBytes = 16 << 20
+	// maxStateBytes bounds the state file read at start.
+	maxStateBytes = 4 << 20
 )
 
 // PodsConfig configures Pods.
@@ -52,6 +54,11 @@ type PodsConfig struct {
 	// still hold their devices, and how long one answer is reused to name
 	// connections; 0 means 2s.
 	Interval time.Duration
+	// StateFile, if set, keeps the named pods and their hosts across
+	// restarts of the agent: a pod that went while the agent was down is
+	// released by the first check after it starts, not left to the
+	// host's idle timeout.
+	StateFile string
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -71,6 +78,8 @@ type Pods struct {
 	conn *grpc.ClientConn
 	pr   prpb.PodResourcesListerClient
 	wake chan struct{} // Sweep's nudge to Run
+
+	saveMu sync.Mutex // one write of the state file at a time
 
 	mu     sync.Mutex
 	owners map[string]podRef // device ID → its pod, from the last List; guarded by mu
@@ -111,10 +120,18 @@ func NewPods(cfg PodsConfig) (*Pods, error) {
 	if err != nil {
 		return nil, fmt.Errorf("deviceplugin: pod resources %s: %w", cfg.Socket, err)
 	}
-	return &Pods{
+	p := &Pods{
 		cfg: cfg, log: log, conn: conn, pr: prpb.NewPodResourcesListerClient(conn),
 		wake: make(chan struct{}, 1), named: make(map[string]*named),
-	}, nil
+	}
+	if cfg.StateFile != "" {
+		// A state file that cannot be read loses only the early release
+		// of pods named before: the hosts free them when they go idle.
+		if err := p.load(); err != nil {
+			log.Warn("deviceplugin: the pods named before this start are not known; the GPU hosts free those that are gone when their sessions go idle", "err", err)
+		}
+	}
+	return p, nil
 }
 
 // Close closes the connection to the kubelet. A second Close returns
@@ -223,6 +240,9 @@ func (p *Pods) remember(ctx context.Context, pod overlay.Pod, host string) error
 	n, ok := p.named[pod.UID]
 	if !ok && len(p.named) >= maxNamed {
 		p.mu.Unlock()
+		if len(gone) > 0 {
+			p.save()
+		}
 		p.release(ctx, gone)
 		return fmt.Errorf("deviceplugin: more than %d pods named and not released", maxNamed)
 	}
@@ -231,10 +251,15 @@ func (p *Pods) remember(ctx context.Context, pod overlay.Pod, host string) error
 		p.named[pod.UID] = n
 	}
 	n.at = time.Now()
+	changed := !ok || len(gone) > 0
 	if !slices.Contains(n.hosts, host) {
 		n.hosts = append(n.hosts, host)
+		changed = true
 	}
 	p.mu.Unlock()
+	if changed {
+		p.save()
+	}
 	p.release(ctx, gone)
 	return nil
 }
@@ -308,6 +333,9 @@ func (p *Pods) sweep(ctx context.Context) {
 		}
 	}
 	p.mu.Unlock()
+	if len(gone) > 0 {
+		p.save()
+	}
 	p.release(ctx, gone)
 }
 

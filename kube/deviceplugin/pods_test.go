@@ -2,6 +2,8 @@ package deviceplugin_test
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -145,5 +147,84 @@ func TestPods(t *testing.T) {
 	}
 	if n := pods.Named(); len(n) != 0 {
 		t.Errorf("still named: %+v", n)
+	}
+}
+
+// TestPodsSurviveRestart: the pods an agent named are kept in its state
+// file; after a restart, one that went while the agent was down is
+// released by the first check, one that still holds its device is kept,
+// and a state file that cannot be read costs nothing but that.
+func TestPodsSurviveRestart(t *testing.T) {
+	cp := kubetest.Start(t, kubetest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	prs := kubelettest.StartPodResources(t, filepath.Join(t.TempDir(), "pod-resources", "kubelet.sock"))
+	state := filepath.Join(t.TempDir(), "named-pods.json")
+	rel := &releases{next: make(chan string, 16)}
+	start := func() *deviceplugin.Pods {
+		t.Helper()
+		pods, err := deviceplugin.NewPods(deviceplugin.PodsConfig{
+			Client: cp.Client, NodeName: "node-a", Socket: prs.Socket, Release: rel.release,
+			Interval: 50 * time.Millisecond, StateFile: state,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pods
+	}
+	uids := map[string]string{}
+	for i, name := range []string{"keep", "lost"} {
+		p, err := cp.Client.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+			Spec: corev1.PodSpec{NodeName: "node-a", Containers: []corev1.Container{{
+				Name: "main", Image: "registry.invalid/never-runs",
+			}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		uids[name] = string(p.UID)
+		prs.Assign("default", name, "main", deviceplugin.ResourceName, fmt.Sprintf("gpu-a-gpu%d", i))
+	}
+	spec := func(device string) kube.TunnelSpec {
+		return kube.TunnelSpec{ID: kube.TunnelID("d-", device), Host: "gpu-a", Device: device}
+	}
+
+	before := start()
+	for _, d := range []string{"gpu-a-gpu0", "gpu-a-gpu1"} {
+		if _, err := before.PodOf(ctx, spec(d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before.Close() // the agent stops; lost goes while it is down
+	prs.Forget("default", "lost")
+
+	after := start()
+	defer after.Close()
+	if n := after.Named(); len(n) != 2 {
+		t.Fatalf("after the restart the agent knows %+v; want both pods named before", n)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { after.Run(rctx) })
+	defer func() {
+		stop()
+		wg.Wait()
+	}()
+	if r := rel.wait(ctx, t); r != "gpu-a k8s:default/lost "+uids["lost"] {
+		t.Fatalf("released %q; want the pod that went while the agent was down", r)
+	}
+	if n := after.Named(); len(n) != 1 || n[0].UID != uids["keep"] {
+		t.Errorf("still named: %+v; want only keep", n)
+	}
+
+	// A state file that cannot be read: the agent starts knowing nothing.
+	if err := os.WriteFile(state, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	broken := start()
+	defer broken.Close()
+	if n := broken.Named(); len(n) != 0 {
+		t.Errorf("from a broken state file the agent knows %+v; want nothing", n)
 	}
 }
