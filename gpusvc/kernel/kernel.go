@@ -2,6 +2,8 @@
 // backend: their names, their arguments, and the shapes they accept and
 // produce. Every backend validates a call here first, so a malformed request
 // gets the same clear error from the CPU backend and from a CUDA worker.
+// MatMul is the one row-slice form of matrix_mul that the Go client and the
+// pool both offer, over whichever Compute they have.
 //
 // kernel imports no overlay, policy or GPU code.
 package kernel
