@@ -284,7 +284,7 @@ func (ts *Tunnels) Open(spec TunnelSpec) (*Tunnel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kube: tunnel %s: %w", spec.ID, err)
 	}
-	if err := writeFileAtomic(filepath.Join(t.HostDir, specName), b); err != nil {
+	if err := WriteFileAtomic(filepath.Join(t.HostDir, specName), b, 0o644); err != nil {
 		return nil, fmt.Errorf("kube: tunnel %s: %w", spec.ID, err)
 	}
 	t.fwd, err = forward.StartUnix(forward.Config{
@@ -368,12 +368,29 @@ func (ts *Tunnels) release(ctx context.Context, spec TunnelSpec) error {
 // releaseTimeout bounds one release.
 const releaseTimeout = 10 * time.Second
 
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+// WriteFileAtomic writes b to path with mode perm through a new file in
+// path's directory renamed over it, so that a reader finds the old
+// contents or the new, never part of them. A failed write leaves no
+// temporary file behind.
+func WriteFileAtomic(path string, b []byte, perm os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	_, err = tmp.Write(b)
+	if err == nil {
+		err = tmp.Chmod(perm)
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
 }
 
 // Remove closes the tunnel id, ending its connections, releases its pod
