@@ -7,8 +7,7 @@ import (
 )
 
 // Hosts is where the agent learns its GPU hosts. StaticHosts implements it
-// over a fixed list of names; a pool that discovers hosts by tag
-// implements the same two methods.
+// over the names it is given and the peers a target finds by tag.
 type Hosts interface {
 	// Snapshot returns the hosts known now, sorted by name, and a channel
 	// that is closed once that list changes (a host comes or goes, its

@@ -284,7 +284,7 @@ func (ts *Tunnels) Open(spec TunnelSpec) (*Tunnel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kube: tunnel %s: %w", spec.ID, err)
 	}
-	if err := writeFileAtomic(filepath.Join(t.HostDir, specName), b); err != nil {
+	if err := WriteFileAtomic(filepath.Join(t.HostDir, specName), b, 0o644); err != nil {
 		return nil, fmt.Errorf("kube: tunnel %s: %w", spec.ID, err)
 	}
 	t.fwd, err = forward.StartUnix(forward.Config{
@@ -337,7 +337,7 @@ func (ts *Tunnels) Release(ctx context.Context, host string, pod *overlay.Pod) e
 	if !ts.cfg.NamePods || pod == nil {
 		return errors.New("kube: release needs NamePods and a pod")
 	}
-	return ts.release(ctx, TunnelSpec{Host: host, Pod: pod})
+	return ts.release(ctx, host, pod)
 }
 
 // dial connects to host and, with NamePods, says whose connection it is.
@@ -353,14 +353,14 @@ func (ts *Tunnels) dial(ctx context.Context, host string, p preface.Preface) (ne
 	return conn, nil
 }
 
-// release asks the tunnel's host to release its pod: end the pod's
-// sessions, freeing their buffers, and its connections.
-func (ts *Tunnels) release(ctx context.Context, spec TunnelSpec) error {
+// release asks host to release pod: end the pod's sessions, freeing
+// their buffers, and its connections.
+func (ts *Tunnels) release(ctx context.Context, host string, pod *overlay.Pod) error {
 	ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
 	defer cancel()
-	conn, err := ts.dial(ctx, spec.Host, preface.Preface{Op: preface.Release, Pod: spec.Pod})
+	conn, err := ts.dial(ctx, host, preface.Preface{Op: preface.Release, Pod: pod})
 	if err != nil {
-		return fmt.Errorf("kube: release %s on %s: %w", spec.Pod, spec.Host, err)
+		return fmt.Errorf("kube: release %s on %s: %w", pod, host, err)
 	}
 	return conn.Close()
 }
@@ -368,12 +368,29 @@ func (ts *Tunnels) release(ctx context.Context, spec TunnelSpec) error {
 // releaseTimeout bounds one release.
 const releaseTimeout = 10 * time.Second
 
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+// WriteFileAtomic writes b to path with mode perm through a new file in
+// path's directory renamed over it, so that a reader finds the old
+// contents or the new, never part of them. A failed write leaves no
+// temporary file behind.
+func WriteFileAtomic(path string, b []byte, perm os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	_, err = tmp.Write(b)
+	if err == nil {
+		err = tmp.Chmod(perm)
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
 }
 
 // Remove closes the tunnel id, ending its connections, releases its pod
@@ -389,7 +406,7 @@ func (ts *Tunnels) Remove(ctx context.Context, id string) error {
 	if ok {
 		t.fwd.Close()
 		if ts.cfg.NamePods && t.Spec.Pod != nil {
-			if err := ts.release(ctx, t.Spec); err != nil {
+			if err := ts.release(ctx, t.Spec.Host, t.Spec.Pod); err != nil {
 				ts.log.Warn("kube: the GPU host did not release the pod; it frees the pod's sessions when they go idle", "id", id, "err", err)
 			}
 		}

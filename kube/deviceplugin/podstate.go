@@ -7,11 +7,11 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/gpumesh/gpumesh/gpusvc/preface"
+	"github.com/gpumesh/gpumesh/kube"
 	"github.com/gpumesh/gpumesh/overlay"
 )
 
@@ -84,29 +84,11 @@ func (p *Pods) save() {
 	}
 	p.mu.Unlock()
 	slices.SortFunc(saved, func(a, b savedPod) int { return strings.Compare(a.Pod.UID, b.Pod.UID) })
-	if err := writeFileAtomic(p.cfg.StateFile, saved); err != nil {
+	b, err := json.Marshal(saved)
+	if err == nil {
+		err = kube.WriteFileAtomic(p.cfg.StateFile, b, 0o600)
+	}
+	if err != nil {
 		p.log.Warn("deviceplugin: cannot keep the named pods for a restart", "err", err)
 	}
-}
-
-func writeFileAtomic(path string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(b)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
 }

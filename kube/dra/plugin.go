@@ -245,7 +245,7 @@ func (p *Plugin) prepare(ctx context.Context, c *resourceapi.ResourceClaim) ([]k
 	if err != nil {
 		return nil, fmt.Errorf("dra: CDI spec: %w", err)
 	}
-	if err := writeFileAtomic(p.cdiFile(c.UID), b); err != nil {
+	if err := kube.WriteFileAtomic(p.cdiFile(c.UID), b, 0o644); err != nil {
 		return nil, fmt.Errorf("dra: CDI spec: %w", err)
 	}
 	return devs, nil
@@ -254,14 +254,6 @@ func (p *Plugin) prepare(ctx context.Context, c *resourceapi.ResourceClaim) ([]k
 // cdiFile is the CDI spec of a claim's devices.
 func (p *Plugin) cdiFile(uid types.UID) string {
 	return filepath.Join(p.cfg.CDIDir, "gpumesh.dev-gpu_"+string(uid)+".json")
-}
-
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // UnprepareResourceClaims implements kubeletplugin.DRAPlugin: it closes

@@ -1,7 +1,6 @@
 package kubetest
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -27,6 +26,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/gpumesh/gpumesh/internal/testtools"
 )
 
 // Binaries are the control plane's programs, by the names in
@@ -40,15 +41,12 @@ const (
 	EnvRequire = "GPUMESH_REQUIRE_KUBE"
 )
 
-// ToolsDir returns the directory that holds Binaries, or why there is none.
-func ToolsDir() (string, error) {
+// toolsDir returns the directory that holds Binaries, or why there is
+// none.
+func toolsDir(tb testing.TB) (string, error) {
 	dir := os.Getenv(EnvTools)
 	if dir == "" {
-		root, err := moduleRoot()
-		if err != nil {
-			return "", err
-		}
-		dir = filepath.Join(root, ".tools", "bin")
+		dir = filepath.Join(testtools.Root(tb), ".tools", "bin")
 	}
 	for _, b := range Binaries {
 		fi, err := os.Stat(filepath.Join(dir, b))
@@ -59,29 +57,11 @@ func ToolsDir() (string, error) {
 	return dir, nil
 }
 
-// moduleRoot finds gpumesh's module root above the working directory.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && bytes.HasPrefix(b, []byte("module github.com/gpumesh/gpumesh\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("kubetest: not inside the gpumesh module")
-		}
-		dir = parent
-	}
-}
-
 // Require returns the tools directory, or skips tb (fails it with
 // GPUMESH_REQUIRE_KUBE=1) saying why there is none.
 func Require(tb testing.TB) string {
 	tb.Helper()
-	dir, err := ToolsDir()
+	dir, err := toolsDir(tb)
 	if err == nil {
 		return dir
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/gpumesh/gpumesh/internal/pythontest"
+	"github.com/gpumesh/gpumesh/internal/testtools"
 )
 
 // Python returns a Python 3 that imports grpc and protobuf (Debian's
@@ -19,9 +20,5 @@ func Python(tb testing.TB) string {
 // (compute.py and the generated gpumesh_pb2 modules).
 func PythonExamples(tb testing.TB) string {
 	tb.Helper()
-	root, err := moduleRoot()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return filepath.Join(root, "examples", "python")
+	return filepath.Join(testtools.Root(tb), "examples", "python")
 }
