@@ -48,9 +48,7 @@ func Scalar(x float64) Arg { return Arg{Kind: kernel.ArgScalar, Scalar: x} }
 func Int(x int64) Arg { return Arg{Kind: kernel.ArgInt, Int: x} }
 
 // BufferArg is a resident buffer read as a float32 tensor of the given shape.
-func BufferArg(b Buffer, shape ...int64) Arg {
-	return Arg{Kind: kernel.ArgBuffer, Buffer: b.ID, Tensor: kernel.Tensor{DType: kernel.Float32, Shape: shape}}
-}
+func BufferArg(b Buffer, shape ...int64) Arg { return pool.BufferArg(b, shape...) }
 
 // Option configures Dial.
 type Option func(*options)

@@ -130,7 +130,8 @@ func WriteChecks(w io.Writer, cs []Check) error {
 	return err
 }
 
-// WriteJSON renders v (a Report or checks) as indented JSON.
+// WriteJSON renders v (a Report, checks, or any command's JSON output)
+// as indented JSON.
 func WriteJSON(w io.Writer, v any) error {
 	e := json.NewEncoder(w)
 	e.SetIndent("", "  ")

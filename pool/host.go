@@ -316,7 +316,6 @@ type explainEntry struct {
 	allow  bool
 	rule   string
 	reason string
-	class  string
 	limits Limits
 	err    error // the Explain call failed; such entries are not kept
 }
@@ -372,7 +371,7 @@ func (h *host) explainFor(ctx context.Context, kernelName, gpu string, cachedOnl
 			delete(h.explain, k)
 		}
 	} else {
-		e.allow, e.rule, e.reason, e.class = res.GetAllow(), res.GetRule(), res.GetReason(), res.GetClass()
+		e.allow, e.rule, e.reason = res.GetAllow(), res.GetRule(), res.GetReason()
 		if l := res.GetLimits(); l != nil {
 			e.limits = Limits{
 				MaxConcurrent: int(l.GetMaxConcurrent()), MaxMemory: l.GetMaxMemory(), Rate: l.GetRate(),

@@ -167,6 +167,11 @@ type answer struct {
 	err    error // the host could not be asked
 }
 
+// answer is the cached answer as placement reads it.
+func (e *explainEntry) answer() answer {
+	return answer{allow: e.allow, rule: e.rule, reason: e.reason, limits: e.limits}
+}
+
 // ask asks (or, with cachedOnly, only reads from the cache) what h's
 // policy says of w.
 func (p *Pool) ask(ctx context.Context, h *host, w work, cachedOnly bool) answer {
@@ -185,7 +190,7 @@ func (p *Pool) ask(ctx context.Context, h *host, w work, cachedOnly bool) answer
 			if err != nil {
 				return answer{err: err, reason: err.Error()}
 			}
-			a := answer{allow: e.allow, rule: e.rule, reason: e.reason, limits: e.limits}
+			a := e.answer()
 			if a.allow {
 				return a
 			}
@@ -201,7 +206,7 @@ func (p *Pool) ask(ctx context.Context, h *host, w work, cachedOnly bool) answer
 		if err != nil {
 			return answer{err: err, reason: err.Error()}
 		}
-		a := answer{allow: e.allow, rule: e.rule, reason: e.reason, limits: e.limits}
+		a := e.answer()
 		if !a.allow {
 			return a
 		}

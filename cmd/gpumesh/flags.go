@@ -15,19 +15,17 @@ import (
 
 // tailnetFlags are the flags every command that joins a tailnet takes.
 type tailnetFlags struct {
-	controlURL   string
-	authKey      string
-	authKeyFile  string
-	hostname     string
-	stateDir     string
-	ephemeral    bool
-	tags         []string
-	port         uint16
-	logUpload    bool
-	portMapper   bool
-	verbose      bool
-	defaultHost  string
-	defaultState string
+	controlURL  string
+	authKey     string
+	authKeyFile string
+	hostname    string
+	stateDir    string
+	ephemeral   bool
+	tags        []string
+	port        uint16
+	logUpload   bool
+	portMapper  bool
+	verbose     bool
 }
 
 // defaultControlURL is Tailscale's coordination server, used only when
@@ -35,7 +33,6 @@ type tailnetFlags struct {
 const defaultControlURL = "https://controlplane.tailscale.com"
 
 func (f *tailnetFlags) register(cmd *cobra.Command, host string) {
-	f.defaultHost = host
 	fl := cmd.Flags()
 	fl.StringVar(&f.controlURL, "control-url", envOr("TS_CONTROL_URL", defaultControlURL), "control server URL (Tailscale's, or your Headscale's); env TS_CONTROL_URL")
 	fl.StringVar(&f.authKey, "authkey", "", "auth key for the first join; env TS_AUTHKEY")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/gpusvc/nvml"
 	"github.com/gpumesh/gpumesh/node"
 )
@@ -70,9 +70,7 @@ With --host it joins the tailnet and asks that GPU host's endpoint instead
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(r)
+				return diag.WriteJSON(out, r)
 			}
 			printGPUs(out, r)
 			return nil

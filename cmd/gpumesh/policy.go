@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/spf13/cobra"
 
+	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/policy"
 )
 
@@ -62,7 +63,7 @@ func loadPolicy(cmd *cobra.Command, file string, asJSON bool) (*policy.Policy, e
 			OK          bool             `json:"ok"`
 			Diagnostics []policyDiagJSON `json:"diagnostics"`
 		}{File: file, Diagnostics: policyDiagsJSON(pe.Diags)}
-		if err := policyWriteJSON(cmd.OutOrStdout(), out); err != nil {
+		if err := diag.WriteJSON(cmd.OutOrStdout(), out); err != nil {
 			return nil, err
 		}
 	} else if err := pe.WriteText(cmd.ErrOrStderr(), 100, false); err != nil {
@@ -102,7 +103,7 @@ It does not run the file's tests; 'gpumesh policy test' does.`,
 				return err
 			}
 			if asJSON {
-				return policyWriteJSON(cmd.OutOrStdout(), struct {
+				return diag.WriteJSON(cmd.OutOrStdout(), struct {
 					File     string           `json:"file"`
 					OK       bool             `json:"ok"`
 					Digest   string           `json:"digest"`
@@ -238,7 +239,7 @@ Exits 1 if any fails; 'gpumesh serve' refuses such a policy.`,
 				for _, r := range results {
 					rs = append(rs, resultJSON{r.Name, r.Pos, r.Pass, r.Want, toPolicyDecisionJSON(r.Got), r.Message})
 				}
-				if err := policyWriteJSON(out, struct {
+				if err := diag.WriteJSON(out, struct {
 					File    string       `json:"file"`
 					Passed  int          `json:"passed"`
 					Failed  int          `json:"failed"`
@@ -300,7 +301,7 @@ or capabilities); --cap NAME alone gives it without values.`,
 			d := p.ExplainDecision(s, r) // a refusal also says which capabilities the caller holds
 			out := cmd.OutOrStdout()
 			if asJSON {
-				return policyWriteJSON(out, struct {
+				return diag.WriteJSON(out, struct {
 					File     string             `json:"file"`
 					Subject  string             `json:"subject"`
 					Kernel   string             `json:"kernel"`
@@ -405,12 +406,6 @@ func policyGPU(g string) string {
 		return "0"
 	}
 	return g
-}
-
-func policyWriteJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }
 
 func policyPlural(n int) string {
