@@ -296,14 +296,10 @@ func coversKernel(all, builtins bool, names map[string]bool, kernel string) bool
 	return builtins && isBuiltin(kernel)
 }
 
+// coversGPU takes gpu and uuid in canonical form (Request.canonicalGPU),
+// as ids holds them.
 func coversGPU(all bool, ids map[string]bool, gpu, uuid string) bool {
-	if all {
-		return true
-	}
-	if ids[lower(gpu)] {
-		return true
-	}
-	return uuid != "" && ids[lower(uuid)]
+	return all || ids[gpu] || uuid != "" && ids[uuid]
 }
 
 func isCustom(kernel string) bool {

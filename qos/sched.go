@@ -193,10 +193,9 @@ func (s *Scheduler) Wait(ctx context.Context, className string, n int) (release 
 	start := time.Now()
 	s.mu.Lock()
 	c := s.resolveLocked(className)
-	lim, burst := c.lim, c.burst
-	s.mu.Unlock()
-	var throttle time.Duration
-	if lim != nil {
+	if c.lim != nil { // wait for the tokens without the lock
+		lim, burst := c.lim, c.burst
+		s.mu.Unlock()
 		for rem := n; rem > 0; {
 			take := min(rem, burst)
 			if err := lim.WaitN(ctx, take); err != nil {
@@ -204,15 +203,14 @@ func (s *Scheduler) Wait(ctx context.Context, className string, n int) (release 
 			}
 			rem -= take
 		}
-		throttle = time.Since(start)
-	}
-
-	s.mu.Lock()
-	if c.gone { // removed while it waited for tokens
-		c = s.resolveLocked(c.Name)
+		throttle := time.Since(start)
+		s.mu.Lock()
+		if c.gone { // removed while it waited for tokens
+			c = s.resolveLocked(c.Name)
+		}
+		c.stats.ThrottleSum += throttle
 	}
 	w := &waiter{c: c, n: n, start: start, ready: make(chan struct{})}
-	c.stats.ThrottleSum += throttle
 	if s.free > 0 && s.queued == 0 && s.linkDueLocked(time.Now(), c) {
 		s.grantLocked(w)
 		s.mu.Unlock()

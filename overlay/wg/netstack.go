@@ -152,13 +152,22 @@ func (s *userStack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return n, nil
 }
 
+// copyPacket copies pkt into dst straight from the views behind it
+// (pkt.AsSlices would allocate a slice of them for every packet).
 func copyPacket(dst []byte, pkt *stack.PacketBuffer) (int, error) {
 	if pkt.Size() > len(dst) {
 		return 0, fmt.Errorf("netstack: %d-byte packet for a %d-byte buffer", pkt.Size(), len(dst))
 	}
+	views, skip := pkt.AsViewList() // skip: the headroom before the packet
 	n := 0
-	for _, b := range pkt.AsSlices() {
-		n += copy(dst[n:], b)
+	for v := views.Front(); v != nil; v = v.Next() {
+		b := v.AsSlice()
+		if skip >= len(b) {
+			skip -= len(b)
+			continue
+		}
+		n += copy(dst[n:], b[skip:])
+		skip = 0
 	}
 	return n, nil
 }
