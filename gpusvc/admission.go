@@ -124,7 +124,7 @@ func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, erro
 	}
 	d := s.policy().Admits(who.subject)
 	if !d.Allow {
-		err := status.Errorf(codes.PermissionDenied, "gpumesh: denied by %s's policy: %s", s.cfg.Host, d.Reason)
+		err := s.denied(d, "")
 		s.refusals.addDecision(who, method, d, err)
 		return nil, err
 	}
