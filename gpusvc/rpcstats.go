@@ -54,14 +54,10 @@ func (h rpcStats) HandleRPC(ctx context.Context, st stats.RPCStats) {
 	if r.begun.Load() {
 		return
 	}
-	c := &call{start: r.start, method: r.method, conn: connOf(ctx)}
-	if t, ok := ctx.Value(tappedKey{}).(tapped); ok {
-		c.who = t.who
-	}
 	st2 := status.Convert(end.Error)
-	rec := CallRecord{Time: c.start, Method: c.method, Duration: time.Since(c.start), Code: st2.Code(), Err: bounded(st2.Message(), maxErrorBytes)}
-	if c.who != nil {
-		rec.Caller = c.who.id
+	rec := CallRecord{Time: r.start, Method: r.method, Duration: time.Since(r.start), Code: st2.Code(), Err: bounded(st2.Message(), maxErrorBytes)}
+	if t, ok := ctx.Value(tappedKey{}).(tapped); ok && t.who != nil {
+		rec.Caller = t.who.id
 	}
 	h.s.emit(rec)
 }
