@@ -65,9 +65,13 @@ func (h rpcStats) HandleRPC(ctx context.Context, st stats.RPCStats) {
 func (rpcStats) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
 func (rpcStats) HandleConn(context.Context, stats.ConnStats)                       {}
 
-// markBegun tells the RPC's stats that an interceptor records it.
-func markBegun(ctx context.Context) {
+// markBegun tells the RPC's stats that an interceptor records it, and
+// returns the name its record gives the method (fullMethod's, as TagRPC
+// already worked it out).
+func markBegun(ctx context.Context, fullMethod string) string {
 	if r, ok := ctx.Value(rpcKey{}).(*rpcState); ok {
 		r.begun.Store(true)
+		return r.method
 	}
+	return methodName(fullMethod)
 }
