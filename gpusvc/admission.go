@@ -124,7 +124,7 @@ func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, erro
 	}
 	d := s.policy().Admits(who.subject)
 	if !d.Allow {
-		err := status.Errorf(codes.PermissionDenied, "gpumesh: denied by %s's policy: %s", s.cfg.Host, d.Reason)
+		err := s.denied(d, "")
 		s.refusals.addDecision(who, method, d, err)
 		return nil, err
 	}
@@ -253,19 +253,15 @@ func (r *refusals) addDecision(who *caller, method string, d policy.Decision, er
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	c := r.by[key]
+	if c == nil && len(r.by) >= maxRefusalKeys {
+		// Too many callers refused at once: this one is not counted
+		// apart, but with the others from its first record on.
+		key = "/"
+		c = r.by[key]
+	}
 	if c == nil {
-		if len(r.by) >= maxRefusalKeys {
-			// Too many callers refused at once: this one is not counted
-			// apart, but with the others from its first record on.
-			key = "/"
-			if c = r.by[key]; c == nil {
-				c = &refusalCount{lim: rate.NewLimiter(refusalRate, refusalBurst)}
-				r.by[key] = c
-			}
-		} else {
-			c = &refusalCount{lim: rate.NewLimiter(refusalRate, refusalBurst)}
-			r.by[key] = c
-		}
+		c = &refusalCount{lim: rate.NewLimiter(refusalRate, refusalBurst)}
+		r.by[key] = c
 	}
 	c.at = now
 	if c.suppressed == 0 && c.lim.AllowN(now, 1) {

@@ -18,8 +18,8 @@ func (s *Server) Compute(ctx context.Context, req *pb.ComputeRequest) (*pb.Compu
 	return s.compute(ctx, callOf(ctx), req)
 }
 
-// compute is a gpumesh.v1 Compute call, unary or on a Stream, after
-// identification.
+// compute is a unary gpumesh.v1 Compute call, after identification (a
+// Stream's calls go to computeFrom with the size their start measured).
 func (s *Server) compute(ctx context.Context, c *call, req *pb.ComputeRequest) (*pb.ComputeResponse, error) {
 	return s.computeFrom(ctx, c, gpuRequest{req}, int64(proto.Size(req)))
 }

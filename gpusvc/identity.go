@@ -109,16 +109,17 @@ func (c overlayCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.Auth
 	// takes one of its agent-wide slots first (MaxConnsPerAgent, for its
 	// pods and itself together), then its pod's, known once its preface
 	// is read.
-	agent := s.policy().TrustsAgent(Subject(id))
+	who := newCaller(id)
+	agent := s.policy().TrustsAgent(who.subject)
 	var release func()
 	if agent {
 		release, err = s.admission.openAgentConn(id, s.cfg.MaxConnsPerAgent)
 	} else {
-		release, err = s.openConn(newCaller(id))
+		release, err = s.openConn(who)
 	}
 	if err != nil {
 		if agent {
-			s.refusals.add(newCaller(id), "connect", err)
+			s.refusals.add(who, "connect", err)
 		}
 		return nil, nil, err
 	}
@@ -127,8 +128,8 @@ func (c overlayCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.Auth
 		release()
 		return nil, nil, err
 	}
-	who := newCaller(id)
 	if agent {
+		who = newCaller(id) // the pod its preface named, or the agent itself
 		own, err := s.openConn(who)
 		if err != nil {
 			release()

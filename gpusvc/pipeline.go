@@ -130,8 +130,7 @@ func (c *call) replied() { c.takeReply()() }
 
 // unaryEntry is the interceptor of every unary call.
 func (s *Server) unaryEntry(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (res any, err error) {
-	markBegun(ctx)
-	c, err := s.begin(ctx, methodName(info.FullMethod))
+	c, err := s.begin(ctx, markBegun(ctx, info.FullMethod))
 	defer func() { err = s.end(c, recover(), err) }()
 	if err != nil {
 		return nil, err
@@ -147,8 +146,7 @@ func (s *Server) unaryEntry(ctx context.Context, req any, info *grpc.UnaryServer
 // are one call each; a Stream is many, each begun and ended by the Stream
 // handler itself, and only a Stream refused as a whole is recorded as one.
 func (s *Server) streamEntry(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
-	markBegun(ss.Context())
-	method := methodName(info.FullMethod)
+	method := markBegun(ss.Context(), info.FullMethod)
 	if method == "Stream" {
 		defer func() {
 			if p := recover(); p != nil {

@@ -174,10 +174,3 @@ func (q *quotas) memory() (held, budget int64) {
 	defer q.mu.Unlock()
 	return q.used, q.budget
 }
-
-// heldBy reports the bytes the identity key holds.
-func (q *quotas) heldBy(key string) int64 {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.held[key]
-}

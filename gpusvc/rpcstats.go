@@ -54,14 +54,10 @@ func (h rpcStats) HandleRPC(ctx context.Context, st stats.RPCStats) {
 	if r.begun.Load() {
 		return
 	}
-	c := &call{start: r.start, method: r.method, conn: connOf(ctx)}
-	if t, ok := ctx.Value(tappedKey{}).(tapped); ok {
-		c.who = t.who
-	}
 	st2 := status.Convert(end.Error)
-	rec := CallRecord{Time: c.start, Method: c.method, Duration: time.Since(c.start), Code: st2.Code(), Err: bounded(st2.Message(), maxErrorBytes)}
-	if c.who != nil {
-		rec.Caller = c.who.id
+	rec := CallRecord{Time: r.start, Method: r.method, Duration: time.Since(r.start), Code: st2.Code(), Err: bounded(st2.Message(), maxErrorBytes)}
+	if t, ok := ctx.Value(tappedKey{}).(tapped); ok && t.who != nil {
+		rec.Caller = t.who.id
 	}
 	h.s.emit(rec)
 }
@@ -69,9 +65,13 @@ func (h rpcStats) HandleRPC(ctx context.Context, st stats.RPCStats) {
 func (rpcStats) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
 func (rpcStats) HandleConn(context.Context, stats.ConnStats)                       {}
 
-// markBegun tells the RPC's stats that an interceptor records it.
-func markBegun(ctx context.Context) {
+// markBegun tells the RPC's stats that an interceptor records it, and
+// returns the name its record gives the method (fullMethod's, as TagRPC
+// already worked it out).
+func markBegun(ctx context.Context, fullMethod string) string {
 	if r, ok := ctx.Value(rpcKey{}).(*rpcState); ok {
 		r.begun.Store(true)
+		return r.method
 	}
+	return methodName(fullMethod)
 }

@@ -87,7 +87,13 @@ func mustAlloc(t *testing.T, tab *sessions, s *session, c *call, n uint64) uint6
 	return id
 }
 
-func heldBy(tab *sessions, key string) int64 { return tab.quotas.heldBy(key) }
+// heldBy reports the bytes the identity key holds.
+func heldBy(tab *sessions, key string) int64 {
+	q := tab.quotas
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.held[key]
+}
 
 // buffered is what n bytes of buffer count against quotas.
 func buffered(n int64) int64 { return n + bufferOverhead }

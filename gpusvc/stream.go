@@ -170,7 +170,7 @@ func (sc *streamCalls) run(ctx context.Context, cancel context.CancelFunc, id ui
 		}
 		queued = false
 		s.queued.Add(-1)
-		res, err = s.compute(withCall(ctx, c), c, req)
+		res, err = s.computeFrom(withCall(ctx, c), c, gpuRequest{req}, size) // size: measured once, in start
 		release = c.takeReply()
 	}()
 	sc.mu.Lock()
