@@ -30,7 +30,7 @@ TESTREPORT     ?= .tools/bin/testreport
 TESTPKGS       ?= ./...
 
 .PHONY: test
-test: headscale grpcurl kube-tools ## Run all tests (vet, gofmt, every Go test; root runs the netns tests too), then list every skip and why
+test: headscale grpcurl kube-tools tailscaled ## Run all tests (vet, gofmt, every Go test; root runs the netns tests too), then list every skip and why
 	$(GO) vet ./...
 	@files=$$(git ls-files --cached --others --exclude-standard '*.go' | grep -v '\.pb\.go$$'); \
 	  bad=$$(gofmt -l $$files); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
@@ -94,4 +94,4 @@ python-stubs: ## Regenerate the Python stubs of gpumesh.proto and cuda.proto (ex
 clean: ## Remove built binaries
 	rm -rf $(BIN)
 
--include Makefile.gpu Makefile.headscale Makefile.grpcurl Makefile.kubernetes
+-include Makefile.gpu Makefile.headscale Makefile.grpcurl Makefile.kubernetes Makefile.tailscaled

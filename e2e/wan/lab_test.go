@@ -13,7 +13,7 @@ import (
 // no round trip is shorter than it, and gpumesh Write and Read work
 // across it.
 func TestThroughLab(t *testing.T) {
-	for _, mode := range []string{"tailnet", "wg", "wgtun"} {
+	for _, mode := range []string{"tailnet", "tailscaled", "wg", "wgtun"} {
 		t.Run(mode, func(t *testing.T) {
 			delay := wanlab.Impairment{Delay: 5 * time.Millisecond}
 			lab := wanlab.New(t, wanlab.Config{AtoB: delay, BtoA: delay, Seed: 1})

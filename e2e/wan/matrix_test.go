@@ -18,7 +18,7 @@ import (
 // The matrix's knobs: go test -bench BenchmarkWAN ./e2e/wan -args -wan.rtt 20 ...
 // (make bench-wan WAN='-wan.rtt 20 ...').
 var (
-	flagModes   = flag.String("wan.modes", "tailnet,wg", "overlays to measure: tailnet, wg (netstack), wgtun (kernel TUN)")
+	flagModes   = flag.String("wan.modes", "tailnet,wg", "overlays to measure: tailnet, wg (netstack), wgtun (kernel TUN), tailscaled (the system's tailscaled, kernel TCP)")
 	flagRTT     = flag.String("wan.rtt", "1,20,80", "round-trip times, ms")
 	flagLoss    = flag.String("wan.loss", "0,0.1,1", "loss in each direction, %")
 	flagRate    = flag.String("wan.rate", "100,1000", "link rates, Mbit/s")
@@ -119,7 +119,7 @@ func startMode(tb testing.TB, lab *wanlab.Lab, mode string) (*proc, error) {
 	tcp := envTCP + "=" + *flagTCP
 	var hostEnv, clientEnv []string
 	switch mode {
-	case "tailnet":
+	case "tailnet", "tailscaled":
 		tn := start(tb, lab.R, "tailnet", envRole+"=tailnet")
 		control, err := tn.until("CONTROL ")
 		if err != nil {
@@ -127,6 +127,11 @@ func startMode(tb testing.TB, lab *wanlab.Lab, mode string) (*proc, error) {
 		}
 		hostEnv = []string{envControl + "=" + control}
 		clientEnv = hostEnv
+		if mode == "tailscaled" {
+			if hostEnv, clientEnv, err = startTailscaleds(tb, lab, control); err != nil {
+				return nil, err
+			}
+		}
 	case "wg", "wgtun":
 		dir := tb.TempDir()
 		host, laptop, err := wgConfigs(dir)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"tailscale.com/client/local"
 	"tailscale.com/ipn/store/mem"
 
 	"github.com/gpumesh/gpumesh/e2e/wanlab"
@@ -24,6 +25,7 @@ import (
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/overlay/overlaytest"
+	"github.com/gpumesh/gpumesh/overlay/tailscaled"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
 	"github.com/gpumesh/gpumesh/overlay/wg"
 	"github.com/gpumesh/gpumesh/policy"
@@ -55,6 +57,7 @@ type overlayNode interface {
 var (
 	_ overlayNode = (*tsnet.Node)(nil)
 	_ overlayNode = (*wg.Node)(nil)
+	_ overlayNode = (*tailscaled.Node)(nil)
 )
 
 // runTailnet runs the embedded tailnet's servers on R's address towards
@@ -85,6 +88,16 @@ func join(ctx context.Context, mode, name string, port uint16) (overlayNode, err
 			return nil, err
 		}
 		if err := setTCP(n); err != nil {
+			n.Close()
+			return nil, err
+		}
+		return n, nil
+	case "tailscaled":
+		n, err := tailscaled.New(tailscaled.Config{Socket: os.Getenv(envSocket), Congestion: os.Getenv(envCC)})
+		if err != nil {
+			return nil, err
+		}
+		if _, err := n.Up(ctx); err != nil {
 			n.Close()
 			return nil, err
 		}
@@ -202,6 +215,12 @@ func runHost(mode string) error {
 	if err != nil {
 		return err
 	}
+	if n, ok := ov.(*tailscaled.Node); ok {
+		if err := checkTailscaledHost(n, ln); err != nil {
+			ln.Close()
+			return err
+		}
+	}
 	var addr netip.Addr
 	for _, a := range ov.Addrs() {
 		if a.Is4() {
@@ -259,8 +278,13 @@ func runClient(mode string) error {
 		return err
 	}
 	defer c.close()
-	if n, ok := ov.(*tsnet.Node); ok {
-		if err := waitDirect(jctx, n, c); err != nil {
+	if n, ok := ov.(interface{ LocalClient() *local.Client }); ok {
+		if err := waitDirect(jctx, n.LocalClient(), c); err != nil {
+			return err
+		}
+	}
+	if n, ok := ov.(*tailscaled.Node); ok {
+		if err := checkTailscaledClient(jctx, n, c.host); err != nil {
 			return err
 		}
 	}
@@ -279,12 +303,12 @@ func runClient(mode string) error {
 }
 
 // waitDirect calls the host until the path to it is direct.
-func waitDirect(ctx context.Context, n *tsnet.Node, c *client) error {
+func waitDirect(ctx context.Context, lc *local.Client, c *client) error {
 	for {
 		if _, err := c.main.Compute(ctx, "saxpy", saxpyArgs()...); err != nil {
 			return fmt.Errorf("waiting for a direct path: %w", err)
 		}
-		st, err := n.LocalClient().Status(ctx)
+		st, err := lc.Status(ctx)
 		if err != nil {
 			return err
 		}

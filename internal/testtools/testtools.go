@@ -49,6 +49,14 @@ func Grpcurl(tb testing.TB) string {
 	return tool(tb, "grpcurl", "GPUMESH_GRPCURL", "make grpcurl")
 }
 
+// Tailscaled returns the path of tailscaled: $GPUMESH_TAILSCALED, or
+// .tools/bin/tailscaled as `make tailscaled` builds it. The test skips
+// when there is none.
+func Tailscaled(tb testing.TB) string {
+	tb.Helper()
+	return tool(tb, "tailscaled", "GPUMESH_TAILSCALED", "make tailscaled")
+}
+
 func tool(tb testing.TB, name, env, target string) string {
 	tb.Helper()
 	path := os.Getenv(env)

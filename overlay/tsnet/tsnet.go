@@ -11,7 +11,6 @@ package tsnet
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -32,6 +31,7 @@ import (
 	"tailscale.com/wgengine/netstack"
 
 	"github.com/gpumesh/gpumesh/overlay"
+	"github.com/gpumesh/gpumesh/overlay/internal/localapi"
 )
 
 // Config says how a node joins a tailnet. The zero value is not enough:
@@ -299,40 +299,11 @@ func (n *Node) WhoIs(ctx context.Context, remoteAddr string) (overlay.Identity, 
 	if n.lc == nil {
 		return overlay.Identity{}, errors.New("tsnet: WhoIs before Up")
 	}
-	w, err := n.lc.WhoIs(ctx, remoteAddr)
-	if err != nil {
-		if errors.Is(err, local.ErrPeerNotFound) {
-			return overlay.Identity{}, fmt.Errorf("%w: %s", overlay.ErrUnknownPeer, remoteAddr)
-		}
-		return overlay.Identity{}, fmt.Errorf("tsnet: whois %s: %w", remoteAddr, err)
+	id, err := localapi.WhoIs(ctx, n.lc, remoteAddr)
+	if err != nil && !errors.Is(err, overlay.ErrUnknownPeer) {
+		err = fmt.Errorf("tsnet: %w", err)
 	}
-	if w.Node == nil {
-		return overlay.Identity{}, fmt.Errorf("%w: %s", overlay.ErrUnknownPeer, remoteAddr)
-	}
-	id := overlay.Identity{
-		FQDN:     strings.TrimSuffix(w.Node.Name, "."),
-		StableID: string(w.Node.StableID),
-		Tags:     append([]string(nil), w.Node.Tags...),
-	}
-	id.Node, _, _ = strings.Cut(id.FQDN, ".")
-	if id.Node == "" {
-		id.Node = w.Node.ComputedName
-	}
-	if w.UserProfile != nil && len(w.Node.Tags) == 0 {
-		id.User = w.UserProfile.LoginName
-	}
-	for _, p := range w.Node.Addresses {
-		id.Addrs = append(id.Addrs, p.Addr())
-	}
-	if len(w.CapMap) > 0 {
-		id.Caps = make(map[string][]json.RawMessage, len(w.CapMap))
-		for name, vals := range w.CapMap {
-			for _, v := range vals {
-				id.Caps[string(name)] = append(id.Caps[string(name)], json.RawMessage(v))
-			}
-		}
-	}
-	return id, nil
+	return id, err
 }
 
 var _ overlay.PeerPather = (*Node)(nil)
@@ -344,22 +315,11 @@ func (n *Node) PeerPaths(ctx context.Context) ([]overlay.PeerPath, error) {
 	if n.lc == nil {
 		return nil, errors.New("tsnet: PeerPaths before Up")
 	}
-	st, err := n.lc.Status(ctx)
+	pp, err := localapi.PeerPaths(ctx, n.lc)
 	if err != nil {
-		return nil, fmt.Errorf("tsnet: peer paths: %w", err)
+		return nil, fmt.Errorf("tsnet: %w", err)
 	}
-	var out []overlay.PeerPath
-	for _, p := range st.Peer {
-		if len(p.TailscaleIPs) == 0 {
-			continue
-		}
-		pp := overlay.PeerPath{Addr: p.TailscaleIPs[0]}
-		if ep, err := netip.ParseAddrPort(p.CurAddr); err == nil {
-			pp.Endpoint = ep
-		}
-		out = append(out, pp)
-	}
-	return out, nil
+	return pp, nil
 }
 
 // Addrs returns the node's own tailnet addresses.

@@ -1,0 +1,152 @@
+package tailscaled
+
+import (
+	"context"
+	"errors"
+	"net"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gpumesh/gpumesh/internal/testtools"
+	"github.com/gpumesh/gpumesh/overlay/overlaytest"
+)
+
+// A real tailscaled (make tailscaled) in userspace-networking mode runs
+// without root or a namespace; the kernel TUN mode runs in e2e/wan
+// (TestThroughLab/tailscaled), which needs root.
+
+func TestUpSaysToLogIn(t *testing.T) {
+	d, err := testtools.StartTailscaled(t, testtools.TailscaledOptions{Bin: testtools.Tailscaled(t), TUN: "userspace-networking"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := New(Config{Socket: d.Socket})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err = n.Up(ctx)
+	if err == nil || !strings.Contains(err.Error(), "run `tailscale up` first") {
+		t.Fatalf("Up on a logged-out tailscaled: %v; want it to say to run tailscale up", err)
+	}
+	if _, err := n.Listen("tcp", ":1"); err == nil {
+		t.Error("Listen after a failed Up succeeded")
+	}
+}
+
+func TestUpRefusesUserspaceNetworking(t *testing.T) {
+	tn := overlaytest.New(t, overlaytest.Options{})
+	d, err := testtools.StartTailscaled(t, testtools.TailscaledOptions{Bin: testtools.Tailscaled(t), Name: "gpu-host",
+		TUN: "userspace-networking", ControlURL: tn.ControlURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := New(Config{Socket: d.Socket})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err = n.Up(ctx)
+	if err == nil || !strings.Contains(err.Error(), "userspace networking") {
+		t.Fatalf("Up on a userspace-networking tailscaled: %v; want a refusal naming userspace networking", err)
+	}
+}
+
+func TestUpWithoutTailscaled(t *testing.T) {
+	n, _ := New(Config{Socket: t.TempDir() + "/none.sock"})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := n.Up(ctx); err == nil || !strings.Contains(err.Error(), "is tailscaled running") {
+		t.Fatalf("Up without a tailscaled: %v; want it to ask whether tailscaled runs", err)
+	}
+}
+
+// TestSocketsAskForCongestion: a dialed connection and one its listener
+// accepts both run the congestion control the node chose, not the
+// system's default.
+func TestSocketsAskForCongestion(t *testing.T) {
+	def := sysctlList("net/ipv4/tcp_congestion_control")
+	var want string
+	for _, cc := range available() {
+		if offered(cc) && !slices.Contains(def, cc) {
+			want = cc
+			break
+		}
+	}
+	if want == "" {
+		t.Skipf("needs a TCP congestion control other than the default %v that this process may set; the kernel offers %v", def, available())
+	}
+	n := &Node{ifname: "lo", congction: want}
+	lc := net.ListenConfig{Control: n.controlListen}
+	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	d := net.Dialer{Control: n.control}
+	c, err := d.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for name, conn := range map[string]net.Conn{"dialed": c, "accepted": s} {
+		got, err := CongestionOf(conn.(*net.TCPConn))
+		if err != nil || got != want {
+			t.Errorf("%s connection runs %q (%v); want %q (the system default is %v)", name, got, err, want, def)
+		}
+	}
+}
+
+func TestChooseCongestion(t *testing.T) {
+	if cc, err := chooseCongestion("system"); cc != "" || err != nil {
+		t.Errorf(`"system": %q, %v; want the default ("")`, cc, err)
+	}
+	cc, err := chooseCongestion("")
+	if wantBBR := offered("bbr"); err != nil || (cc == "bbr") != wantBBR {
+		t.Errorf(`"": %q, %v; BBR offered: %v`, cc, err, wantBBR)
+	}
+	if _, err := chooseCongestion("no-such-cc"); err == nil || !strings.Contains(err.Error(), `"no-such-cc"`) {
+		t.Errorf("an unknown congestion control: %v; want an error naming it", err)
+	}
+}
+
+// TestListenerDropsLocalConnections: the listener drops a connection
+// from loopback (this machine's own stack), and closes once.
+func TestListenerDropsLocalConnections(t *testing.T) {
+	raw, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMultiListener([]net.Listener{raw}, nil)
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := m.Accept()
+		if err == nil {
+			accepted <- c
+		}
+		close(accepted)
+	}()
+	c, err := net.Dial("tcp4", raw.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("a loopback connection was kept open")
+	}
+	if err := m.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if c, ok := <-accepted; ok {
+		t.Errorf("Accept handed over the loopback connection from %v", c.RemoteAddr())
+	}
+	if err := m.Close(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("second Close: %v; want net.ErrClosed", err)
+	}
+	if _, err := m.Accept(); !errors.Is(err, net.ErrClosed) && err == nil {
+		t.Errorf("Accept after Close: %v", err)
+	}
+}
