@@ -8,15 +8,21 @@ import (
 	"time"
 
 	"github.com/gpumesh/gpumesh/overlay"
+	"github.com/gpumesh/gpumesh/overlay/tailscaled"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
 	"github.com/gpumesh/gpumesh/overlay/wg"
 )
 
-// JoinConfig says how a node joins its overlay: a tailnet or a static
-// WireGuard mesh, exactly one.
+// JoinConfig says how a node joins its overlay: a tailnet (as a node of
+// its own, or through the system's tailscaled) or a static WireGuard
+// mesh, exactly one.
 type JoinConfig struct {
 	// Tailnet joins a tailnet as a tsnet node.
 	Tailnet *tsnet.Config
+	// Tailscaled uses the tailnet node of the system's tailscaled, which
+	// must run with a TUN interface: gpumesh's connections are then the
+	// kernel's TCP (overlay/tailscaled).
+	Tailscaled *tailscaled.Config
 	// WireGuard brings up a static WireGuard mesh. A host marks its outer
 	// packets as its QoSConfig says, whatever DSCP is set here.
 	WireGuard *wg.Config
@@ -28,8 +34,14 @@ type JoinConfig struct {
 const DefaultJoinTimeout = 2 * time.Minute
 
 func (c *JoinConfig) validate() error {
-	if (c.Tailnet == nil) == (c.WireGuard == nil) {
-		return errors.New("node: join a tailnet or a WireGuard mesh, exactly one")
+	n := 0
+	for _, set := range []bool{c.Tailnet != nil, c.Tailscaled != nil, c.WireGuard != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return errors.New("node: join a tailnet (own node or the system's tailscaled) or a WireGuard mesh, exactly one")
 	}
 	if c.Timeout < 0 {
 		return fmt.Errorf("node: join timeout %v: want 0 or more", c.Timeout)
@@ -39,9 +51,10 @@ func (c *JoinConfig) validate() error {
 
 // Joined is a node that is up on its overlay. Close leaves the overlay.
 type Joined struct {
-	// Overlay is the node: a *tsnet.Node or a *wg.Node.
+	// Overlay is the node: a *tsnet.Node, a *tailscaled.Node or a *wg.Node.
 	Overlay overlay.Overlay
-	// Name is the node's tailnet hostname; "" on a WireGuard mesh.
+	// Name is the node's tailnet hostname (tailscaled's, through it); ""
+	// on a WireGuard mesh.
 	Name string
 	// StateDir is the tailnet node's state dir; "" when it keeps none
 	// there, and on a WireGuard mesh.
@@ -50,7 +63,8 @@ type Joined struct {
 	// mesh FILE (netstack)".
 	Desc string
 	// UDPPort is the port of the tailnet node's WireGuard sockets, whose
-	// packets a host marks; 0 on a WireGuard mesh (its Bind marks).
+	// packets a host marks; 0 on a WireGuard mesh (its Bind marks) and
+	// through tailscaled (its sockets are not gpumesh's to mark).
 	UDPPort uint16
 }
 
@@ -87,6 +101,21 @@ func Join(ctx context.Context, cfg JoinConfig) (*Joined, error) {
 			return nil, fmt.Errorf("wireguard mesh from %s: %w", w.Path, err)
 		}
 		return &Joined{Overlay: n, Desc: fmt.Sprintf("WireGuard mesh %s (%s)", w.Path, w.Mode)}, nil
+	}
+	if c := cfg.Tailscaled; c != nil {
+		n, err := tailscaled.New(*c)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := n.Up(ctx); err != nil {
+			n.Close()
+			return nil, err
+		}
+		desc := "the tailnet of tailscaled at " + n.LocalSocket()
+		if cc := n.Congestion(); cc != "" {
+			desc += " with TCP " + cc
+		}
+		return &Joined{Overlay: n, Name: n.Hostname(), Desc: desc}, nil
 	}
 	t := cfg.Tailnet
 	n, err := tsnet.New(*t)

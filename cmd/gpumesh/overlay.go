@@ -1,20 +1,26 @@
 package main
 
 import (
+	"errors"
 	"log/slog"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/gpumesh/gpumesh/node"
+	"github.com/gpumesh/gpumesh/overlay/tailscaled"
 	"github.com/gpumesh/gpumesh/overlay/wg"
 )
 
-// wgFlags select the plain WireGuard mode instead of a tailnet.
+// wgFlags select an overlay other than a tailnet node of gpumesh's own:
+// the system's tailscaled, or a plain WireGuard mesh.
 type wgFlags struct {
-	path string
-	mode string
-	tun  string
+	path       string
+	mode       string
+	tun        string
+	tailscaled bool
+	socket     string
+	congestion string
 }
 
 func (f *wgFlags) register(cmd *cobra.Command) {
@@ -22,12 +28,26 @@ func (f *wgFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.path, "wg", "", "use a static WireGuard mesh from this wg-quick style file instead of a tailnet")
 	fl.StringVar(&f.mode, "wg-mode", "netstack", "WireGuard data path: netstack (no root) or tun (a kernel interface; needs CAP_NET_ADMIN)")
 	fl.StringVar(&f.tun, "wg-tun", wg.DefaultTUNName, "kernel interface name with --wg-mode tun")
+	fl.BoolVar(&f.tailscaled, "tailscaled", false, "use the system's tailscaled (with a TUN interface) instead of joining the tailnet: kernel TCP, faster over a lossy WAN")
+	fl.StringVar(&f.socket, "tailscaled-socket", tailscaled.DefaultSocket(), "with --tailscaled: its LocalAPI socket")
+	fl.StringVar(&f.congestion, "tcp-congestion", "", "with --tailscaled: TCP congestion control of gpumesh's connections (default bbr where the kernel has it; system: the kernel's default)")
 }
 
 // joinConfig is the overlay the flags name: the WireGuard mesh with --wg
-// (its error logs on log), else the tailnet.
+// (its error logs on log), the system's tailscaled with --tailscaled,
+// else a tailnet node of gpumesh's own.
 func joinConfig(tf *tailnetFlags, wf *wgFlags, timeout time.Duration, log *slog.Logger) (node.JoinConfig, error) {
 	jc := node.JoinConfig{Timeout: timeout}
+	if wf != nil && wf.tailscaled {
+		if wf.path != "" {
+			return jc, errors.New("--tailscaled and --wg: choose one overlay")
+		}
+		jc.Tailscaled = &tailscaled.Config{Socket: wf.socket, Congestion: wf.congestion}
+		return jc, nil
+	}
+	if wf != nil && wf.congestion != "" {
+		return jc, errors.New("--tcp-congestion needs --tailscaled (gpumesh's own tailnet node and WireGuard netstack run a userspace TCP)")
+	}
 	if wf != nil && wf.path != "" {
 		mode, err := wg.ParseMode(wf.mode)
 		if err != nil {

@@ -100,8 +100,17 @@ func (f *serveFlags) hostConfig(log *slog.Logger) (node.HostConfig, error) {
 		// status, doctor and qos status ask a tailnet host through it.
 		LocalAPI: &node.LocalAPIConfig{},
 	}
-	if join.WireGuard != nil {
+	switch {
+	case join.WireGuard != nil:
 		cfg.LocalAPI = nil // a WireGuard mesh has no tailnet status to report
+	case join.Tailscaled != nil:
+		// The node and its name are tailscaled's; gpumesh keeps no state
+		// of its own, so its local API has a home only when given one.
+		cfg.Name = ""
+		cfg.LocalAPI = nil
+		if f.tf.stateDir != "" {
+			cfg.LocalAPI = &node.LocalAPIConfig{StateDir: f.tf.stateDir}
+		}
 	}
 	if f.auditLog != "" {
 		max, err := policy.ParseSize(f.auditMaxSize)

@@ -348,6 +348,9 @@ func (n *Node) Interface() string { return n.ifname }
 // "" means the system default. Valid after Up.
 func (n *Node) Congestion() string { return n.congction }
 
+// LocalSocket is tailscaled's LocalAPI socket.
+func (n *Node) LocalSocket() string { return n.cfg.Socket }
+
 // LocalClient returns the client for tailscaled's LocalAPI.
 func (n *Node) LocalClient() *local.Client { return n.lc }
 
