@@ -19,6 +19,7 @@ import (
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/gpusvc/metrics"
 	"github.com/gpumesh/gpumesh/overlay"
+	"github.com/gpumesh/gpumesh/overlay/tailscaled"
 )
 
 // Host is a running GPU host: the compute endpoint inside the overlay and
@@ -91,6 +92,11 @@ func startHost(ctx context.Context, cfg HostConfig, onStop func(string)) (_ *Hos
 		observers = append(observers, m.Record)
 	}
 	if c.QoS != nil {
+		if q := c.qosConfig(h.joined); q.UDPPort == 0 && !q.NoOuterMarking && h.joined != nil && h.joined.Overlay != nil {
+			if _, ok := h.joined.Overlay.(*tailscaled.Node); ok {
+				log.Warn("outer DSCP marking is off: the WireGuard UDP sockets are tailscaled's, not gpumesh's; mark them in the firewall (e.g. nft add rule inet mangle output udp sport 41641 ip dscp set af41)")
+			}
+		}
 		if h.qos, err = startQoS(c.qosConfig(h.joined), c.Policy, log); err != nil {
 			return nil, err
 		}

@@ -37,6 +37,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/overlay/internal/localapi"
+	"github.com/gpumesh/gpumesh/overlay/internal/merge"
 )
 
 // DefaultSocket is where tailscaled's LocalAPI listens by default on
@@ -200,12 +201,12 @@ func (n *Node) Listen(network, addr string) (net.Listener, error) {
 			port = uint16(ln.Addr().(*net.TCPAddr).Port)
 		}
 	}
-	ln := newMultiListener(lns, n.addrs)
+	ln := merge.Listeners(lns, func(c net.Conn) bool { return fromSelf(n.addrs, c) })
 	if !n.track(ln) {
 		ln.Close()
 		return nil, net.ErrClosed
 	}
-	return &trackedListener{multiListener: ln, n: n}, nil
+	return &trackedListener{Listener: ln, n: n}, nil
 }
 
 // ListenPacket listens for UDP on the node's tailnet address addr
@@ -391,11 +392,11 @@ func (n *Node) untrack(c closer) {
 
 // trackedListener forgets itself in its node when closed.
 type trackedListener struct {
-	*multiListener
+	*merge.Listener
 	n *Node
 }
 
 func (l *trackedListener) Close() error {
-	l.n.untrack(l.multiListener)
-	return l.multiListener.Close()
+	l.n.untrack(l.Listener)
+	return l.Listener.Close()
 }

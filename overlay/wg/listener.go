@@ -4,7 +4,8 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"sync"
+
+	"github.com/gpumesh/gpumesh/overlay/internal/merge"
 )
 
 // listenKernel listens on each of addrs at port on the host's stack (ModeTUN)
@@ -31,7 +32,7 @@ func (n *Node) listenKernel(addrs []netip.Addr, port uint16) (net.Listener, erro
 	if len(lns) == 1 {
 		ln = lns[0]
 	} else {
-		ln = newMultiListener(lns)
+		ln = merge.Listeners(lns, nil)
 	}
 	t := &trackedListener{Listener: ln, n: n}
 	n.mu.Lock()
@@ -60,70 +61,3 @@ func (t *trackedListener) Close() error {
 	t.n.mu.Unlock()
 	return t.Listener.Close()
 }
-
-// multiListener merges several listeners into one. It owns one accept
-// goroutine per listener; Close stops them and waits.
-type multiListener struct {
-	lns   []net.Listener
-	conns chan acceptResult
-	done  chan struct{}
-	once  sync.Once
-	wg    sync.WaitGroup
-}
-
-type acceptResult struct {
-	c   net.Conn
-	err error
-}
-
-func newMultiListener(lns []net.Listener) *multiListener {
-	m := &multiListener{lns: lns, conns: make(chan acceptResult), done: make(chan struct{})}
-	for _, ln := range lns {
-		m.wg.Add(1)
-		go m.acceptLoop(ln)
-	}
-	return m
-}
-
-func (m *multiListener) acceptLoop(ln net.Listener) {
-	defer m.wg.Done()
-	for {
-		c, err := ln.Accept()
-		select {
-		case m.conns <- acceptResult{c, err}:
-		case <-m.done:
-			if c != nil {
-				c.Close()
-			}
-			return
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-func (m *multiListener) Accept() (net.Conn, error) {
-	select {
-	case r := <-m.conns:
-		return r.c, r.err
-	case <-m.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (m *multiListener) Close() error {
-	err := net.ErrClosed
-	m.once.Do(func() {
-		err = nil
-		close(m.done)
-		for _, ln := range m.lns {
-			ln.Close()
-		}
-		m.wg.Wait()
-	})
-	return err
-}
-
-// Addr returns the first listener's address.
-func (m *multiListener) Addr() net.Addr { return m.lns[0].Addr() }
