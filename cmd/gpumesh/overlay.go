@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/overlay/tailscaled"
 	"github.com/gpumesh/gpumesh/overlay/wg"
@@ -15,12 +16,10 @@ import (
 // wgFlags select an overlay other than a tailnet node of gpumesh's own:
 // the system's tailscaled, or a plain WireGuard mesh.
 type wgFlags struct {
-	path       string
-	mode       string
-	tun        string
-	tailscaled bool
-	socket     string
-	congestion string
+	path string
+	mode string
+	tun  string
+	tsd  tailscaledFlags
 }
 
 func (f *wgFlags) register(cmd *cobra.Command) {
@@ -28,9 +27,35 @@ func (f *wgFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.path, "wg", "", "use a static WireGuard mesh from this wg-quick style file instead of a tailnet")
 	fl.StringVar(&f.mode, "wg-mode", "netstack", "WireGuard data path: netstack (no root) or tun (a kernel interface; needs CAP_NET_ADMIN)")
 	fl.StringVar(&f.tun, "wg-tun", wg.DefaultTUNName, "kernel interface name with --wg-mode tun")
-	fl.BoolVar(&f.tailscaled, "tailscaled", false, "use the system's tailscaled (with a TUN interface) instead of joining the tailnet: kernel TCP, faster over a lossy WAN")
+	f.tsd.register(cmd)
+}
+
+// status and doctor look through tailscaled's node as through their own.
+var _ diag.Node = (*tailscaled.Node)(nil)
+
+// tailscaledFlags select the system's tailscaled's node.
+type tailscaledFlags struct {
+	on         bool
+	socket     string
+	congestion string
+}
+
+func (f *tailscaledFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.BoolVar(&f.on, "tailscaled", false, "use the system's tailscaled (with a TUN interface) instead of joining the tailnet: kernel TCP, faster over a lossy WAN")
 	fl.StringVar(&f.socket, "tailscaled-socket", tailscaled.DefaultSocket(), "with --tailscaled: its LocalAPI socket")
 	fl.StringVar(&f.congestion, "tcp-congestion", "", "with --tailscaled: TCP congestion control of gpumesh's connections (default bbr where the kernel has it; system: the kernel's default)")
+}
+
+// config is the tailscaled overlay the flags name; nil without --tailscaled.
+func (f *tailscaledFlags) config() (*tailscaled.Config, error) {
+	if !f.on {
+		if f.congestion != "" {
+			return nil, errors.New("--tcp-congestion needs --tailscaled (gpumesh's own tailnet node and WireGuard netstack run a userspace TCP)")
+		}
+		return nil, nil
+	}
+	return &tailscaled.Config{Socket: f.socket, Congestion: f.congestion}, nil
 }
 
 // joinConfig is the overlay the flags name: the WireGuard mesh with --wg
@@ -38,15 +63,17 @@ func (f *wgFlags) register(cmd *cobra.Command) {
 // else a tailnet node of gpumesh's own.
 func joinConfig(tf *tailnetFlags, wf *wgFlags, timeout time.Duration, log *slog.Logger) (node.JoinConfig, error) {
 	jc := node.JoinConfig{Timeout: timeout}
-	if wf != nil && wf.tailscaled {
-		if wf.path != "" {
+	if wf != nil {
+		tc, err := wf.tsd.config()
+		switch {
+		case err != nil:
+			return jc, err
+		case tc != nil && wf.path != "":
 			return jc, errors.New("--tailscaled and --wg: choose one overlay")
+		case tc != nil:
+			jc.Tailscaled = tc
+			return jc, nil
 		}
-		jc.Tailscaled = &tailscaled.Config{Socket: wf.socket, Congestion: wf.congestion}
-		return jc, nil
-	}
-	if wf != nil && wf.congestion != "" {
-		return jc, errors.New("--tcp-congestion needs --tailscaled (gpumesh's own tailnet node and WireGuard netstack run a userspace TCP)")
 	}
 	if wf != nil && wf.path != "" {
 		mode, err := wg.ParseMode(wf.mode)

@@ -58,6 +58,7 @@ func stateDirOf(fs *pflag.FlagSet) (string, error) {
 // diagFlags are the flags status and doctor share.
 type diagFlags struct {
 	tf          tailnetFlags
+	tsd         tailscaledFlags
 	hosts       []string
 	port        int
 	timeout     time.Duration
@@ -67,6 +68,7 @@ type diagFlags struct {
 
 func (f *diagFlags) register(cmd *cobra.Command) {
 	f.tf.register(cmd, "gpumesh-client")
+	f.tsd.register(cmd)
 	fl := cmd.Flags()
 	fl.StringSliceVar(&f.hosts, "host", nil, "GPU hosts to look at, by tailnet name, or a pool (tag:gpu, *, or several names): its hosts, and which one it would pick (default: every peer that answers)")
 	fl.IntVar(&f.port, "port", gpusvc.DefaultPort, "the compute endpoint's port")
@@ -88,6 +90,18 @@ func (f *diagFlags) options() diag.Options {
 // handles a failed join; nil returns the error.
 func (f *diagFlags) onNode(ctx context.Context, fs *pflag.FlagSet, local func(diag.LocalClient) error, joined func(diag.Node) error,
 	joinErr func(controlURL string, err error) error) error {
+	tc, err := f.tsd.config()
+	if err != nil {
+		return err
+	}
+	if tc != nil { // the system's tailscaled is the node: look through it
+		j, err := node.Join(ctx, node.JoinConfig{Tailscaled: tc, Timeout: f.joinTimeout})
+		if err != nil {
+			return err
+		}
+		defer j.Close()
+		return joined(j.Overlay.(diag.Node))
+	}
 	if !namesNode(fs) {
 		r, err := findNode(ctx)
 		if err != nil {

@@ -18,7 +18,7 @@ import (
 // through the system's tailscaled in A (`serve --tailscaled`) and runs a
 // kernel from B the same way (`run --tailscaled`), across the lab's link:
 // the host names the laptop by tailscaled's WhoIs, and the policy lets
-// only "laptop" in. A second run from B with a policy that names nobody
+// only "laptop" in; doctor looks through tailscaled's node too. A second run from B with a policy that names nobody
 // is refused.
 func TestCLIOverTailscaled(t *testing.T) {
 	delay := wanlab.Impairment{Delay: 2 * time.Millisecond}
@@ -84,6 +84,12 @@ func TestCLIOverTailscaled(t *testing.T) {
 		t.Fatalf("gpumesh run --tailscaled from the laptop: %v\n%s", err, got)
 	}
 	t.Logf("serve: %s\nrun: %s", serving, got)
+	doctor := lab.B.Command(bin, "doctor", "--tailscaled", "--tailscaled-socket", socket(clientEnv), "--host", "gpu-host")
+	if got, err := doctor.CombinedOutput(); err != nil || !strings.Contains(string(got), "policy") {
+		t.Errorf("gpumesh doctor --tailscaled from the laptop: %v\n%s", err, got)
+	} else {
+		t.Logf("doctor: %s", got)
+	}
 
 	// The same laptop under a policy that names nobody: refused, and the
 	// host says whom it refused.
