@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,7 +19,8 @@ import (
 // through the system's tailscaled in A (`serve --tailscaled`) and runs a
 // kernel from B the same way (`run --tailscaled`), across the lab's link:
 // the host names the laptop by tailscaled's WhoIs, and the policy lets
-// only "laptop" in; doctor looks through tailscaled's node too. A second run from B with a policy that names nobody
+// only "laptop" in; doctor looks through tailscaled's node too, and a
+// plain gRPC client (grpcurl) needs no gpumesh on its side at all. A second run from B with a policy that names nobody
 // is refused.
 func TestCLIOverTailscaled(t *testing.T) {
 	delay := wanlab.Impairment{Delay: 2 * time.Millisecond}
@@ -84,6 +86,15 @@ func TestCLIOverTailscaled(t *testing.T) {
 		t.Fatalf("gpumesh run --tailscaled from the laptop: %v\n%s", err, got)
 	}
 	t.Logf("serve: %s\nrun: %s", serving, got)
+	// Any gRPC client on the laptop reaches the host through its own
+	// tailscaled, with no gpumesh on that side at all: grpcurl to the
+	// host's tailnet address, and the host still knows it is "laptop".
+	hostIP := regexp.MustCompile(` on \[([0-9.]+)`).FindStringSubmatch(serving)[1] // "serving gpu-host on [100.64.0.1 fd7a:…]"
+	grpcurl := lab.B.Command(testtools.Grpcurl(t), "-plaintext", "-d", `{"kernel": "matrix_mul", "params": {"a": [[1, 2], [3, 4]], "b": [[5, 6], [7, 8]]}}`,
+		hostIP+":50051", "cuda.CUDAService/Compute")
+	if got, err := grpcurl.CombinedOutput(); err != nil || !strings.Contains(string(got), "19") || !strings.Contains(string(got), "50") {
+		t.Errorf("grpcurl from the laptop straight to %s:50051: %v\n%s", hostIP, err, got)
+	}
 	doctor := lab.B.Command(bin, "doctor", "--tailscaled", "--tailscaled-socket", socket(clientEnv), "--host", "gpu-host")
 	if got, err := doctor.CombinedOutput(); err != nil || !strings.Contains(string(got), "policy") {
 		t.Errorf("gpumesh doctor --tailscaled from the laptop: %v\n%s", err, got)
