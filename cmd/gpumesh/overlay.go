@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"time"
 
 	"github.com/spf13/cobra"
+	"tailscale.com/client/local"
 
 	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/node"
@@ -89,4 +91,18 @@ func joinConfig(tf *tailnetFlags, wf *wgFlags, timeout time.Duration, log *slog.
 	}
 	jc.Tailnet = &cfg
 	return jc, nil
+}
+
+// tailscaledHint says that a tailscaled with a TUN interface runs here,
+// at its default socket, which --tailscaled would use instead of a node
+// of gpumesh's own; "" when none answers within a second.
+func tailscaledHint(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	lc := &local.Client{Socket: tailscaled.DefaultSocket(), UseSocketOnly: true}
+	st, err := lc.Status(ctx)
+	if err != nil || !st.TUN || st.BackendState != "Running" {
+		return ""
+	}
+	return "a tailscaled with a TUN interface runs on this machine: --tailscaled would serve through its node, with the kernel's TCP (faster over a lossy WAN)"
 }

@@ -159,6 +159,11 @@ file) reloads the policy; an invalid one is rejected and the old one stays.`,
 			}()
 			j := host.Joined()
 			log.Info(fmt.Sprintf("serving %s on %v port %d (%s only), policy %s", host.Name(), j.Addrs(), f.port, j.Desc, f.policyPath))
+			if cfg.Join.Tailnet != nil {
+				if hint := tailscaledHint(ctx); hint != "" {
+					log.Info(hint)
+				}
+			}
 
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
