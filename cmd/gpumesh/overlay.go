@@ -73,6 +73,7 @@ func joinConfig(tf *tailnetFlags, wf *wgFlags, timeout time.Duration, log *slog.
 		case tc != nil && wf.path != "":
 			return jc, errors.New("--tailscaled and --wg: choose one overlay")
 		case tc != nil:
+			tc.Logf = logfTo(log)
 			jc.Tailscaled = tc
 			return jc, nil
 		}

@@ -37,7 +37,6 @@ import (
 
 	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/overlay/internal/localapi"
-	"github.com/gpumesh/gpumesh/overlay/internal/merge"
 )
 
 // DefaultSocket is where tailscaled's LocalAPI listens by default on
@@ -54,6 +53,9 @@ type Config struct {
 	// name ("bbr", "cubic") is required, and Up fails if the kernel
 	// refuses it.
 	Congestion string
+	// Logf receives what the node does on its own: following tailscaled's
+	// addresses when they change. nil discards it.
+	Logf func(format string, args ...any)
 }
 
 // Node is gpumesh on the system's tailnet node.
@@ -63,17 +65,15 @@ type Node struct {
 
 	// Set by Up.
 	self      *ipnstate.PeerStatus
-	addrs     []netip.Addr
-	ifname    string // the TUN interface holding addrs
+	ifname    string // the TUN interface holding the node's addresses
 	congction string // what gpumesh's sockets ask for; "" leaves the default
 
-	mu        sync.Mutex
-	closed    bool                // guarded by mu
-	listeners map[closer]struct{} // guarded by mu; closed by Close
+	mu         sync.Mutex
+	closed     bool                          // guarded by mu
+	addrs      []netip.Addr                  // guarded by mu; tailscaled's, followed (listen.go)
+	listeners  map[*trackedListener]struct{} // guarded by mu; closed by Close
+	stopFollow func()                        // guarded by mu; set by Up
 }
-
-// closer is what Close closes: the node's listeners.
-type closer interface{ Close() error }
 
 var (
 	_ overlay.Overlay    = (*Node)(nil)
@@ -87,7 +87,7 @@ func New(cfg Config) (*Node, error) {
 		cfg.Socket = DefaultSocket()
 	}
 	return &Node{cfg: cfg, lc: &local.Client{Socket: cfg.Socket, UseSocketOnly: true},
-		listeners: make(map[closer]struct{})}, nil
+		listeners: make(map[*trackedListener]struct{})}, nil
 }
 
 // Up waits until tailscaled is running on the tailnet, then learns the
@@ -136,7 +136,13 @@ func (n *Node) Up(ctx context.Context) (*ipnstate.Status, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tailscaled overlay: %w", err)
 	}
-	n.self, n.addrs, n.ifname, n.congction = st.Self, slices.Clone(st.Self.TailscaleIPs), ifname, cc
+	n.self, n.ifname, n.congction = st.Self, ifname, cc
+	n.mu.Lock()
+	n.addrs = slices.Clone(st.Self.TailscaleIPs)
+	n.mu.Unlock()
+	if err := n.follow(); err != nil {
+		return nil, fmt.Errorf("tailscaled at %s: %w", n.cfg.Socket, err)
+	}
 	return st, nil
 }
 
@@ -167,89 +173,9 @@ func (n *Node) up() error {
 	case n.closed:
 		return net.ErrClosed
 	case n.self == nil:
-		return errors.New("tailscaled overlay: used before Up")
+		return errNotUp
 	}
 	return nil
-}
-
-// Listen listens on the node's tailnet addresses only: addr ":port" on
-// each of them, or "ip:port" on one. network is "tcp", "tcp4" or "tcp6".
-func (n *Node) Listen(network, addr string) (net.Listener, error) {
-	if err := n.up(); err != nil {
-		return nil, err
-	}
-	ips, port, err := n.localAddrs(network, addr)
-	if err != nil {
-		return nil, err
-	}
-	lc := net.ListenConfig{Control: n.controlListen}
-	var lns []net.Listener
-	for _, ip := range ips {
-		nw := "tcp4"
-		if ip.Is6() {
-			nw = "tcp6"
-		}
-		ln, err := lc.Listen(context.Background(), nw, netip.AddrPortFrom(ip, port).String())
-		if err != nil {
-			for _, l := range lns {
-				l.Close()
-			}
-			return nil, fmt.Errorf("tailscaled overlay: listen on %s: %w", ip, err)
-		}
-		lns = append(lns, ln)
-		if port == 0 { // the other addresses take the port the first one got
-			port = uint16(ln.Addr().(*net.TCPAddr).Port)
-		}
-	}
-	ln := merge.Listeners(lns, func(c net.Conn) bool { return fromSelf(n.addrs, c) })
-	if !n.track(ln) {
-		ln.Close()
-		return nil, net.ErrClosed
-	}
-	return &trackedListener{Listener: ln, n: n}, nil
-}
-
-// ListenPacket listens for UDP on the node's tailnet address addr
-// ("ip:port"; the IP is required), bound to the tailnet interface.
-func (n *Node) ListenPacket(network, addr string) (net.PacketConn, error) {
-	if err := n.up(); err != nil {
-		return nil, err
-	}
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil || !slices.Contains(n.addrs, ap.Addr()) {
-		return nil, fmt.Errorf("tailscaled overlay: listen packet on %q: want one of this node's tailnet addresses %v with a port", addr, n.addrs)
-	}
-	lc := net.ListenConfig{Control: n.controlDevice}
-	return lc.ListenPacket(context.Background(), network, addr)
-}
-
-// localAddrs resolves a listen address to the node's tailnet addresses
-// and a port.
-func (n *Node) localAddrs(network, addr string) ([]netip.Addr, uint16, error) {
-	host, ps, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, 0, fmt.Errorf("tailscaled overlay: listen on %q: %w", addr, err)
-	}
-	var port uint16
-	if _, err := fmt.Sscan(ps, &port); err != nil {
-		return nil, 0, fmt.Errorf("tailscaled overlay: listen on %q: bad port", addr)
-	}
-	var ips []netip.Addr
-	for _, a := range n.addrs {
-		if (network == "tcp4" && !a.Is4()) || (network == "tcp6" && !a.Is6()) {
-			continue
-		}
-		if host == "" || host == a.String() {
-			ips = append(ips, a)
-		}
-	}
-	switch {
-	case network != "tcp" && network != "tcp4" && network != "tcp6":
-		return nil, 0, fmt.Errorf("tailscaled overlay: listen on %s: want tcp", network)
-	case len(ips) == 0:
-		return nil, 0, fmt.Errorf("tailscaled overlay: listen on %q: not this node's tailnet address (%v)", addr, n.addrs)
-	}
-	return ips, port, nil
 }
 
 // Dial connects to addr ("host:port") on the tailnet. The host is a
@@ -326,8 +252,13 @@ func (n *Node) PeerPaths(ctx context.Context) ([]overlay.PeerPath, error) {
 	return pp, nil
 }
 
-// Addrs returns the node's tailnet addresses. Valid after Up.
-func (n *Node) Addrs() []netip.Addr { return slices.Clone(n.addrs) }
+// Addrs returns the node's tailnet addresses: tailscaled's, as they are
+// now. Valid after Up.
+func (n *Node) Addrs() []netip.Addr {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.addrs)
+}
 
 // Hostname returns the node's name on the tailnet. Valid after Up.
 func (n *Node) Hostname() string {
@@ -355,8 +286,9 @@ func (n *Node) LocalSocket() string { return n.cfg.Socket }
 // LocalClient returns the client for tailscaled's LocalAPI.
 func (n *Node) LocalClient() *local.Client { return n.lc }
 
-// Close closes the node's listeners; tailscaled and the connections
-// already accepted stay. A second Close returns net.ErrClosed.
+// Close stops following tailscaled and closes the node's listeners;
+// tailscaled and the connections already accepted stay. A second Close
+// returns net.ErrClosed.
 func (n *Node) Close() error {
 	n.mu.Lock()
 	if n.closed {
@@ -366,37 +298,13 @@ func (n *Node) Close() error {
 	n.closed = true
 	lns := n.listeners
 	n.listeners = nil
+	stop := n.stopFollow
 	n.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
 	for ln := range lns {
-		ln.Close()
+		ln.m.Close()
 	}
 	return nil
-}
-
-// track records a listener for Close; false once the node is closed.
-func (n *Node) track(c closer) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed {
-		return false
-	}
-	n.listeners[c] = struct{}{}
-	return true
-}
-
-func (n *Node) untrack(c closer) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	delete(n.listeners, c)
-}
-
-// trackedListener forgets itself in its node when closed.
-type trackedListener struct {
-	*merge.Listener
-	n *Node
-}
-
-func (l *trackedListener) Close() error {
-	l.n.untrack(l.Listener)
-	return l.Listener.Close()
 }

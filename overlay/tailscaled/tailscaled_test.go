@@ -3,11 +3,15 @@ package tailscaled
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"tailscale.com/ipn/ipnstate"
 
 	"github.com/gpumesh/gpumesh/internal/testtools"
 	"github.com/gpumesh/gpumesh/overlay/internal/merge"
@@ -149,5 +153,60 @@ func TestListenerDropsLocalConnections(t *testing.T) {
 	}
 	if _, err := m.Accept(); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Accept after Close: %v", err)
+	}
+}
+
+// TestListenersFollowAddresses: when tailscaled's node changes address,
+// a listener moves to the new one on the same port and leaves the old;
+// one asked for a single address stays. (Loopback stands in for the
+// tailnet interface: the kernel completes a connection before the
+// listener drops it as local, so a refused dial means nothing listens.)
+func TestListenersFollowAddresses(t *testing.T) {
+	old, next := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
+	n := &Node{ifname: "lo", addrs: []netip.Addr{old}, self: &ipnstate.PeerStatus{}, listeners: map[*trackedListener]struct{}{}}
+	var logs []string
+	n.cfg.Logf = func(format string, args ...any) { logs = append(logs, fmt.Sprintf(format, args...)) }
+	all, err := n.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer all.Close()
+	one, err := n.Listen("tcp", old.String()+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer one.Close()
+	port := all.Addr().(*net.TCPAddr).Port
+	listening := func(a netip.Addr, port int) bool {
+		c, err := net.Dial("tcp4", netip.AddrPortFrom(a, uint16(port)).String())
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}
+	if !listening(old, port) || listening(next, port) {
+		t.Fatalf("before the change: listening on %v: %v, on %v: %v", old, listening(old, port), next, listening(next, port))
+	}
+	n.setAddrs([]netip.Addr{next})
+	if listening(old, port) || !listening(next, port) {
+		t.Errorf("after the change: listening on %v: %v, on %v: %v; want only the new address", old, listening(old, port), next, listening(next, port))
+	}
+	if got := all.Addr().String(); got != netip.AddrPortFrom(next, uint16(port)).String() {
+		t.Errorf("Addr after the change: %s", got)
+	}
+	if onePort := one.Addr().(*net.TCPAddr).Port; !listening(old, onePort) {
+		t.Errorf("the listener asked for %v moved", old)
+	}
+	if len(logs) != 1 || !strings.Contains(logs[0], "changed from [127.0.0.2] to [127.0.0.3]") {
+		t.Errorf("logs: %q", logs)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if listening(next, port) {
+		t.Error("Close left a listener open")
+	}
+	if err := n.Close(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("second Close: %v", err)
 	}
 }
