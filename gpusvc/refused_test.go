@@ -54,7 +54,7 @@ func TestRefusedStreamFreesItsConn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := &freeWatchListener{Listener: inner, freed: make(chan struct{}, 16)}
+	ln := &freeWatchListener{Listener: inner}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	defer func() {
@@ -81,28 +81,14 @@ func TestRefusedStreamFreesItsConn(t *testing.T) {
 		t.Fatalf("%d connections accepted; want 1", n)
 	}
 
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.NewTimer(20 * time.Second)
-	defer deadline.Stop()
-	for {
-		runtime.GC()
-		select {
-		case <-ln.freed:
-			return
-		case <-tick.C:
-		case <-deadline.C:
-			t.Fatal("the host still holds the connection of its refused streams after it closed (their 1-hour deadlines hold it)")
-		}
-	}
+	ln.waitFreed(t)
 }
 
-// freeWatchListener says when a connection it accepted has been garbage
-// collected.
+// freeWatchListener counts the connections it accepted and those of them
+// garbage collected since.
 type freeWatchListener struct {
 	net.Listener
-	accepted atomic.Int64
-	freed    chan struct{}
+	accepted, freed atomic.Int64
 }
 
 // watchedConn is what the server gets: nothing but the server's own
@@ -116,6 +102,27 @@ func (l *freeWatchListener) Accept() (net.Conn, error) {
 	}
 	l.accepted.Add(1)
 	w := &watchedConn{Conn: c}
-	runtime.AddCleanup(w, func(freed chan struct{}) { freed <- struct{}{} }, l.freed)
+	runtime.AddCleanup(w, func(freed *atomic.Int64) { freed.Add(1) }, &l.freed)
 	return w, nil
+}
+
+// waitFreed collects garbage until every connection accepted so far is
+// freed, failing the test after 20s.
+func (l *freeWatchListener) waitFreed(t testing.TB) {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.NewTimer(20 * time.Second)
+	defer deadline.Stop()
+	for {
+		runtime.GC()
+		if l.freed.Load() >= l.accepted.Load() {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			t.Fatalf("%d of the %d connections the host accepted are still held after they closed", l.accepted.Load()-l.freed.Load(), l.accepted.Load())
+		}
+	}
 }
