@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"runtime"
 	"runtime/metrics"
 	"strconv"
@@ -28,6 +29,7 @@ import (
 	"github.com/gpumesh/gpumesh/gpusvc/cpu"
 	pb "github.com/gpumesh/gpumesh/gpusvc/gpumeshpb"
 	"github.com/gpumesh/gpumesh/gpusvc/kernel"
+	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/overlay/overlaytest"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
 	"github.com/gpumesh/gpumesh/policy"
@@ -58,77 +60,209 @@ rule "tight" {
 }
 `
 
-// The attack world's bounds, and the bound the test holds the live heap
-// (found live by each garbage collection) of the process to, the host and
-// its clients sharing it: the embedded tailnet of
-// five nodes (~150 MiB measured); the host's budget (64 MiB: buffers,
-// outputs until their reply is sent, queued requests); gRPC's buffers and
-// windows, and requests in flight (4 callers × 16 streams × 1 MiB at
-// most); the clients' copies of replies (each at most 8 MiB, the largest
-// result); and the Go runtime's slack. Before the fixes one call asked
-// for 64 TiB.
+// The attack world's bounds, and the bounds on the live heap (what each
+// garbage collection finds reachable), measured over a baseline taken
+// once the host and its callers' transport are up and earlier tests'
+// garbage and pooled buffers are collected (settledHeap). The embedded
+// tailnet of five nodes alone is ~165 MiB, most of it wireguard-go's
+// 64 KiB packet buffers, and a test before this one can leave hundreds of
+// MiB in sync.Pools (its closed nodes' packet buffers) that the next
+// collection still counts live: an absolute bound on the process's heap
+// measured those more than the host.
+//
+// attackGrowthBound bounds the peak over the baseline: the host's budget
+// (64 MiB: buffers, outputs until their reply is sent, queued requests);
+// requests in flight and gRPC's windows on both sides (4 callers × 16
+// streams × 1 MiB at most); the clients' copies of replies (each at most
+// 8 MiB, the largest result); on the tailnet, its packets in flight
+// (wireguard-go takes a 64 KiB buffer for every packet, from a pool
+// without a cap, which keeps them one collection more); and the Go
+// runtime's slack. Measured: 95–200 MiB on the tailnet. Before the fixes
+// one call asked for 64 TiB.
+//
+// attackHeldBound bounds what is left over the baseline once the clients
+// are gone, their sessions idled out and the test's call records let go,
+// the host still up, on loopback: -3 to +24 KiB measured, +309 KiB in a
+// process's first attack (lazy initialisation). The requests carry
+// 2.4–3.2 MiB (with the replies 8–9 MiB): a host that kept every request's
+// bytes fails it (4 MiB held, tried). On the tailnet what is left is
+// mostly wireguard-go's: each peer routine keeps a scratch array of up to
+// 128 references into its largest batch so far (up to 8 MiB each; 25–42
+// MiB measured), so there it is logged, not bounded; the connections the
+// host accepted must be freed on both.
 const (
 	attackMaxMemory   = 64 << 20
 	attackMaxRequest  = 1 << 20
 	attackMaxResponse = 8 << 20
 	attackMaxStreams  = 16
-	attackHeapBound   = 512 << 20
+	attackGrowthBound = 320 << 20
+	attackHeldBound   = 1 << 20
 )
 
 // TestRandomAttack drives a real host on the embedded tailnet with random
 // kernels, shapes, dtypes, ids, strings, sizes and cancellations from four
 // identities (two allowed, one tight, one the policy does not know) for a
-// fixed count of calls, and checks that the host never dies, its heap stays
-// under attackHeapBound, every call is recorded once with its caller, no
-// buffer, session, stream or goroutine is left when the clients are gone,
-// and valid calls give the right results.
+// fixed count of calls, and checks that the host never dies, its heap grows
+// by less than attackGrowthBound, every call is recorded once with its
+// caller, no buffer, session, stream, connection or goroutine is left (nor
+// held) when the clients are gone, and valid calls give the right results.
 func TestRandomAttack(t *testing.T) {
 	if testing.Short() {
 		t.Skip("joins an embedded tailnet")
 	}
+	r := runAttack(t, true)
+	t.Logf("heap after the attack, the clients gone: %+d KiB over the baseline, mostly the tailnet's (not bounded: see attackHeldBound); the calls carried %d KiB",
+		(r.held-r.base)>>10, r.carried>>10)
+}
+
+// TestRandomAttackLoopback runs the attack of TestRandomAttack on loopback
+// TCP, each caller from its own address, which the host's WhoIs maps to
+// the caller's name, and checks in addition that the host holds no more
+// than attackHeldBound of heap once its clients are gone: without the
+// tailnet's packet buffers, what the host keeps is what the heap shows.
+func TestRandomAttackLoopback(t *testing.T) {
+	r := runAttack(t, false)
+	if held := r.held - r.base; held > attackHeldBound {
+		t.Errorf("the host holds %d KiB more heap than before the attack, its clients gone; the bound is %d KiB (the calls carried %d KiB, their requests %d KiB)",
+			held>>10, attackHeldBound>>10, r.carried>>10, r.requests>>10)
+	} else {
+		t.Logf("heap after the attack, the clients gone: %+d KiB over the baseline (bound %d KiB); the calls carried %d KiB, their requests %d KiB",
+			held>>10, attackHeldBound>>10, r.carried>>10, r.requests>>10)
+	}
+	if r.requests < 2*attackHeldBound {
+		t.Logf("the requests carried less than twice attackHeldBound (-attack.calls?): a host that kept them all might pass")
+	}
+}
+
+// attackResult is what an attack did to the live heap, and what its calls
+// carried.
+type attackResult struct {
+	base, peak, held int64 // before, at the peak, after (the clients gone)
+	carried          int64 // the calls' requests and replies, bytes
+	requests         int64 // the requests alone
+}
+
+// runAttack starts the attack world, runs the attack, checks it and the
+// heap's growth, and reports the heap.
+func runAttack(t *testing.T, overTailnet bool) attackResult {
+	// Every call carries this deadline: a stream the host refuses must
+	// hold nothing until it passes (TestRefusedStreamFreesItsConn).
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	callers := []string{"laptop", "other", "tight", "stranger"}
-	_, nodes := overlaytest.StartNodes(t, append([]string{"gpu-host"}, callers...)...)
+	w := startAttack(t, overTailnet)
+	r := attackResult{base: settledHeap()}
+	heap := watchHeap(t)
+	t.Logf("seed %d, %d calls", *attackSeed, *attackCalls)
+	r.carried, r.requests = w.attack(ctx, t)
+	r.peak = heap.stop()
+	r.held = settledHeap()
+	if grew := r.peak - r.base; grew > attackGrowthBound {
+		t.Errorf("the heap grew by %d MiB over its %d MiB before the attack (peak %d MiB); the bound is %d MiB",
+			grew>>20, r.base>>20, r.peak>>20, attackGrowthBound>>20)
+	} else {
+		t.Logf("heap: %d MiB before the attack, peak %d MiB: grew by %d MiB (bound %d MiB)",
+			r.base>>20, r.peak>>20, grew>>20, attackGrowthBound>>20)
+	}
+	return r
+}
+
+// attackWorld is the attack's host, how its callers reach it, and what it
+// records.
+type attackWorld struct {
+	callers []string
+	peers   []attackPeer // by caller
+	backend *cpu.Backend
+	rec     *recorder
+	srv     *gpusvc.Server
+	ln      *freeWatchListener
+}
+
+// attackPeer is how one caller reaches the host.
+type attackPeer struct {
+	target string // the host's address, as the caller dials it
+	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+func tailnetPeer(n *tsnet.Node) attackPeer {
+	return attackPeer{target: fmt.Sprintf("gpu-host:%d", gpusvc.DefaultPort), dial: n.Dial}
+}
+
+// startAttack starts the attack's host, its callers on the embedded
+// tailnet (overTailnet), or on loopback TCP, each from its own address,
+// which the host's WhoIs maps to its name.
+func startAttack(t *testing.T, overTailnet bool) *attackWorld {
+	t.Helper()
+	w := &attackWorld{callers: []string{"laptop", "other", "tight", "stranger"}, backend: cpu.New(), rec: &recorder{}}
 	pol, err := policy.Parse("attack.hcl", []byte(attackPolicy))
 	if err != nil {
 		t.Fatal(err)
 	}
-	backend := cpu.New()
-	rec := &recorder{}
-	srv, err := gpusvc.NewServer(gpusvc.Config{
-		Backend: backend, WhoIs: nodes[0].WhoIs, Policy: func() *policy.Policy { return pol }, Host: "gpu-host",
+	cfg := gpusvc.Config{
+		Backend: w.backend, Policy: func() *policy.Policy { return pol }, Host: "gpu-host",
 		MaxMemory: attackMaxMemory, MaxRequestBytes: attackMaxRequest, MaxResponseBytes: attackMaxResponse,
 		MaxStreamsPerCaller: attackMaxStreams,
-		OnCall:              rec.add,
-	})
+		OnCall:              w.rec.add,
+	}
+	var ln net.Listener
+	if overTailnet {
+		_, nodes := overlaytest.StartNodes(t, append([]string{"gpu-host"}, w.callers...)...)
+		for _, n := range nodes[1:] {
+			w.peers = append(w.peers, tailnetPeer(n))
+		}
+		cfg.WhoIs = nodes[0].WhoIs
+		ln, err = nodes[0].Listen("tcp", ":"+strconv.Itoa(gpusvc.DefaultPort))
+	} else {
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := map[netip.Addr]overlay.Identity{}
+		for i, name := range w.callers {
+			addr := netip.AddrFrom4([4]byte{127, 0, 0, byte(10 + i)})
+			ids[addr] = overlay.Identity{Node: name, FQDN: name + ".loopback", StableID: "n" + name, Addrs: []netip.Addr{addr}}
+			d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: addr.AsSlice()}}
+			w.peers = append(w.peers, attackPeer{target: ln.Addr().String(), dial: d.DialContext})
+		}
+		cfg.WhoIs = func(_ context.Context, remote string) (overlay.Identity, error) {
+			ap, err := netip.ParseAddrPort(remote)
+			if id, ok := ids[ap.Addr()]; ok && err == nil {
+				return id, nil
+			}
+			return overlay.Identity{}, fmt.Errorf("%w: %s", overlay.ErrUnknownPeer, remote)
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := nodes[0].Listen("tcp", ":"+strconv.Itoa(gpusvc.DefaultPort))
+	w.srv, err = gpusvc.NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	w.ln = &freeWatchListener{Listener: ln}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	defer func() {
-		srv.Stop()
+	go func() { served <- w.srv.Serve(w.ln) }()
+	t.Cleanup(func() {
+		w.srv.Stop()
 		<-served
-	}()
+	})
+	return w
+}
 
-	heap := watchHeap(t)
+// attack runs the attackers, then checks that every call was recorded once
+// with its caller and that nothing is left or held when they are gone. It
+// returns the bytes the calls carried, and those of their requests.
+func (w *attackWorld) attack(ctx context.Context, t *testing.T) (carried, requests int64) {
+	mark := w.rec.mark()
 	baseGoroutines := serviceGoroutines()
-	t.Logf("seed %d, %d calls", *attackSeed, *attackCalls)
-
 	var (
 		wg      sync.WaitGroup
-		tallies = make([]*tally, len(callers))
+		tallies = make([]*tally, len(w.callers))
 		issued  atomic.Int64
 	)
-	for i, name := range callers {
+	for i, name := range w.callers {
 		tallies[i] = newTally(name)
 		wg.Go(func() {
-			a := &attacker{t: t, name: name, node: nodes[i+1], tally: tallies[i], issued: &issued,
+			a := &attacker{t: t, name: name, peer: w.peers[i], tally: tallies[i], issued: &issued,
 				rnd: rand.New(rand.NewPCG(*attackSeed, uint64(i))), local: cpu.New()}
 			a.run(ctx, *attackCalls)
 		})
@@ -136,8 +270,8 @@ func TestRandomAttack(t *testing.T) {
 	wg.Wait()
 
 	// The host is alive and answers.
-	probe := dialAttack(t, nodes[1])
-	_, err = probe.Devices(ctx)
+	probe := dialPeer(t, w.peers[0])
+	_, err := probe.Devices(ctx)
 	if err != nil {
 		t.Fatalf("the host after the attack: %v", err)
 	}
@@ -151,7 +285,7 @@ func TestRandomAttack(t *testing.T) {
 	got := map[string]map[string]int64{}
 	count := func() {
 		got = map[string]map[string]int64{}
-		for _, r := range rec.since(0) {
+		for _, r := range w.rec.since(mark) {
 			if got[r.Caller.Node] == nil {
 				got[r.Caller.Node] = map[string]int64{}
 			}
@@ -179,10 +313,12 @@ func TestRandomAttack(t *testing.T) {
 		}
 		break // the check below says what is missing
 	}
-	for _, r := range rec.since(0) {
+	for _, r := range w.rec.since(mark) {
 		if r.Caller.Node == "" || r.Caller.StableID == "" {
 			t.Errorf("a record without its caller: %+v", r)
 		}
+		carried += r.BytesIn + r.BytesOut
+		requests += r.BytesIn
 	}
 	for _, tl := range tallies {
 		methods := map[string]bool{}
@@ -202,14 +338,19 @@ func TestRandomAttack(t *testing.T) {
 	for _, tl := range tallies {
 		t.Logf("%s: %s", tl.name, tl)
 	}
+	// The records are the test's, not the host's: let them go, so that
+	// the heap left after the attack is what the host holds.
+	w.rec.mu.Lock()
+	w.rec.recs = nil
+	w.rec.mu.Unlock()
 
 	// Nothing is left when the clients are gone: sessions idle out (2s),
 	// buffers are freed, streams and connections close.
 	eventually(t, "no session, buffer, stream or connection is left", func() bool {
-		s, b := srv.Sessions()
-		n, _ := backend.Buffers()
-		l := srv.Load()
-		return s == 0 && b == 0 && n == 0 && l.Streams == 0 && l.Conns == 0 && l.MemoryHeld == 0 && l.CallsInFlight == 0
+		s, b := w.srv.Sessions()
+		nb, _ := w.backend.Buffers()
+		l := w.srv.Load()
+		return s == 0 && b == 0 && nb == 0 && l.Streams == 0 && l.Conns == 0 && l.MemoryHeld == 0 && l.CallsInFlight == 0
 	})
 	// The service's and gRPC's goroutines (the embedded tailnet's own come
 	// and go with its peers): only the session reaper, started with the
@@ -223,11 +364,21 @@ func TestRandomAttack(t *testing.T) {
 		buf := make([]byte, 4<<20)
 		t.Fatalf("%d service goroutines, %d before the attack:\n%s", serviceGoroutines(), baseGoroutines, buf[:runtime.Stack(buf, true)])
 	}
-	if peak := heap.stop(); peak > attackHeapBound {
-		t.Errorf("the heap peaked at %d MiB; the bound is %d MiB", peak>>20, attackHeapBound>>20)
-	} else {
-		t.Logf("heap peak %d MiB (bound %d MiB), %d calls", peak>>20, attackHeapBound>>20, issued.Load())
-	}
+	// Nor does anything hold a connection the host accepted.
+	w.ln.waitFreed(t)
+	return carried, requests
+}
+
+// settledHeap collects garbage until what is left is live, and returns the
+// live heap: two collections, as the first moves what sync.Pools hold (the
+// tailnet's packet buffers, gRPC's) to their victim caches and the second
+// frees it.
+func settledHeap() int64 {
+	runtime.GC()
+	runtime.GC()
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(sample)
+	return int64(sample[0].Value.Uint64())
 }
 
 // serviceGoroutines counts the goroutines running gpusvc or gRPC code,
@@ -337,7 +488,11 @@ func (tl *tally) String() string {
 }
 
 func dialAttack(t testing.TB, n *tsnet.Node) *gpusvc.Client {
-	c, err := gpusvc.NewClient(fmt.Sprintf("gpu-host:%d", gpusvc.DefaultPort), n.Dial)
+	return dialPeer(t, tailnetPeer(n))
+}
+
+func dialPeer(t testing.TB, p attackPeer) *gpusvc.Client {
+	c, err := gpusvc.NewClient(p.target, p.dial)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,7 +503,7 @@ func dialAttack(t testing.TB, n *tsnet.Node) *gpusvc.Client {
 type attacker struct {
 	t      *testing.T
 	name   string
-	node   *tsnet.Node
+	peer   attackPeer
 	tally  *tally
 	issued *atomic.Int64
 	rnd    *rand.Rand
@@ -371,13 +526,13 @@ var allowedCodes = map[codes.Code]bool{
 }
 
 func (a *attacker) run(ctx context.Context, total int) {
-	a.c = dialAttack(a.t, a.node)
+	a.c = dialPeer(a.t, a.peer)
 	defer a.c.Close()
 	a.api = a.c.API()
 	a.buffers = map[uint64][]byte{}
-	raw, err := grpc.NewClient(fmt.Sprintf("passthrough:///gpu-host:%d", gpusvc.DefaultPort),
+	raw, err := grpc.NewClient("passthrough:///"+a.peer.target,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return a.node.Dial(ctx, "tcp", addr) }))
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return a.peer.dial(ctx, "tcp", addr) }))
 	if err != nil {
 		a.t.Fatal(err)
 	}

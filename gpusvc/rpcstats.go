@@ -62,8 +62,32 @@ func (h rpcStats) HandleRPC(ctx context.Context, st stats.RPCStats) {
 	h.s.emit(rec)
 }
 
-func (rpcStats) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
-func (rpcStats) HandleConn(context.Context, stats.ConnStats)                       {}
+// connKey holds the cancel function of a connection's context.
+type connKey struct{}
+
+// TagConn gives each connection a context that HandleConn cancels when the
+// connection ends. gRPC derives every stream's context from it, and a
+// stream the tap refuses is never cancelled by gRPC: its transport forgets
+// the stream without calling its cancel function. With a client's
+// deadline (grpc-timeout, up to years) that context's timer, in the
+// runtime's timer heap, would hold the connection, its buffers and its
+// caller's identity until the deadline passed; cancelled with its
+// connection, it holds them no longer than the connection.
+func (rpcStats) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	ctx, cancel := context.WithCancel(ctx)
+	return context.WithValue(ctx, connKey{}, cancel)
+}
+
+// HandleConn cancels a connection's context when it ends (gRPC has closed
+// the transport and cancelled every stream it still knew of).
+func (rpcStats) HandleConn(ctx context.Context, st stats.ConnStats) {
+	if _, ok := st.(*stats.ConnEnd); !ok {
+		return
+	}
+	if cancel, ok := ctx.Value(connKey{}).(context.CancelFunc); ok {
+		cancel()
+	}
+}
 
 // markBegun tells the RPC's stats that an interceptor records it, and
 // returns the name its record gives the method (fullMethod's, as TagRPC
