@@ -192,7 +192,7 @@ func (h *host) probed(c *gpusvc.Client, res *pb.DevicesResponse, rtt time.Durati
 			h.client, h.lost, installed = c, make(chan struct{}), true
 			h.gen++
 		}
-		h.devices, h.load, h.atProbe, h.lastOK = res, loadOf(res), h.outstanding, now
+		h.devices, h.load, h.atProbe, h.lastOK = res, LoadOf(res), h.outstanding, now
 		if !installed {
 			// A fresh client's first call also set up its connection.
 			h.recordRTT(rtt)
