@@ -252,7 +252,8 @@ func (p *Pool) answers(ctx context.Context, hs []*host, w work) []answer {
 			if a.next == 0 {
 				a.first = got
 			}
-			switch a.next++; {
+			a.next++
+			switch {
 			case got.allow == w.any:
 				// Any kernel: an allow decides. Every kernel: a denial does.
 				out[a.i] = got
