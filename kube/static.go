@@ -186,9 +186,10 @@ func (s *StaticHosts) discover(ctx context.Context) {
 	}
 	now := time.Now()
 	online := make(map[string]bool)
-	for _, pe := range peers {
-		if pe.Online && pe.Name != "" && s.target.Matches(pe) {
-			online[pe.Name] = true
+	for _, m := range s.target.Members(peers) {
+		// Hosts are dialed by name: a peer without one is not probed.
+		if m.Peer.Name != "" {
+			online[m.Name] = true
 		}
 	}
 	var keep []*probe
@@ -325,14 +326,10 @@ func (p *probe) run(ctx context.Context) Host {
 		return p.down(err)
 	}
 	h := Host{Name: p.name, Backend: res.GetBackend(), Healthy: true}
-	for _, d := range res.GetDevices() {
+	for _, g := range pool.LoadOf(res).GPUs {
 		h.Devices = append(h.Devices, Device{
-			Index:         int(d.GetIndex()),
-			UUID:          d.GetUuid(),
-			Model:         d.GetName(),
-			MemoryBytes:   d.GetMemoryTotal(),
-			CUDAVersion:   d.GetCudaVersion(),
-			DriverVersion: d.GetDriverVersion(),
+			Index: int(g.Index), UUID: g.UUID, Model: g.Name, MemoryBytes: g.MemoryTotal,
+			CUDAVersion: g.CUDAVersion, DriverVersion: g.DriverVersion,
 		})
 	}
 	p.mu.Lock()

@@ -60,18 +60,8 @@ func (p *Pool) discover(ctx context.Context) {
 	now := time.Now()
 	seen := make(map[string]bool)
 	var joined, left []*host
-	for _, pe := range peers {
-		if !pe.Online || !p.target.Matches(pe) {
-			continue
-		}
-		name := pe.Name
-		if name == "" {
-			name = pe.Addr().String()
-		}
-		addr := p.endpoint(pe)
-		if addr == "" || seen[name] {
-			continue
-		}
+	for _, m := range p.target.Members(peers) {
+		name, pe, addr := m.Name, m.Peer, p.endpoint(m.Peer)
 		seen[name] = true
 		if h, ok := p.hosts[name]; ok {
 			h.mu.Lock()

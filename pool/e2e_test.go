@@ -3,9 +3,11 @@ package pool_test
 import (
 	"context"
 	"errors"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,22 +57,20 @@ type tailnetHost struct {
 	matmuls atomic.Int64
 }
 
-// TestTailnetPool runs a pool over the real tailnet with real hosts (CPU
-// backend): gpu-a, gpu-b and gpu-c carry tag:gpu, gpu-c's policy denies
-// the laptop matrix_mul, and gpu-b leaves the tailnet while the laptop's
-// callers run. gpu-c never sees a matrix_mul call; every stateless call
-// succeeds with the right result; gpu-b's session fails naming it.
-func TestTailnetPool(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
+// startTailnet starts an embedded tailnet with the GPU hosts policies
+// names (each carrying tag:gpu, serving with the CPU backend under its
+// policy) and a laptop, and returns the laptop's node and the hosts. Each
+// is closed when the test ends.
+func startTailnet(ctx context.Context, t *testing.T, policies map[string]string) (*tsnet.Node, map[string]*tailnetHost) {
+	t.Helper()
 	tn, err := overlaytest.Start(overlaytest.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tn.Close()
+	t.Cleanup(func() { tn.Close() })
 
-	// Join the four nodes at once: each join waits on the control server.
-	names := []string{"gpu-a", "gpu-b", "gpu-c", "laptop"}
+	// Join the nodes at once: each join waits on the control server.
+	names := append(slices.Sorted(maps.Keys(policies)), "laptop")
 	nodes := make([]*tsnet.Node, len(names))
 	errs := make([]error, len(names))
 	var wg sync.WaitGroup
@@ -87,19 +87,17 @@ func TestTailnetPool(t *testing.T) {
 	}
 	wg.Wait()
 	for i, n := range nodes {
+		if n != nil {
+			t.Cleanup(func() { n.Close() })
+		}
 		if errs[i] != nil {
 			t.Fatalf("join %s: %v", names[i], errs[i])
 		}
-		defer n.Close()
 	}
 	hosts := map[string]*tailnetHost{}
-	for i, name := range names[:3] {
-		src := allowLaptop
-		if name == "gpu-c" {
-			src = denyLaptopMatmul
-		}
+	for i, name := range names[:len(names)-1] {
 		path := filepath.Join(t.TempDir(), "policy.hcl")
-		if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		if err := os.WriteFile(path, []byte(policies[name]), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		store, err := policy.NewStore(path, t.Logf)
@@ -116,10 +114,21 @@ func TestTailnetPool(t *testing.T) {
 		if th.host, err = node.StartHost(ctx, cfg); err != nil {
 			t.Fatal(err)
 		}
-		defer th.host.Close()
+		t.Cleanup(func() { th.host.Close() })
 		hosts[name] = th
 	}
-	laptop := nodes[3]
+	return nodes[len(nodes)-1], hosts
+}
+
+// TestTailnetPool runs a pool over the real tailnet with real hosts (CPU
+// backend): gpu-a, gpu-b and gpu-c carry tag:gpu, gpu-c's policy denies
+// the laptop matrix_mul, and gpu-b leaves the tailnet while the laptop's
+// callers run. gpu-c never sees a matrix_mul call; every stateless call
+// succeeds with the right result; gpu-b's session fails naming it.
+func TestTailnetPool(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	laptop, hosts := startTailnet(ctx, t, map[string]string{"gpu-a": allowLaptop, "gpu-b": allowLaptop, "gpu-c": denyLaptopMatmul})
 
 	p, err := pool.Dial(ctx, pool.Config{
 		Target: "tag:gpu", Network: laptop,

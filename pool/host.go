@@ -192,7 +192,7 @@ func (h *host) probed(c *gpusvc.Client, res *pb.DevicesResponse, rtt time.Durati
 			h.client, h.lost, installed = c, make(chan struct{}), true
 			h.gen++
 		}
-		h.devices, h.load, h.atProbe, h.lastOK = res, loadOf(res), h.outstanding, now
+		h.devices, h.load, h.atProbe, h.lastOK = res, LoadOf(res), h.outstanding, now
 		if !installed {
 			// A fresh client's first call also set up its connection.
 			h.recordRTT(rtt)
@@ -309,7 +309,7 @@ func probeError(err error, timeout time.Duration) error {
 type explainKey struct{ kernel, gpu string }
 
 // explainEntry is a host's answer, cached for Config.ExplainTTL. Its
-// fields are written once, before done is closed.
+// fields are written once, under the host's mu, before done is closed.
 type explainEntry struct {
 	done   chan struct{}
 	at     time.Time
@@ -323,30 +323,16 @@ type explainEntry struct {
 // maxExplainEntries bounds a host's cache of policy answers.
 const maxExplainEntries = 256
 
-// explainFor returns the host's policy answer for kernel on gpu, asking
-// the host when the cache has no fresh one (unless cachedOnly).
-// Concurrent askers share one call.
-func (h *host) explainFor(ctx context.Context, kernelName, gpu string, cachedOnly bool) (*explainEntry, error) {
+// question returns the entry that holds, or will hold, the host's policy
+// answer for kernel on gpu: the cached one while it is fresh, the one
+// being asked, or else (unless cachedOnly) a new one, which a goroutine of
+// the pool's asks the host for. It never waits; Pool.await does.
+func (h *host) question(kernelName, gpu string, cachedOnly bool) (*explainEntry, error) {
 	k := explainKey{kernelName, gpu}
-	ttl := h.p.cfg.ExplainTTL
 	h.mu.Lock()
-	e := h.explain[k]
-	if e != nil {
-		select {
-		case <-e.done:
-			if time.Since(e.at) < ttl {
-				h.mu.Unlock()
-				return e, nil
-			}
-		default:
-			h.mu.Unlock()
-			select {
-			case <-e.done:
-				return e, e.err
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		}
+	if e := h.explain[k]; e != nil && (!isClosed(e.done) || time.Since(e.at) < h.p.cfg.ExplainTTL) {
+		h.mu.Unlock()
+		return e, nil
 	}
 	c := h.client
 	if c == nil || cachedOnly {
@@ -356,17 +342,38 @@ func (h *host) explainFor(ctx context.Context, kernelName, gpu string, cachedOnl
 	if len(h.explain) >= maxExplainEntries {
 		clear(h.explain)
 	}
-	e = &explainEntry{done: make(chan struct{})}
+	e := &explainEntry{done: make(chan struct{})}
 	h.explain[k] = e
 	h.mu.Unlock()
+	if !h.p.goAsk(func(ctx context.Context) { h.ask(ctx, c, k, e) }) {
+		h.answered(k, e, nil, fmt.Errorf("explain %s: %w", kernelName, errClosed))
+	}
+	return e, nil
+}
 
+// ask puts one question to the host's policy (Explain) and records the
+// answer in e.
+func (h *host) ask(ctx context.Context, c *gpusvc.Client, k explainKey, e *explainEntry) {
+	if h.p.cfg.hooks.asking != nil {
+		h.p.cfg.hooks.asking(h.name)
+	}
 	ectx, cancel := context.WithTimeout(ctx, h.p.cfg.ProbeTimeout)
-	res, err := c.Explain(ectx, kernelName, gpu)
+	res, err := c.Explain(ectx, k.kernel, k.gpu)
 	cancel()
+	if err != nil {
+		err = fmt.Errorf("explain %s: %w", k.kernel, err)
+	}
+	h.answered(k, e, res, err)
+}
+
+// answered fills e with the host's answer, or its failure (such entries
+// are not kept), and wakes those waiting for it.
+func (h *host) answered(k explainKey, e *explainEntry, res *pb.ExplainResponse, err error) {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	e.at = time.Now()
 	if err != nil {
-		e.err = fmt.Errorf("explain %s: %w", kernelName, err)
+		e.err = err
 		if h.explain[k] == e {
 			delete(h.explain, k)
 		}
@@ -381,8 +388,6 @@ func (h *host) explainFor(ctx context.Context, kernelName, gpu string, cachedOnl
 		}
 	}
 	close(e.done)
-	h.mu.Unlock()
-	return e, e.err
 }
 
 // forget drops the cached policy answer for kernel on gpu: the host just

@@ -92,10 +92,11 @@ func (l Load) gpu(name string) (GPU, bool) {
 	return GPU{}, false
 }
 
-// loadOf reads a host's load from its Devices answer: the one place the
-// wire's load fields are read. A host that sends no load message (an older
-// gpumesh) reports its GPUs only, and Reported stays false.
-func loadOf(d *pb.DevicesResponse) Load {
+// LoadOf reads a host's load and GPUs from its Devices answer: the one
+// place the wire's load and device fields are read (kube's GPU hosts read
+// their devices through it too). A host that sends no load message (an
+// older gpumesh) reports its GPUs only, and Reported stays false.
+func LoadOf(d *pb.DevicesResponse) Load {
 	var l Load
 	if w := d.GetLoad(); w != nil {
 		l.Reported = true

@@ -8,7 +8,7 @@ import (
 )
 
 func TestLoadOf(t *testing.T) {
-	l := loadOf(&pb.DevicesResponse{Devices: []*pb.Device{
+	l := LoadOf(&pb.DevicesResponse{Devices: []*pb.Device{
 		{Index: 0, Uuid: "GPU-a", Name: "A100", MemoryTotal: 80 << 30, MemoryUsed: 30 << 30, UtilizationPercent: 40, CudaVersion: "12.4"},
 		{Index: 1, Uuid: "GPU-b", Name: "A100", MemoryTotal: 80 << 30, MemoryUsed: 70 << 30, UtilizationPercent: 95},
 		{Index: 2, Name: "CPU", MemoryUsed: 1 << 20, UtilizationPercent: 250}, // no total: memory unknown
@@ -37,7 +37,7 @@ func TestLoadOf(t *testing.T) {
 }
 
 func TestLoadOfReported(t *testing.T) {
-	l := loadOf(&pb.DevicesResponse{
+	l := LoadOf(&pb.DevicesResponse{
 		Devices: []*pb.Device{{Index: 0, Name: "CPU"}},
 		Load: &pb.Load{CallsInFlight: 3, CallsQueued: 7, Sessions: 2, MemoryHeldBytes: 1 << 20,
 			MemoryBudgetBytes: 1 << 30, TelemetryAgeMs: 250},
@@ -45,11 +45,11 @@ func TestLoadOfReported(t *testing.T) {
 	want := Load{Reported: true, InFlight: 3, Queued: 7, Sessions: 2, MemoryHeld: 1 << 20, MemoryBudget: 1 << 30, Age: 250 * time.Millisecond}
 	if l.Reported != want.Reported || l.InFlight != want.InFlight || l.Queued != want.Queued || l.Sessions != want.Sessions ||
 		l.MemoryHeld != want.MemoryHeld || l.MemoryBudget != want.MemoryBudget || l.Age != want.Age || len(l.GPUs) != 1 {
-		t.Errorf("loadOf = %+v, want %+v with one GPU", l, want)
+		t.Errorf("LoadOf = %+v, want %+v with one GPU", l, want)
 	}
 	// A hostile or broken host's negative figures read as zero, never as
 	// huge unsigned numbers that would skew placement.
-	l = loadOf(&pb.DevicesResponse{Load: &pb.Load{CallsQueued: -5, MemoryHeldBytes: -1, TelemetryAgeMs: -9}})
+	l = LoadOf(&pb.DevicesResponse{Load: &pb.Load{CallsQueued: -5, MemoryHeldBytes: -1, TelemetryAgeMs: -9}})
 	if l.Queued != 0 || l.MemoryHeld != 0 || l.Age != 0 {
 		t.Errorf("negative load figures = %+v, want zeros", l)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/gpumesh/gpumesh/gpusvc"
@@ -172,53 +171,8 @@ func (e *explainEntry) answer() answer {
 	return answer{allow: e.allow, rule: e.rule, reason: e.reason, limits: e.limits}
 }
 
-// ask asks (or, with cachedOnly, only reads from the cache) what h's
-// policy says of w.
-func (p *Pool) ask(ctx context.Context, h *host, w work, cachedOnly bool) answer {
-	kernels := w.kernels
-	if w.any && len(kernels) == 0 {
-		kernels = kernel.Names()
-	}
-	if len(kernels) == 0 {
-		// A session with no kernels named: the host decides when it opens.
-		return answer{allow: true, reason: "no kernel named; the host decides at OpenSession"}
-	}
-	if w.any {
-		var first *answer
-		for _, k := range kernels {
-			e, err := h.explainFor(ctx, k, w.gpu, cachedOnly)
-			if err != nil {
-				return answer{err: err, reason: err.Error()}
-			}
-			a := e.answer()
-			if a.allow {
-				return a
-			}
-			if first == nil {
-				first = &a
-			}
-		}
-		return *first
-	}
-	var ok answer
-	for i, k := range kernels {
-		e, err := h.explainFor(ctx, k, w.gpu, cachedOnly)
-		if err != nil {
-			return answer{err: err, reason: err.Error()}
-		}
-		a := e.answer()
-		if !a.allow {
-			return a
-		}
-		if i == 0 {
-			ok = a
-		}
-	}
-	return ok
-}
-
 // candidates weighs every member for w, asking the policies of the ready
-// ones (in parallel; cached answers cost nothing).
+// ones (see answers).
 func (p *Pool) candidates(ctx context.Context, w work) ([]Candidate, map[string]*host) {
 	p.mu.Lock()
 	hs := make([]*host, 0, len(p.hosts))
@@ -230,28 +184,106 @@ func (p *Pool) candidates(ctx context.Context, w work) ([]Candidate, map[string]
 		}
 	}
 	p.mu.Unlock()
-	answers := make([]answer, len(hs))
-	var wg sync.WaitGroup
-	for i, h := range hs {
-		h.mu.Lock()
-		st := h.state
-		h.mu.Unlock()
-		if st != StateReady && st != StateSuspect {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// A suspect host may not answer: its cached answer only.
-			answers[i] = p.ask(ctx, h, w, st == StateSuspect)
-		}()
-	}
-	wg.Wait()
+	answers := p.answers(ctx, hs, w)
 	cs := make([]Candidate, len(hs))
 	for i, h := range hs {
 		cs[i] = h.candidate(w, answers[i])
 	}
 	return cs, byName
+}
+
+// answers says what the policies of hs say of w: those of the ready
+// hosts, and the cached answers of the suspect ones (a suspect host may
+// not answer); the others are not asked.
+//
+// The caller's goroutine does the asking, and starts none of its own: a
+// question the cache does not answer is put to its host by one goroutine
+// of the pool's (question), which every caller needing that answer
+// meanwhile waits for. However many calls are placed at once, the
+// goroutines asking are at most one per question outstanding (host,
+// kernel and GPU). The hosts are asked in parallel: each host's first
+// question is put before any answer is waited for; when w names several
+// kernels, a host's next question follows its answer to the last, as
+// before (w.any stops at the first kernel allowed, otherwise at the first
+// denied).
+func (p *Pool) answers(ctx context.Context, hs []*host, w work) []answer {
+	out := make([]answer, len(hs))
+	kernels := w.kernels
+	if w.any && len(kernels) == 0 {
+		kernels = kernel.Names()
+	}
+	// asking is one host's questions so far.
+	type asking struct {
+		i      int  // the host, in hs
+		cached bool // suspect: its cached answers only
+		next   int  // the kernel asked now, in kernels
+		e      *explainEntry
+		err    error
+		first  answer // the answer given when no later one decides
+	}
+	var open []*asking
+	for i, h := range hs {
+		h.mu.Lock()
+		st := h.state
+		h.mu.Unlock()
+		switch {
+		case st != StateReady && st != StateSuspect:
+		case len(kernels) == 0:
+			// A session with no kernels named: the host decides when it opens.
+			out[i] = answer{allow: true, reason: "no kernel named; the host decides at OpenSession"}
+		default:
+			open = append(open, &asking{i: i, cached: st == StateSuspect})
+		}
+	}
+	for len(open) > 0 {
+		for _, a := range open {
+			a.e, a.err = hs[a.i].question(kernels[a.next], w.gpu, a.cached)
+		}
+		still := open[:0]
+		for _, a := range open {
+			if a.err == nil {
+				a.err = p.await(ctx, a.e)
+			}
+			if a.err != nil {
+				out[a.i] = answer{err: a.err, reason: a.err.Error()}
+				continue
+			}
+			got := a.e.answer()
+			if a.next == 0 {
+				a.first = got
+			}
+			a.next++
+			switch {
+			case got.allow == w.any:
+				// Any kernel: an allow decides. Every kernel: a denial does.
+				out[a.i] = got
+			case a.next == len(kernels):
+				out[a.i] = a.first
+			default:
+				still = append(still, a)
+			}
+		}
+		open = still
+	}
+	return out
+}
+
+// await waits for e's answer, or for ctx to end.
+func (p *Pool) await(ctx context.Context, e *explainEntry) error {
+	select {
+	case <-e.done:
+		return e.err
+	default:
+	}
+	if p.cfg.hooks.waiting != nil {
+		p.cfg.hooks.waiting()
+	}
+	select {
+	case <-e.done:
+		return e.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // candidate is h as placement sees it now, given its policy's answer.

@@ -69,6 +69,20 @@ type Config struct {
 	GRPCOptions []grpc.DialOption
 	// Logger receives state changes and failovers; nil discards them.
 	Logger *slog.Logger
+
+	// hooks let a test watch the pool ask its hosts' policies
+	// (export_test.go); zero outside tests.
+	hooks hooks
+}
+
+// hooks observe placement asking the hosts' policies.
+type hooks struct {
+	// asking is called by each goroutine that asks a host's policy, before
+	// it asks.
+	asking func(host string)
+	// waiting is called by a caller about to wait for an answer being
+	// asked.
+	waiting func()
 }
 
 func (c *Config) populate() error {
@@ -225,6 +239,23 @@ func (p *Pool) Changes() <-chan struct{} {
 func (p *Pool) Snapshot() ([]HostInfo, <-chan struct{}) {
 	ch := p.Changes()
 	return p.Hosts(), ch
+}
+
+// goAsk runs ask in a goroutine of the pool's, which Close ends (through
+// ask's context) and waits for; it reports false, running nothing, once
+// the pool is closed.
+func (p *Pool) goAsk(ask func(context.Context)) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		ask(p.ctx)
+	}()
+	return true
 }
 
 func (p *Pool) kickProbe() {

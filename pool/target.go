@@ -200,6 +200,41 @@ func (t Target) Matches(p overlay.Peer) bool {
 	return false
 }
 
+// Member is a peer a target names, under the name a pool knows it by.
+type Member struct {
+	// Name is the peer's name, or its overlay IP when it has none.
+	Name string
+	Peer overlay.Peer
+}
+
+// Members returns the online peers of a peer list that t matches, in the
+// list's order, each under its name (see Member). A peer with neither a
+// name nor an overlay IP is left out, and of peers listed under one name
+// the first is kept.
+func (t Target) Members(peers []overlay.Peer) []Member {
+	var ms []Member
+	seen := make(map[string]bool)
+	for _, pe := range peers {
+		if !pe.Online || !t.Matches(pe) {
+			continue
+		}
+		name := pe.Name
+		if name == "" {
+			a := pe.Addr()
+			if !a.IsValid() {
+				continue
+			}
+			name = a.String()
+		}
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		ms = append(ms, Member{Name: name, Peer: pe})
+	}
+	return ms
+}
+
 // String returns the target as ParseTarget reads it.
 func (t Target) String() string {
 	var s string

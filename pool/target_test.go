@@ -106,6 +106,29 @@ func TestTargetMatches(t *testing.T) {
 	}
 }
 
+func TestTargetMembers(t *testing.T) {
+	ip := func(s string) []netip.Addr { return []netip.Addr{netip.MustParseAddr(s)} }
+	peers := []overlay.Peer{
+		{Name: "gpu-a", Tags: []string{"tag:gpu"}, Addrs: ip("100.64.0.1"), Online: true},
+		{Name: "gpu-b", Tags: []string{"tag:gpu"}, Addrs: ip("100.64.0.2")}, // offline
+		{Name: "laptop", Addrs: ip("100.64.0.3"), Online: true},             // not tagged
+		{Tags: []string{"tag:gpu"}, Addrs: ip("100.64.0.4"), Online: true},  // no name: its IP
+		{Tags: []string{"tag:gpu"}, Online: true},                           // neither
+		{Name: "gpu-a", Tags: []string{"tag:gpu"}, Addrs: ip("100.64.0.5"), Online: true},
+	}
+	tg, err := ParseTarget("tag:gpu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range tg.Members(peers) {
+		got = append(got, m.Name+"="+m.Peer.Addr().String())
+	}
+	if want := []string{"gpu-a=100.64.0.1", "100.64.0.4=100.64.0.4"}; !slices.Equal(got, want) {
+		t.Errorf("Members = %v, want %v", got, want)
+	}
+}
+
 func FuzzParseTarget(f *testing.F) {
 	for _, s := range []string{"*", "tag:gpu", "a,b:1", "[fd7a::1]:2", "tag:gpu,tag:ml,x.y", ":", "tag::1"} {
 		f.Add(s)

@@ -117,8 +117,10 @@ running gpumesh up's forward with --via localhost:50051.`,
 			if err != nil {
 				return err
 			}
-			var c *gpusvc.Client
-			var closeNode func()
+			var bar *progressBar
+			if show {
+				bar = newProgressBar(os.Stderr, time.Now)
+			}
 			if pool.IsTarget(remote.host) {
 				// The pool picks the host and opens the session there.
 				switch {
@@ -127,21 +129,26 @@ running gpumesh up's forward with --via localhost:50051.`,
 				case via != "":
 					return errors.New("cp: --via goes through a forward, which picks the host itself: name any host, or join with a pool target")
 				}
-				c, dst.host, dst.session, closeNode, err = cpPoolClient(ctx, &tf, remote.host, joinTimeout)
-			} else {
-				c, closeNode, err = cpClient(ctx, &tf, via, remote.host, port, joinTimeout)
+				to, closeAll, err := cpPool(ctx, &tf, remote.host, gpu, joinTimeout)
+				if err != nil {
+					return err
+				}
+				defer closeAll()
+				ref, err := upload(ctx, to, args[0], dst, bar)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), ref)
+				return nil
 			}
+			c, closeNode, err := cpClient(ctx, &tf, via, remote.host, port, joinTimeout)
 			if err != nil {
 				return err
 			}
 			defer closeNode()
 			defer c.Close()
-			var bar *progressBar
-			if show {
-				bar = newProgressBar(os.Stderr, time.Now)
-			}
 			if dstRemote {
-				ref, err := upload(ctx, c, args[0], dst, gpu, bar)
+				ref, err := upload(ctx, hostUpload{c: c, gpu: gpu}, args[0], dst, bar)
 				if err != nil {
 					return err
 				}
@@ -195,7 +202,40 @@ func cpClient(ctx context.Context, tf *tailnetFlags, via, host string, port int,
 	return c, func() { ov.Close() }, nil
 }
 
-func upload(ctx context.Context, c *gpusvc.Client, path string, dst remoteRef, gpu string, bar *progressBar) (remoteRef, error) {
+// uploadTo is where cp puts a file: one host, through a client for it, or
+// the host a pool picks, through the pool.
+type uploadTo interface {
+	// session returns dst with its session, opening one where it names
+	// none (and, for a pool, naming the host picked).
+	session(ctx context.Context, dst remoteRef) (remoteRef, error)
+	// upload fills a new n-byte buffer in dst's session from r and
+	// returns the buffer's ID.
+	upload(ctx context.Context, dst remoteRef, n uint64, r io.Reader) (uint64, error)
+}
+
+// hostUpload uploads to one host through c.
+type hostUpload struct {
+	c   *gpusvc.Client
+	gpu string
+}
+
+func (u hostUpload) session(ctx context.Context, dst remoteRef) (remoteRef, error) {
+	if dst.session != 0 {
+		return dst, nil
+	}
+	s, err := u.c.OpenSession(ctx)
+	if err != nil {
+		return dst, fmt.Errorf("cp: open a session on %s: %w", dst.host, err)
+	}
+	dst.session = s.ID
+	return dst, nil
+}
+
+func (u hostUpload) upload(ctx context.Context, dst remoteRef, n uint64, r io.Reader) (uint64, error) {
+	return u.c.Upload(ctx, dst.session, u.gpu, n, r)
+}
+
+func upload(ctx context.Context, to uploadTo, path string, dst remoteRef, bar *progressBar) (remoteRef, error) {
 	var r io.Reader
 	var size int64
 	if path == "-" {
@@ -223,18 +263,15 @@ func upload(ctx context.Context, c *gpusvc.Client, path string, dst remoteRef, g
 	if size == 0 {
 		return dst, fmt.Errorf("cp: %s is empty; buffers hold at least one byte", path)
 	}
-	if dst.session == 0 {
-		s, err := c.OpenSession(ctx)
-		if err != nil {
-			return dst, fmt.Errorf("cp: open a session on %s: %w", dst.host, err)
-		}
-		dst.session = s.ID
+	dst, err := to.session(ctx, dst)
+	if err != nil {
+		return dst, err
 	}
 	if bar != nil {
 		bar.start("upload", size)
 		r = &countingReader{r: r, add: bar.add}
 	}
-	id, err := c.Upload(ctx, dst.session, gpu, uint64(size), r)
+	id, err := to.upload(ctx, dst, uint64(size), r)
 	if bar != nil {
 		bar.finish(err)
 	}

@@ -120,43 +120,47 @@ func (f *forwardPools) close() {
 	}
 }
 
-// cpPoolClient is `gpumesh cp FILE TARGET:` for a pool target: it joins,
-// lets the pool open a session on the host it picks, and returns a client
-// for that host with the host's name and the session.
-func cpPoolClient(ctx context.Context, tf *tailnetFlags, target string, joinTimeout time.Duration) (*gpusvc.Client, string, uint64, func(), error) {
+// cpPool is `gpumesh cp FILE TARGET:` for a pool target: it joins and
+// starts a pool, through which the upload opens a session on the host the
+// pool picks and fills a buffer there, on the pool's own connection to
+// that host. closeAll closes the pool, then leaves the tailnet; the
+// session stays open on its host, for later copies and programs.
+func cpPool(ctx context.Context, tf *tailnetFlags, target, gpu string, joinTimeout time.Duration) (_ *poolUpload, closeAll func(), _ error) {
 	cfg, err := tf.config()
 	if err != nil {
-		return nil, "", 0, nil, err
+		return nil, nil, err
 	}
 	ov, err := node.Join(ctx, node.JoinConfig{Tailnet: &cfg, Timeout: joinTimeout})
 	if err != nil {
-		return nil, "", 0, nil, err
+		return nil, nil, err
 	}
-	p, err := pool.Dial(ctx, pool.Config{Target: target, Network: peerNetwork{ov.Overlay}, Logger: logger(tf.verbose)})
+	p, err := pool.Dial(ctx, pool.Config{Target: target, Network: peerNetwork{ov.Overlay}, GPU: gpu, Logger: logger(tf.verbose)})
 	if err != nil {
 		ov.Close()
-		return nil, "", 0, nil, err
+		return nil, nil, err
 	}
-	// The session stays open on its host after the pool closes, for
-	// later copies and programs.
-	s, err := p.OpenSession(ctx)
-	addr := ""
-	for _, h := range p.Hosts() {
-		if s != nil && h.Name == s.Host() {
-			addr = h.Addr
-		}
-	}
-	p.Close()
+	return &poolUpload{p: p}, func() { p.Close(); ov.Close() }, nil
+}
+
+// poolUpload uploads to the host p picks, in a session p opens there.
+type poolUpload struct {
+	p *pool.Pool
+	s *pool.Session // set by session
+}
+
+func (u *poolUpload) session(ctx context.Context, dst remoteRef) (remoteRef, error) {
+	s, err := u.p.OpenSession(ctx)
 	if err != nil {
-		ov.Close()
-		return nil, "", 0, nil, err
+		return dst, err
 	}
-	c, err := node.Dial(ov.Overlay, addr)
-	if err != nil {
-		ov.Close()
-		return nil, "", 0, nil, err
-	}
-	return c, s.Host(), s.ID(), func() { ov.Close() }, nil
+	u.s = s
+	dst.host, dst.session = s.Host(), s.ID()
+	return dst, nil
+}
+
+func (u *poolUpload) upload(ctx context.Context, _ remoteRef, n uint64, r io.Reader) (uint64, error) {
+	b, err := u.s.UploadFrom(ctx, n, r)
+	return b.ID, err
 }
 
 // diagPool turns --host values into a pool target when they name one (a

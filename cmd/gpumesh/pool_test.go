@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -26,7 +27,8 @@ import (
 // runs on one and names it; `gpumesh up --forward …=tag:gpu` puts two
 // client connections on the two hosts; `status` and `doctor --host
 // tag:gpu`, asking that up through its local API, say which host the pool
-// would pick; `gpumesh cp FILE tag:gpu:` uploads to a host it names.
+// would pick; `gpumesh cp FILE tag:gpu:` uploads to a host it names, on
+// the pool's own connections to it.
 func TestPoolCommands(t *testing.T) {
 	if testing.Short() {
 		t.Skip("joins an embedded tailnet")
@@ -43,14 +45,16 @@ func TestPoolCommands(t *testing.T) {
 	if err := os.WriteFile(polPath, []byte("version = 1\nrule \"all\" {\n  subjects = [\"*\"]\n  kernels = [\"*\"]\n  gpus = [\"*\"]\n}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	nodes := make([]*tsnet.Node, 2)
+	nodes := make([]*acceptCounter, 2)
 	errs := make([]error, 2)
 	var wg sync.WaitGroup
 	for i, name := range []string{"gpu-a", "gpu-b"} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			nodes[i], errs[i] = tn.Join(ctx, name, "tag:gpu")
+			var n *tsnet.Node
+			n, errs[i] = tn.Join(ctx, name, "tag:gpu")
+			nodes[i] = &acceptCounter{Node: n, by: map[string]int{}}
 		}()
 	}
 	wg.Wait()
@@ -58,7 +62,7 @@ func TestPoolCommands(t *testing.T) {
 		if errs[i] != nil {
 			t.Fatal(errs[i])
 		}
-		defer n.Close()
+		defer n.Node.Close()
 		store, err := policy.NewStore(polPath, t.Logf)
 		if err != nil {
 			t.Fatal(err)
@@ -151,10 +155,71 @@ func TestPoolCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, err = runKeysCmd(t, "", append([]string{"cp", file, "tag:gpu:", "--progress", "never"}, join("copier")...)...)
-	if err != nil || !regexp.MustCompile(`^gpu-[ab]:\d+/\d+\n$`).MatchString(out) {
+	if m := regexp.MustCompile(`^(gpu-[ab]):\d+/\d+\n$`).FindStringSubmatch(out); err != nil || m == nil {
 		t.Errorf("cp FILE tag:gpu: = %v\n%q", err, out)
+	} else {
+		// The pool probed both hosts, one connection each; on the host it
+		// picked, the upload went on the pool's client, which carries
+		// Write on a second connection of its own. A second client for
+		// the upload would make three.
+		for _, n := range nodes {
+			got, want := n.accepted("copier"), 1
+			if n.Hostname() == m[1] {
+				want = 2
+			}
+			if got < 1 || got > want {
+				t.Errorf("%s accepted %d connections from the copier; want %d", n.Hostname(), got, want)
+			}
+		}
 	}
 	if _, err := runKeysCmd(t, "", append([]string{"cp", "tag:gpu:7/1", file}, join("copier2")...)...); err == nil || !strings.Contains(err.Error(), "one host") {
 		t.Errorf("cp tag:gpu:7/1 FILE = %v, want a refusal: a buffer lives on one host", err)
 	}
+}
+
+// acceptCounter is a tailnet node whose listeners count the connections
+// they accept, by the caller's node name.
+type acceptCounter struct {
+	*tsnet.Node
+
+	mu sync.Mutex
+	by map[string]int // guarded by mu
+}
+
+func (a *acceptCounter) Listen(network, addr string) (net.Listener, error) {
+	ln, err := a.Node.Listen(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return &countingListener{Listener: ln, a: a}, nil
+}
+
+// accepted is how many connections node opened to a's listeners.
+func (a *acceptCounter) accepted(node string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.by[node]
+}
+
+type countingListener struct {
+	net.Listener
+	a *acceptCounter
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	id, err := l.a.WhoIs(ctx, c.RemoteAddr().String())
+	cancel()
+	name := "unknown"
+	if err == nil {
+		name = id.Node
+	}
+	l.a.mu.Lock()
+	l.a.by[name]++
+	l.a.mu.Unlock()
+	return c, nil
 }
