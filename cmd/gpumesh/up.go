@@ -9,15 +9,35 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"tailscale.com/ipn/ipnstate"
 
+	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/overlay/forward"
+	"github.com/gpumesh/gpumesh/overlay/tailscaled"
 	"github.com/gpumesh/gpumesh/overlay/tsnet"
+	"github.com/gpumesh/gpumesh/pool"
+)
+
+// upNode is the node `up` forwards through: a tailnet node of its own,
+// or the system's tailscaled's (--tailscaled).
+type upNode interface {
+	pool.Network
+	diag.Node
+	Up(ctx context.Context) (*ipnstate.Status, error)
+	Hostname() string
+	Close() error
+}
+
+var (
+	_ upNode = (*tsnet.Node)(nil)
+	_ upNode = (*tailscaled.Node)(nil)
 )
 
 func newUpCmd() *cobra.Command {
 	var (
 		tf          tailnetFlags
+		tsd         tailscaledFlags
 		forwards    []string
 		anyAddress  bool
 		dialTimeout time.Duration
@@ -77,9 +97,13 @@ next connections go to the others.`,
 			if err != nil {
 				return err
 			}
+			tcfg, err := tsd.config()
+			if err != nil {
+				return err
+			}
 			// Listen before joining, so that a refused or busy address fails
 			// at once; connections wait for the join, up to the dial timeout.
-			var ov *tsnet.Node // set before joined is closed
+			var ov upNode // set before joined is closed
 			joined := make(chan struct{})
 			dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 				select {
@@ -109,7 +133,12 @@ next connections go to the others.`,
 					return err
 				}
 			}
-			ov, err = tsnet.New(cfg)
+			if tcfg != nil {
+				tcfg.Logf = logfTo(log)
+				ov, err = tailscaled.New(*tcfg)
+			} else {
+				ov, err = tsnet.New(cfg)
+			}
 			if err != nil {
 				if fwd != nil {
 					fwd.Close()
@@ -127,20 +156,27 @@ next connections go to the others.`,
 			jctx, cancel := context.WithTimeout(ctx, joinTimeout)
 			st, err := ov.Up(jctx)
 			cancel()
-			if err != nil {
+			switch {
+			case err != nil && tcfg != nil:
+				return err
+			case err != nil:
 				return fmt.Errorf("join tailnet at %s: %w", cfg.ControlURL, err)
+			}
+			name := cfg.Hostname
+			if tcfg != nil {
+				name = ov.Hostname()
 			}
 			if err := pools.start(ov, tf.verbose); err != nil {
 				return err
 			}
 			close(joined)
 			// `gpumesh status` and `gpumesh doctor` ask this process.
-			if api, err := node.ServeLocalAPI(node.LocalAPIConfig{StateDir: cfg.Dir}, ov, cfg.Hostname, log); err != nil {
+			if api, err := node.ServeLocalAPI(node.LocalAPIConfig{StateDir: cfg.Dir}, ov, name, log); err != nil {
 				log.Warn("no status socket: status and doctor cannot reach this node", "err", err)
 			} else {
 				defer api.Close()
 			}
-			log.Info(fmt.Sprintf("up as %s %v", cfg.Hostname, st.TailscaleIPs))
+			log.Info(fmt.Sprintf("up as %s %v", name, st.TailscaleIPs))
 			if fwd != nil {
 				for _, f := range fwd.Forwards() {
 					addrs := make([]string, len(f.Addrs))
@@ -161,6 +197,7 @@ next connections go to the others.`,
 		},
 	}
 	tf.register(cmd, "gpumesh-client")
+	tsd.register(cmd)
 	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "LOCAL=HOST[:PORT] or LOCAL=POOL: listen on LOCAL (localhost:50051, or a port) and forward to HOST, or to the hosts of POOL (tag:gpu, a,b, *), on the tailnet; repeatable")
 	cmd.Flags().BoolVar(&anyAddress, "forward-any-address", false, "allow --forward to listen on addresses other than loopback (anyone reaching them acts as this node)")
 	cmd.Flags().DurationVar(&dialTimeout, "dial-timeout", forward.DefaultDialTimeout, "reset a forwarded connection when the host does not answer within this long")

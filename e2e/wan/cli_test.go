@@ -20,7 +20,8 @@ import (
 // kernel from B the same way (`run --tailscaled`), across the lab's link:
 // the host names the laptop by tailscaled's WhoIs, and the policy lets
 // only "laptop" in; doctor looks through tailscaled's node too, and a
-// plain gRPC client (grpcurl) needs no gpumesh on its side at all. A second run from B with a policy that names nobody
+// plain gRPC client (grpcurl) needs no gpumesh on its side at all, or
+// goes through `gpumesh up --tailscaled`'s forward. A second run from B with a policy that names nobody
 // is refused.
 func TestCLIOverTailscaled(t *testing.T) {
 	delay := wanlab.Impairment{Delay: 2 * time.Millisecond}
@@ -95,6 +96,45 @@ func TestCLIOverTailscaled(t *testing.T) {
 	if got, err := grpcurl.CombinedOutput(); err != nil || !strings.Contains(string(got), "19") || !strings.Contains(string(got), "50") {
 		t.Errorf("grpcurl from the laptop straight to %s:50051: %v\n%s", hostIP, err, got)
 	}
+	// gpumesh up --tailscaled on the laptop: a loopback forward through
+	// tailscaled's node, no auth key and no state of its own.
+	up := lab.B.Command(bin, "up", "--tailscaled", "--tailscaled-socket", socket(clientEnv), "--state-dir", t.TempDir(),
+		"--forward", "127.0.0.1:0=gpu-host")
+	up.Stderr = os.Stderr
+	upOut, err := up.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		up.Process.Signal(os.Interrupt)
+		up.Wait()
+	})
+	upLines := bufio.NewScanner(upOut)
+	var fwd string
+	for upLines.Scan() {
+		if m := regexp.MustCompile(`forwarding (127\.0\.0\.1:\d+) -> gpu-host`).FindStringSubmatch(upLines.Text()); m != nil {
+			fwd = m[1]
+		}
+		if strings.Contains(upLines.Text(), "ready") {
+			break
+		}
+	}
+	go func() {
+		for upLines.Scan() { // drain, so that up never blocks on stdout
+		}
+	}()
+	if fwd == "" {
+		t.Fatal("gpumesh up --tailscaled printed no forwarding line")
+	}
+	viaUp := lab.B.Command(testtools.Grpcurl(t), "-plaintext", "-d", `{"kernel": "matrix_mul", "params": {"a": [[1, 2], [3, 4]], "b": [[5, 6], [7, 8]]}}`,
+		fwd, "cuda.CUDAService/Compute")
+	if got, err := viaUp.CombinedOutput(); err != nil || !strings.Contains(string(got), "19") || !strings.Contains(string(got), "50") {
+		t.Errorf("grpcurl through gpumesh up --tailscaled's forward %s: %v\n%s", fwd, err, got)
+	}
+
 	doctor := lab.B.Command(bin, "doctor", "--tailscaled", "--tailscaled-socket", socket(clientEnv), "--host", "gpu-host")
 	if got, err := doctor.CombinedOutput(); err != nil || !strings.Contains(string(got), "policy") {
 		t.Errorf("gpumesh doctor --tailscaled from the laptop: %v\n%s", err, got)
