@@ -16,8 +16,11 @@
 // checks that each packet's source address belongs to the peer that sent
 // it: WhoIs of the remote address is the peer. The kernel still delivers
 // connections from this machine's own stack; the listener drops those
-// from loopback and from the node's own tailnet addresses (which WhoIs
-// would call the node itself), and WhoIs knows no other local address.
+// (from loopback, from the node's own tailnet addresses, which WhoIs
+// would call the node itself, and from any address held here).
+//
+// Listeners follow tailscaled: when its node's addresses change (a new
+// login), they move to the new ones on the same port.
 package tailscaled
 
 import (

@@ -210,3 +210,37 @@ func TestListenersFollowAddresses(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 }
+
+// TestFromSelf: connections from loopback, from the node's own tailnet
+// addresses and from any address an interface here holds are this
+// machine's own; one from elsewhere is not.
+func TestFromSelf(t *testing.T) {
+	var here netip.Addr
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range as {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && !p.Addr().IsLoopback() {
+			here = p.Addr()
+		}
+	}
+	self := []netip.Addr{netip.MustParseAddr("100.64.0.1")}
+	cases := map[string]bool{"127.0.0.1": true, "::1": true, "100.64.0.1": true, "100.64.0.2": false}
+	if here.IsValid() {
+		cases[here.String()] = true
+	}
+	for remote, want := range cases {
+		c := fakeConn{remote: netip.AddrPortFrom(netip.MustParseAddr(remote), 4242)}
+		if got := fromSelf(self, c); got != want {
+			t.Errorf("fromSelf(%s) = %v, want %v", remote, got, want)
+		}
+	}
+}
+
+type fakeConn struct {
+	net.Conn
+	remote netip.AddrPort
+}
+
+func (c fakeConn) RemoteAddr() net.Addr { return net.TCPAddrFromAddrPort(c.remote) }
