@@ -63,9 +63,10 @@ type Engine struct {
 	reroute       chan struct{}      // asks routePeers to look again now; buffered
 	removeApplier func()             // unregisters apply from the store; nil before
 
-	mu     sync.Mutex
-	conns  map[*liveConn]bool // the callers' open connections; guarded by mu
-	closed bool               // guarded by mu
+	closeOnce sync.Once // Close
+
+	mu    sync.Mutex
+	conns map[*liveConn]bool // the callers' open connections; guarded by mu
 }
 
 // Start builds the scheduler from the policy's classes, marks the
@@ -177,13 +178,12 @@ func Classes(pol *policy.Policy) []qos.Class {
 // leaves the policy store's appliers. A second Close returns
 // net.ErrClosed.
 func (e *Engine) Close() error {
-	e.mu.Lock()
-	if e.closed {
-		e.mu.Unlock()
-		return net.ErrClosed
-	}
-	e.closed = true
-	e.mu.Unlock()
+	err := net.ErrClosed
+	e.closeOnce.Do(func() { err = e.close() })
+	return err
+}
+
+func (e *Engine) close() error {
 	e.cancel()
 	if e.removeApplier != nil {
 		e.removeApplier()

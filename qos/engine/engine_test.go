@@ -16,22 +16,12 @@ import (
 	"github.com/gpumesh/gpumesh/qos/engine"
 )
 
-// writePolicy writes a policy whose rule for the laptop names class, with
+// writePolicy writes a policy (JSON) whose rule for the laptop names class, with
 // that class declared (EF, priority 0).
 func writePolicy(t *testing.T, path, class string) {
 	t.Helper()
-	src := fmt.Sprintf(`version = 1
-class %q {
-  dscp     = "EF"
-  priority = 0
-}
-rule "laptop" {
-  subjects = ["laptop"]
-  kernels  = ["*"]
-  gpus     = ["*"]
-  class    = %q
-}
-`, class, class)
+	src := fmt.Sprintf(`{"version": 1, "class": {%q: {"dscp": "EF", "priority": 0}},
+  "rule": {"laptop": {"subjects": ["laptop"], "kernels": ["*"], "gpus": ["*"], "class": %q}}}`, class, class)
 	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +43,7 @@ func bytesIn(e *engine.Engine, class string) int64 {
 // no goroutine behind.
 func TestConnFollowsReload(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	path := filepath.Join(t.TempDir(), "policy.hcl")
+	path := filepath.Join(t.TempDir(), "policy.json")
 	writePolicy(t, path, "gpu")
 	store, err := policy.NewStore(path, t.Logf)
 	if err != nil {
