@@ -5,25 +5,12 @@ import (
 
 	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/internal/human"
-	"github.com/gpumesh/gpumesh/qos"
-	"github.com/gpumesh/gpumesh/qos/tc"
+	"github.com/gpumesh/gpumesh/qos/engine"
 )
 
 // QoSState is what a GPU host's QoS is doing, read from its parts: the
-// outer marker, the scheduler and the tc tree. node assembles it.
-type QoSState struct {
-	Marking *qos.MarkerStatus // nil when outer marking is off
-	// LinkRate is the rate the scheduler paces all classes to, bytes/s;
-	// 0 when it does not pace.
-	LinkRate int64
-	Classes  []qos.ClassStats // per class, from the scheduler
-	Shaping  string           // the installed tc tree, or "" when none
-	// ShapingStats are the kernel's counters of the tc classes.
-	ShapingStats []tc.ClassStats
-	// Routes are the peers' WireGuard endpoints the tc tree classifies
-	// by peer (the others by DSCP).
-	Routes []tc.PeerRoute
-}
+// outer marker, the scheduler and the tc tree (engine.Status).
+type QoSState = engine.Status
 
 // LiveQoS is a host's QoSState as its local API sends it (GET /v1/qos)
 // and `gpumesh qos status --json` prints it: snake_case names, units in

@@ -20,6 +20,7 @@ import (
 	"github.com/gpumesh/gpumesh/gpusvc/metrics"
 	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/overlay/tailscaled"
+	"github.com/gpumesh/gpumesh/qos/engine"
 )
 
 // Host is a running GPU host: the compute endpoint inside the overlay and
@@ -30,7 +31,7 @@ type Host struct {
 	backend     gpusvc.Backend
 	srv         *gpusvc.Server
 	ln          net.Listener
-	qos         *qosParts
+	qos         *engine.Engine // nil without QoS
 	metricsAddr net.Addr
 	api         *diag.LocalAPI
 	serving     sync.WaitGroup // the server's Serve
@@ -52,7 +53,7 @@ func startHost(ctx context.Context, cfg HostConfig, onStop func(string)) (_ *Hos
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	h := &Host{qos: &qosParts{}}
+	h := &Host{}
 	h.parts.onStop = onStop
 	defer func() {
 		if err != nil {
@@ -97,20 +98,17 @@ func startHost(ctx context.Context, cfg HostConfig, onStop func(string)) (_ *Hos
 				log.Warn("outer DSCP marking is off: the WireGuard UDP sockets are tailscaled's, not gpumesh's; mark them in the firewall (e.g. nft add rule inet mangle output udp sport 41641 ip dscp set af41)")
 			}
 		}
-		if h.qos, err = startQoS(c.qosConfig(h.joined), c.Policy, log); err != nil {
+		if h.qos, err = startQoS(c.qosConfig(h.joined), c.Policy, c.Overlay, log); err != nil {
 			return nil, err
 		}
-		h.parts.add("qos", h.qos.close)
+		h.parts.add("qos", h.qos.Close)
 	}
 
 	scfg := c.Server
 	scfg.Backend, scfg.WhoIs, scfg.Policy, scfg.Host, scfg.Logger = h.backend, c.Overlay.WhoIs, c.Policy.Current, c.Name, log
 	scfg.OnCall = composeCalls(append(observers, c.OnCall)...)
-	if h.qos.sched != nil {
-		scfg.WrapConn = h.qos.wrapConn(c.Policy)
-	}
-	if pp, ok := c.Overlay.(overlay.PeerPather); ok {
-		h.qos.routePeers(pp, c.Overlay, c.Policy)
+	if h.qos != nil {
+		scfg.WrapConn = qosConn(h.qos)
 	}
 	if h.srv, err = gpusvc.NewServer(scfg); err != nil {
 		return nil, err
@@ -152,7 +150,7 @@ func startHost(ctx context.Context, cfg HostConfig, onStop func(string)) (_ *Hos
 			return nil, err
 		}
 		h.parts.add("local API", h.api.Close)
-		if h.qos.sched != nil {
+		if h.qos != nil {
 			h.api.SetQoS(func() any { return diag.LiveQoSOf(h.QoSStatus()) })
 		}
 		h.api.SetSelf(func(ctx context.Context) *diag.GPUHost {

@@ -8,7 +8,8 @@
 // package dscp's.
 //
 // A Class here mirrors the policy's class (name, DSCP, priority, optional
-// rate and burst); the node converts one into the other, so qos imports no
-// policy, overlay or GPU code. Host egress shaping with CAP_NET_ADMIN lives
-// in the sub-room qos/tc.
+// rate and burst); qos/engine converts one into the other, so qos imports
+// no policy, overlay or GPU code. Host egress shaping with CAP_NET_ADMIN
+// lives in the sub-room qos/tc; qos/engine runs all of it for a host,
+// following the policy.
 package qos

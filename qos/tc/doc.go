@@ -6,7 +6,7 @@
 // all or nothing), reports what it installed, reads the classes' counters,
 // and removes the tree on Close.
 //
-// Without the privilege Install returns ErrNoPrivilege, and the node prints
+// Without the privilege Install returns ErrNoPrivilege, and qos/engine logs
 // a one-line notice instead of failing: DSCP marking (package qos) still
 // works unprivileged.
 //

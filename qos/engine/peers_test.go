@@ -1,4 +1,4 @@
-package node
+package engine
 
 import (
 	"context"
@@ -9,31 +9,26 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/policy"
 	"github.com/gpumesh/gpumesh/qos/tc"
 )
 
-// pathsOverlay is an overlay whose peers are a fixed table.
-type pathsOverlay struct {
-	overlay.Overlay // nil: only WhoIs and PeerPaths are called
-	peers           map[netip.Addr]string
-	paths           []overlay.PeerPath
+// fixedPeers are peers from a fixed table: their paths, and who each
+// overlay address is.
+type fixedPeers struct {
+	peers map[netip.Addr]string
+	paths []PeerPath
 }
 
-func (o *pathsOverlay) WhoIs(_ context.Context, addr string) (overlay.Identity, error) {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return overlay.Identity{}, err
-	}
-	name, ok := o.peers[ap.Addr()]
+func (p *fixedPeers) subjectOf(_ context.Context, addr netip.Addr) (policy.Subject, error) {
+	name, ok := p.peers[addr]
 	if !ok {
-		return overlay.Identity{}, &net.AddrError{Err: "unknown", Addr: addr}
+		return policy.Subject{}, &net.AddrError{Err: "unknown", Addr: addr.String()}
 	}
-	return overlay.Identity{Node: name}, nil
+	return policy.Subject{Node: name}, nil
 }
 
-func (o *pathsOverlay) PeerPaths(context.Context) ([]overlay.PeerPath, error) { return o.paths, nil }
+func (p *fixedPeers) peerPaths(context.Context) ([]PeerPath, error) { return p.paths, nil }
 
 // TestPeerRoutes: each directly reached peer's endpoint is routed to its
 // rule's class, a peer no rule allows to the default class, and relayed
@@ -71,12 +66,12 @@ rule "trainer" {
 	}
 	a := netip.MustParseAddr
 	ep := netip.MustParseAddrPort
-	ov := &pathsOverlay{
+	peers := &fixedPeers{
 		peers: map[netip.Addr]string{
 			a("100.64.0.2"): "laptop", a("100.64.0.3"): "trainer",
 			a("100.64.0.4"): "stranger", a("100.64.0.5"): "relayed",
 		},
-		paths: []overlay.PeerPath{
+		paths: []PeerPath{
 			{Addr: a("100.64.0.3"), Endpoint: ep("192.0.2.3:41641")},
 			{Addr: a("100.64.0.2"), Endpoint: ep("192.0.2.2:41641")},
 			{Addr: a("100.64.0.4"), Endpoint: ep("[2001:db8::4]:41641")},
@@ -84,7 +79,8 @@ rule "trainer" {
 			{Addr: a("100.64.0.6"), Endpoint: ep("192.0.2.6:41641")}, // gone: WhoIs fails
 		},
 	}
-	got, err := peerRoutes(context.Background(), ov, ov, store)
+	e := &Engine{cfg: Config{Policy: store, PeerPaths: peers.peerPaths, SubjectOf: peers.subjectOf}}
+	got, err := e.peerRoutes(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
