@@ -43,14 +43,19 @@ func (th *tailnetHost) reload(t *testing.T, src string) {
 	}
 }
 
-// versionOf is the policy version a host serving src reports.
-func versionOf(t *testing.T, src string) string {
+// waitPolicy waits for the pool to see host ready, with the policy
+// version of src in force (the digest of its source).
+func waitPolicy(t *testing.T, p *pool.Pool, host, src string) {
 	t.Helper()
-	p, err := policy.Parse("policy.hcl", []byte(src))
+	pol, err := policy.Parse("policy.hcl", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p.Digest()
+	v := pol.Digest()
+	waitHosts(t, p, host+" ready under policy "+v, func(hs map[string]pool.HostInfo) bool {
+		h := hs[host]
+		return h.State == pool.StateReady && h.PolicyVersion == v
+	})
 }
 
 // TestReloadReachesPlacement runs a pool whose cached policy answers
@@ -94,14 +99,7 @@ func TestReloadReachesPlacement(t *testing.T) {
 			t.Fatalf("%s: the host's policy was asked %d times; want %d", step, n, wantAsks)
 		}
 	}
-	seen := func(src string) {
-		t.Helper()
-		v := versionOf(t, src)
-		waitHosts(t, p, "gpu-a ready under policy "+v, func(hs map[string]pool.HostInfo) bool {
-			h := hs["gpu-a"]
-			return h.State == pool.StateReady && h.PolicyVersion == v
-		})
-	}
+	seen := func(src string) { t.Helper(); waitPolicy(t, p, "gpu-a", src) }
 
 	seen(allowLaptop)
 	placed("first policy", true, 1)
@@ -125,21 +123,13 @@ func TestReloadReachesPlacement(t *testing.T) {
 func TestAnswerOfOldPolicyNotKept(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	laptop, hosts := startTailnet(ctx, t, map[string]string{"gpu-a": allowLaptop})
-	h := newHolder("/Explain", false)
-	var asks atomic.Int64
-	p := heldPool(ctx, t, laptop, h, &asks)
-	waitHosts(t, p, "gpu-a ready", state("gpu-a", pool.StateReady))
-
+	p, gpuA, h, asks := heldPool(ctx, t, newHolder("/Explain", false))
 	h.arm()
 	first := make(chan pool.Placement, 1)
 	go func() { first <- p.Explain(ctx, "relu") }()
 	h.wait(ctx, t)
-	hosts["gpu-a"].reload(t, laptopMatmulOnly)
-	v2 := versionOf(t, laptopMatmulOnly)
-	waitHosts(t, p, "a probe seeing the new policy", func(hs map[string]pool.HostInfo) bool {
-		return hs["gpu-a"].PolicyVersion == v2
-	})
+	gpuA.reload(t, laptopMatmulOnly)
+	waitPolicy(t, p, "gpu-a", laptopMatmulOnly)
 	h.release()
 	if pl := <-first; pl.Pick != "gpu-a" {
 		t.Fatalf("the placement asking under the old policy picked %q (%s); want gpu-a, as the old policy allowed", pl.Pick, pl.Why)
@@ -160,15 +150,10 @@ func TestAnswerOfOldPolicyNotKept(t *testing.T) {
 func TestAnswerOfUnseenPolicyNotKept(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	laptop, hosts := startTailnet(ctx, t, map[string]string{"gpu-a": allowLaptop})
-	h := newHolder("/Devices", true)
-	var asks atomic.Int64
-	p := heldPool(ctx, t, laptop, h, &asks)
-	waitHosts(t, p, "gpu-a ready", state("gpu-a", pool.StateReady))
-
+	p, gpuA, h, asks := heldPool(ctx, t, newHolder("/Devices", true))
 	h.arm()
 	h.wait(ctx, t) // a probe, not sent yet
-	hosts["gpu-a"].reload(t, laptopMatmulOnly)
+	gpuA.reload(t, laptopMatmulOnly)
 	for i := range 2 {
 		if pl := p.Explain(ctx, "relu"); pl.Pick != "" {
 			t.Fatalf("after the reload relu is placed on %q (%s)", pl.Pick, pl.Why)
@@ -178,10 +163,7 @@ func TestAnswerOfUnseenPolicyNotKept(t *testing.T) {
 		}
 	}
 	h.release()
-	v2 := versionOf(t, laptopMatmulOnly)
-	waitHosts(t, p, "a probe seeing the new policy", func(hs map[string]pool.HostInfo) bool {
-		return hs["gpu-a"].PolicyVersion == v2
-	})
+	waitPolicy(t, p, "gpu-a", laptopMatmulOnly)
 	for range 2 {
 		if pl := p.Explain(ctx, "relu"); pl.Pick != "" {
 			t.Fatalf("after the probe relu is placed on %q (%s)", pl.Pick, pl.Why)
@@ -239,11 +221,15 @@ func (h *holder) intercept(ctx context.Context, method string, req, reply any, c
 	return err
 }
 
-// heldPool is a pool of tag:gpu whose clients go through h, with answers
-// that would be kept an hour, and whose probes and questions wait long
-// for a held call; asks counts the questions to the hosts' policies.
-func heldPool(ctx context.Context, t *testing.T, laptop pool.Network, h *holder, asks *atomic.Int64) *pool.Pool {
+// heldPool starts a tailnet with gpu-a allowing the laptop every kernel,
+// and the laptop's pool of tag:gpu, whose clients go through h, with
+// answers that would be kept an hour, and whose probes and questions wait
+// long for a held call. It returns once gpu-a is ready; asks counts the
+// questions to gpu-a's policy.
+func heldPool(ctx context.Context, t *testing.T, h *holder) (p *pool.Pool, gpuA *tailnetHost, _ *holder, asks *atomic.Int64) {
 	t.Helper()
+	laptop, hosts := startTailnet(ctx, t, map[string]string{"gpu-a": allowLaptop})
+	asks = new(atomic.Int64)
 	cfg := pool.WithAskHooks(pool.Config{
 		Target: "tag:gpu", Network: laptop,
 		RefreshInterval: 250 * time.Millisecond, ProbeTimeout: time.Minute,
@@ -262,5 +248,6 @@ func heldPool(ctx context.Context, t *testing.T, laptop pool.Network, h *holder,
 		}
 		p.Close()
 	})
-	return p
+	waitPolicy(t, p, "gpu-a", allowLaptop)
+	return p, hosts["gpu-a"], h, asks
 }
