@@ -147,8 +147,8 @@ func (s *Server) Load() Load {
 	}
 }
 
-// Devices describes the backend and its devices, the caller's limits and
-// the host's load.
+// Devices describes the backend and its devices, the caller's limits, the
+// host's load and the version of the policy in force.
 func (s *Server) Devices(ctx context.Context, _ *pb.DevicesRequest) (*pb.DevicesResponse, error) {
 	c := callOf(ctx)
 	d := s.decideAdmits(c)
@@ -158,7 +158,7 @@ func (s *Server) Devices(ctx context.Context, _ *pb.DevicesRequest) (*pb.Devices
 	info, age := s.devices.current(ctx)
 	res := &pb.DevicesResponse{
 		Backend: info.Backend, Host: s.cfg.Host, Caller: c.who.name, Status: info.Status, Nvrtc: info.NVRTC,
-		Limits: s.limitsPB(d.Limits),
+		Limits: s.limitsPB(d.Limits), PolicyVersion: s.policy().Digest(),
 	}
 	for _, d := range info.Devices {
 		res.Devices = append(res.Devices, &pb.Device{
@@ -189,8 +189,8 @@ func (s *Server) limitsPB(l policy.Limits) *pb.Limits {
 	}
 }
 
-// Explain tells the caller how the policy decides for them, and which
-// capabilities the host sees them hold.
+// Explain tells the caller how the policy decides for them, under which
+// policy version, and which capabilities the host sees them hold.
 func (s *Server) Explain(ctx context.Context, req *pb.ExplainRequest) (*pb.ExplainResponse, error) {
 	c := callOf(ctx)
 	var err error
@@ -204,9 +204,12 @@ func (s *Server) Explain(ctx context.Context, req *pb.ExplainRequest) (*pb.Expla
 	if a := s.decideAdmits(c); !a.Allow {
 		return nil, s.denied(a, "")
 	}
-	d := s.policy().Evaluate(c.who.subject, policy.Request{Kernel: req.GetKernel(), GPU: dev.name, GPUUUID: dev.uuid})
+	// One policy decides and names the version: a reload in between must
+	// not pair a new version with an old answer.
+	p := s.policy()
+	d := p.Evaluate(c.who.subject, policy.Request{Kernel: req.GetKernel(), GPU: dev.name, GPUUUID: dev.uuid})
 	return &pb.ExplainResponse{
-		Allow: d.Allow, Rule: d.Rule, Reason: d.Reason, Class: d.Class, Caller: c.who.name,
+		Allow: d.Allow, Rule: d.Rule, Reason: d.Reason, Class: d.Class, Caller: c.who.name, PolicyVersion: p.Digest(),
 		Limits: &pb.Limits{
 			MaxMemory: d.Limits.MaxMemory, MaxConcurrent: int32(d.Limits.MaxConcurrent), Rate: d.Limits.Rate,
 			Burst: int32(d.Limits.Burst), MaxRequestBytes: d.Limits.MaxRequestBytes, IdleTimeoutMs: d.Limits.IdleTimeout.Milliseconds(),

@@ -7,7 +7,8 @@
 //   - a stateless call (Compute, MatMul) on the host where it would finish
 //     first: among the hosts whose policy allows this caller the kernel
 //     (asked with Explain, cached for Config.ExplainTTL, forgotten when a
-//     host refuses a call), the one with the least work queued (this
+//     probe sees the host put another policy in force, or when the host
+//     refuses a call), the one with the least work queued (this
 //     pool's calls in flight there, plus other callers' calls as the host
 //     reports them) times its time per call, plus the round trip, a
 //     relayed path costing more than a direct one;

@@ -52,9 +52,10 @@ deny "no-matmul-for-laptop" {
 // endpoint (CPU backend) and a count of the matrix_mul calls that reached
 // it, allowed or not.
 type tailnetHost struct {
-	node    *tsnet.Node
-	host    *node.Host
-	matmuls atomic.Int64
+	node       *tsnet.Node
+	host       *node.Host
+	policyPath string // the file its policy store loads
+	matmuls    atomic.Int64
 }
 
 // startTailnet starts an embedded tailnet with the GPU hosts policies
@@ -104,7 +105,7 @@ func startTailnet(ctx context.Context, t *testing.T, policies map[string]string)
 		if err != nil {
 			t.Fatal(err)
 		}
-		th := &tailnetHost{node: nodes[i]}
+		th := &tailnetHost{node: nodes[i], policyPath: path}
 		cfg := node.HostConfig{Overlay: nodes[i], Name: name, Policy: store, Backend: node.BackendConfig{Ready: cpu.New()}}
 		cfg.AddOnCall(func(r gpusvc.CallRecord) {
 			if r.Method == "Compute" && r.Kernel == "matrix_mul" {

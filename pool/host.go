@@ -112,7 +112,11 @@ type host struct {
 	sessions    int           // this pool's sessions open here
 	placed      uint64        // calls and connections placed here
 	conns       map[net.Conn]struct{}
-	explain     map[explainKey]*explainEntry
+	// policy is the version of the policy the host last reported in force
+	// (Devices' policy_version); explain holds only answers given under
+	// it, and is emptied when a probe sees another.
+	policy  string
+	explain map[explainKey]*explainEntry
 }
 
 func newHost(p *Pool, name string, peer overlay.Peer, addr string, now time.Time) *host {
@@ -181,6 +185,7 @@ func (h *host) probed(c *gpusvc.Client, res *pb.DevicesResponse, rtt time.Durati
 	now := time.Now()
 	var lostClient *gpusvc.Client
 	var conns []net.Conn
+	var reloaded string // the policy version the answers cached were given under, when it changed
 	h.mu.Lock()
 	h.probing = false
 	changed := false
@@ -191,6 +196,13 @@ func (h *host) probed(c *gpusvc.Client, res *pb.DevicesResponse, rtt time.Durati
 		if h.client == nil {
 			h.client, h.lost, installed = c, make(chan struct{}), true
 			h.gen++
+		}
+		if v := res.GetPolicyVersion(); v != h.policy {
+			// Another policy is in force there: what the old one
+			// answered may no longer hold. Questions being asked stay
+			// with those waiting for them, and are not kept (answered).
+			reloaded, h.policy = h.policy, v
+			clear(h.explain)
 		}
 		h.devices, h.load, h.atProbe, h.lastOK = res, LoadOf(res), h.outstanding, now
 		if !installed {
@@ -214,10 +226,17 @@ func (h *host) probed(c *gpusvc.Client, res *pb.DevicesResponse, rtt time.Durati
 		h.nextProbe = now.Add(cfg.RefreshInterval)
 		changed = h.setStateLocked(StateSuspect, err, now)
 	}
+	policyNow := h.policy
 	h.mu.Unlock()
 	h.p.closeLost(lostClient, conns)
+	if reloaded != "" {
+		h.p.log.Info("pool: host's policy changed, its answers forgotten", "pool", h.p.target.String(), "host", h.name,
+			"was", reloaded, "now", policyNow)
+	}
 	if changed {
 		h.p.logStateChange(h)
+	}
+	if changed || reloaded != "" {
 		h.p.notify()
 	}
 	return installed
@@ -308,8 +327,9 @@ func probeError(err error, timeout time.Duration) error {
 // explainKey is one question to a host's policy.
 type explainKey struct{ kernel, gpu string }
 
-// explainEntry is a host's answer, cached for Config.ExplainTTL. Its
-// fields are written once, under the host's mu, before done is closed.
+// explainEntry is a host's answer, cached for Config.ExplainTTL while the
+// host's policy version stays the one it was given under. Its fields are
+// written once, under the host's mu, before done is closed.
 type explainEntry struct {
 	done   chan struct{}
 	at     time.Time
@@ -366,17 +386,24 @@ func (h *host) ask(ctx context.Context, c *gpusvc.Client, k explainKey, e *expla
 	h.answered(k, e, res, err)
 }
 
-// answered fills e with the host's answer, or its failure (such entries
-// are not kept), and wakes those waiting for it.
+// answered fills e with the host's answer, or its failure, and wakes
+// those waiting for it. A failure is not kept, nor an answer given under a
+// policy version other than the one the host last reported: an older one
+// (a reload overtook the question) is wrong now, a newer one is kept once
+// a probe has seen its version in force, which it asks for now.
 func (h *host) answered(k explainKey, e *explainEntry, res *pb.ExplainResponse, err error) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	e.at = time.Now()
+	stale := err == nil && res.GetPolicyVersion() != h.policy
+	if (err != nil || stale) && h.explain[k] == e {
+		delete(h.explain, k)
+	}
+	probe := stale && h.client != nil && !h.removed
+	if probe {
+		h.nextProbe = e.at
+	}
 	if err != nil {
 		e.err = err
-		if h.explain[k] == e {
-			delete(h.explain, k)
-		}
 	} else {
 		e.allow, e.rule, e.reason = res.GetAllow(), res.GetRule(), res.GetReason()
 		if l := res.GetLimits(); l != nil {
@@ -388,6 +415,10 @@ func (h *host) answered(k explainKey, e *explainEntry, res *pb.ExplainResponse, 
 		}
 	}
 	close(e.done)
+	h.mu.Unlock()
+	if probe {
+		h.p.kickProbe()
+	}
 }
 
 // forget drops the cached policy answer for kernel on gpu: the host just

@@ -55,7 +55,9 @@ type Config struct {
 	// Hosts, down, before it is forgotten. 0 means 1m.
 	ForgetAfter time.Duration
 	// ExplainTTL is how long a host's answer to "may I run this kernel"
-	// is used before asking again. 0 means 10s.
+	// is used before asking again. 0 means 10s. A host's answers are
+	// dropped sooner when a probe sees another policy version in force
+	// there (it reloaded its policy), or when it refuses a call.
 	ExplainTTL time.Duration
 	// Idempotent says whether a kernel may run twice, so that a call
 	// whose host was lost under it can be retried elsewhere. nil means
@@ -225,7 +227,8 @@ func (p *Pool) notify() {
 }
 
 // Changes returns a channel closed at the next change of the pool: a host
-// joining, leaving or changing state. Read Hosts, then wait on a fresh
+// joining, leaving, changing state or reporting another policy version.
+// Read Hosts, then wait on a fresh
 // Changes channel (a device plugin's ListAndWatch).
 func (p *Pool) Changes() <-chan struct{} {
 	p.mu.Lock()
@@ -298,6 +301,10 @@ type HostInfo struct {
 	// Backend and Devices are the host's last answer to Devices.
 	Backend string `json:"backend,omitempty"`
 	Load    Load   `json:"load"`
+	// PolicyVersion names the policy the host last reported in force
+	// (its digest); the pool's cached answers of its policy were given
+	// under it. Empty for a host that does not report it.
+	PolicyVersion string `json:"policy_version,omitempty"`
 	// InFlight, Sessions and Conns are this pool's calls, sessions and
 	// forwarded connections on the host; Placed counts the calls and
 	// connections placed there so far.
@@ -334,7 +341,7 @@ func (h *host) info() HostInfo {
 	hi := HostInfo{
 		Name: h.name, Addr: h.addr, Tags: slices.Clone(h.peer.Tags), Path: h.peer.Path, State: h.state,
 		Since: h.since, RTT: h.rtt, Load: h.load, InFlight: h.outstanding, Sessions: h.sessions,
-		Conns: len(h.conns), Placed: h.placed,
+		Conns: len(h.conns), Placed: h.placed, PolicyVersion: h.policy,
 	}
 	if h.err != nil {
 		hi.Err = h.err.Error()

@@ -682,8 +682,15 @@ type DevicesResponse struct {
 	// limits are the caller's: those of the most specific rule naming it,
 	// with max_request_bytes the cap in force (the host's when the rule
 	// sets none). A client sizes its requests and upload chunks by them.
-	Limits        *Limits `protobuf:"bytes,7,opt,name=limits,proto3" json:"limits,omitempty"`
-	Load          *Load   `protobuf:"bytes,8,opt,name=load,proto3" json:"load,omitempty"` // what the host is doing now, for placement
+	Limits *Limits `protobuf:"bytes,7,opt,name=limits,proto3" json:"limits,omitempty"`
+	Load   *Load   `protobuf:"bytes,8,opt,name=load,proto3" json:"load,omitempty"` // what the host is doing now, for placement
+	// policy_version names the policy in force when the host answered: the
+	// digest of its source ("sha256:" and 16 hex digits). It changes when a
+	// reload puts a different policy in force, and only then (a refused
+	// reload keeps the old policy and its version); the same version gives
+	// the same answers, so a client caching Explain's answers drops them
+	// when it sees another. Empty from hosts that do not report it.
+	PolicyVersion string `protobuf:"bytes,9,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -772,6 +779,13 @@ func (x *DevicesResponse) GetLoad() *Load {
 		return x.Load
 	}
 	return nil
+}
+
+func (x *DevicesResponse) GetPolicyVersion() string {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return ""
 }
 
 // Load is a host's current work, from counters it keeps (no call to a GPU
@@ -1063,7 +1077,9 @@ type ExplainResponse struct {
 	Limits *Limits                `protobuf:"bytes,6,opt,name=limits,proto3" json:"limits,omitempty"`
 	// capabilities are the tailnet app capabilities the caller holds now,
 	// as the host sees them (what cap: subjects match).
-	Capabilities  []*Capability `protobuf:"bytes,7,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	Capabilities []*Capability `protobuf:"bytes,7,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	// policy_version names the policy that decided (as in DevicesResponse).
+	PolicyVersion string `protobuf:"bytes,8,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1145,6 +1161,13 @@ func (x *ExplainResponse) GetCapabilities() []*Capability {
 		return x.Capabilities
 	}
 	return nil
+}
+
+func (x *ExplainResponse) GetPolicyVersion() string {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return ""
 }
 
 type Capability struct {
@@ -2313,7 +2336,7 @@ const file_gpumesh_proto_rawDesc = "" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\x10\n" +
-	"\x0eDevicesRequest\"\x85\x02\n" +
+	"\x0eDevicesRequest\"\xac\x02\n" +
 	"\x0fDevicesResponse\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12,\n" +
 	"\adevices\x18\x02 \x03(\v2\x12.gpumesh.v1.DeviceR\adevices\x12\x12\n" +
@@ -2322,7 +2345,8 @@ const file_gpumesh_proto_rawDesc = "" +
 	"\x06status\x18\x05 \x01(\tR\x06status\x12\x14\n" +
 	"\x05nvrtc\x18\x06 \x01(\tR\x05nvrtc\x12*\n" +
 	"\x06limits\x18\a \x01(\v2\x12.gpumesh.v1.LimitsR\x06limits\x12$\n" +
-	"\x04load\x18\b \x01(\v2\x10.gpumesh.v1.LoadR\x04load\"\xbd\x02\n" +
+	"\x04load\x18\b \x01(\v2\x10.gpumesh.v1.LoadR\x04load\x12%\n" +
+	"\x0epolicy_version\x18\t \x01(\tR\rpolicyVersion\"\xbd\x02\n" +
 	"\x04Load\x12&\n" +
 	"\x0fcalls_in_flight\x18\x01 \x01(\x05R\rcallsInFlight\x12!\n" +
 	"\fcalls_queued\x18\x02 \x01(\x05R\vcallsQueued\x12\x18\n" +
@@ -2348,7 +2372,7 @@ const file_gpumesh_proto_rawDesc = "" +
 	" \x01(\tR\vcudaVersion\":\n" +
 	"\x0eExplainRequest\x12\x16\n" +
 	"\x06kernel\x18\x01 \x01(\tR\x06kernel\x12\x10\n" +
-	"\x03gpu\x18\x02 \x01(\tR\x03gpu\"\xe9\x01\n" +
+	"\x03gpu\x18\x02 \x01(\tR\x03gpu\"\x90\x02\n" +
 	"\x0fExplainResponse\x12\x14\n" +
 	"\x05allow\x18\x01 \x01(\bR\x05allow\x12\x12\n" +
 	"\x04rule\x18\x02 \x01(\tR\x04rule\x12\x16\n" +
@@ -2356,7 +2380,8 @@ const file_gpumesh_proto_rawDesc = "" +
 	"\x05class\x18\x04 \x01(\tR\x05class\x12\x16\n" +
 	"\x06caller\x18\x05 \x01(\tR\x06caller\x12*\n" +
 	"\x06limits\x18\x06 \x01(\v2\x12.gpumesh.v1.LimitsR\x06limits\x12:\n" +
-	"\fcapabilities\x18\a \x03(\v2\x16.gpumesh.v1.CapabilityR\fcapabilities\"8\n" +
+	"\fcapabilities\x18\a \x03(\v2\x16.gpumesh.v1.CapabilityR\fcapabilities\x12%\n" +
+	"\x0epolicy_version\x18\b \x01(\tR\rpolicyVersion\"8\n" +
 	"\n" +
 	"Capability\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
