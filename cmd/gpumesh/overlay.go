@@ -46,14 +46,16 @@ func (f *tailscaledFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.BoolVar(&f.on, "tailscaled", false, "use the system's tailscaled (with a TUN interface) instead of joining the tailnet: kernel TCP, faster over a lossy WAN")
 	fl.StringVar(&f.socket, "tailscaled-socket", tailscaled.DefaultSocket(), "with --tailscaled: its LocalAPI socket")
-	fl.StringVar(&f.congestion, "tcp-congestion", "", "with --tailscaled: TCP congestion control of gpumesh's connections (default bbr where the kernel has it; system: the kernel's default)")
+	fl.StringVar(&f.congestion, "tcp-congestion", "", "with --tailscaled or --wg-mode tun: TCP congestion control of gpumesh's connections (default bbr where the kernel has it; system: the kernel's default)")
 }
 
-// config is the tailscaled overlay the flags name; nil without --tailscaled.
-func (f *tailscaledFlags) config() (*tailscaled.Config, error) {
+// config is the tailscaled overlay the flags name; nil without
+// --tailscaled. kernelTCP says another overlay flag chose a data path on
+// the kernel's TCP (a WireGuard mesh), which --tcp-congestion applies to.
+func (f *tailscaledFlags) config(kernelTCP bool) (*tailscaled.Config, error) {
 	if !f.on {
-		if f.congestion != "" {
-			return nil, errors.New("--tcp-congestion needs --tailscaled (gpumesh's own tailnet node and WireGuard netstack run a userspace TCP)")
+		if f.congestion != "" && !kernelTCP {
+			return nil, errors.New("--tcp-congestion needs --tailscaled or --wg-mode tun (gpumesh's own tailnet node and WireGuard netstack run a userspace TCP)")
 		}
 		return nil, nil
 	}
@@ -66,7 +68,7 @@ func (f *tailscaledFlags) config() (*tailscaled.Config, error) {
 func joinConfig(tf *tailnetFlags, wf *wgFlags, timeout time.Duration, log *slog.Logger) (node.JoinConfig, error) {
 	jc := node.JoinConfig{Timeout: timeout}
 	if wf != nil {
-		tc, err := wf.tsd.config()
+		tc, err := wf.tsd.config(wf.path != "")
 		switch {
 		case err != nil:
 			return jc, err
@@ -83,7 +85,8 @@ func joinConfig(tf *tailnetFlags, wf *wgFlags, timeout time.Duration, log *slog.
 		if err != nil {
 			return jc, err
 		}
-		jc.WireGuard = &wg.Config{Path: wf.path, Mode: mode, TUNName: wf.tun, Logf: logfTo(log), Verbose: tf.verbose}
+		jc.WireGuard = &wg.Config{Path: wf.path, Mode: mode, TUNName: wf.tun, Congestion: wf.tsd.congestion,
+			Logf: logfTo(log), Verbose: tf.verbose}
 		return jc, nil
 	}
 	cfg, err := tf.config()

@@ -90,7 +90,7 @@ func (f *diagFlags) options() diag.Options {
 // handles a failed join; nil returns the error.
 func (f *diagFlags) onNode(ctx context.Context, fs *pflag.FlagSet, local func(diag.LocalClient) error, joined func(diag.Node) error,
 	joinErr func(controlURL string, err error) error) error {
-	tc, err := f.tsd.config()
+	tc, err := f.tsd.config(false)
 	if err != nil {
 		return err
 	}

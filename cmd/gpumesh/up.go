@@ -97,7 +97,7 @@ next connections go to the others.`,
 			if err != nil {
 				return err
 			}
-			tcfg, err := tsd.config()
+			tcfg, err := tsd.config(false)
 			if err != nil {
 				return err
 			}

@@ -139,6 +139,13 @@ func startMode(tb testing.TB, lab *wanlab.Lab, mode string) (*proc, error) {
 			return nil, err
 		}
 		hostEnv, clientEnv = []string{envWGConf + "=" + host}, []string{envWGConf + "=" + laptop}
+		if mode == "wgtun" {
+			cc, err := kernelTCPEnv(lab)
+			if err != nil {
+				return nil, err
+			}
+			hostEnv, clientEnv = append(hostEnv, cc...), append(clientEnv, cc...)
+		}
 	default:
 		return nil, fmt.Errorf("unknown mode %q", mode)
 	}

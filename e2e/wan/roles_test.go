@@ -105,7 +105,7 @@ func join(ctx context.Context, mode, name string, port uint16) (overlayNode, err
 	case "wg", "wgtun":
 		cfg := wg.Config{Path: os.Getenv(envWGConf)}
 		if mode == "wgtun" {
-			cfg.Mode = wg.ModeTUN
+			cfg.Mode, cfg.Congestion = wg.ModeTUN, os.Getenv(envCC)
 		}
 		n, err := wg.New(cfg)
 		if err != nil {
@@ -283,8 +283,8 @@ func runClient(mode string) error {
 			return err
 		}
 	}
-	if n, ok := ov.(*tailscaled.Node); ok {
-		if err := checkTailscaledClient(jctx, n, c.host); err != nil {
+	if mode == "tailscaled" || mode == "wgtun" {
+		if err := checkCongestion(jctx, ov, c.host); err != nil {
 			return err
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/gpumesh/gpumesh/e2e/wanlab"
 	"github.com/gpumesh/gpumesh/internal/testtools"
 	"github.com/gpumesh/gpumesh/overlay/tailscaled"
+	"github.com/gpumesh/gpumesh/overlay/tcpcc"
 )
 
 // The tailscaled mode: a real tailscaled (built by `make tailscaled`) in
@@ -29,8 +30,8 @@ const (
 )
 
 var (
-	flagCC    = flag.String("wan.cc", "", "tailscaled mode: congestion control of gpumesh's sockets (\"\": BBR where the kernel has it; \"system\": the namespace's default; or a name)")
-	flagSysCC = flag.String("wan.syscc", "cubic", "tailscaled mode: the namespaces' default TCP congestion control (what a program that sets none gets)")
+	flagCC    = flag.String("wan.cc", "", "tailscaled and wgtun modes: congestion control of gpumesh's sockets (\"\": BBR where the kernel has it; \"system\": the namespace's default; or a name)")
+	flagSysCC = flag.String("wan.syscc", "cubic", "tailscaled and wgtun modes: the namespaces' default TCP congestion control (what a program that sets none gets)")
 )
 
 // startTailscaleds runs tailscaled in A (as gpu-host) and in B (as
@@ -38,15 +39,16 @@ var (
 // the host and the client roles.
 func startTailscaleds(tb testing.TB, lab *wanlab.Lab, control string) (hostEnv, clientEnv []string, err error) {
 	bin := testtools.Tailscaled(tb)
+	common, err := kernelTCPEnv(lab)
+	if err != nil {
+		return nil, nil, err
+	}
 	var socks [2]string
 	for i, r := range []struct {
 		ns   wanlab.Namespace
 		name string
 		port int
 	}{{lab.A, "gpu-host", hostPort}, {lab.B, "laptop", clientPort}} {
-		if out, err := r.ns.Command("sysctl", "-w", "net.ipv4.tcp_congestion_control="+*flagSysCC).CombinedOutput(); err != nil {
-			return nil, nil, fmt.Errorf("default congestion control in %s: %v: %s", r.ns.Name, err, out)
-		}
 		d, err := testtools.StartTailscaled(tb, testtools.TailscaledOptions{Bin: bin, Wrap: r.ns.Command,
 			Name: r.name, Port: r.port, TUN: "tailscale0", ControlURL: control, Log: tsdLog(r.name)})
 		if err != nil {
@@ -54,15 +56,7 @@ func startTailscaleds(tb testing.TB, lab *wanlab.Lab, control string) (hostEnv, 
 		}
 		socks[i] = d.Socket
 	}
-	want := *flagCC
-	switch want {
-	case "":
-		want = "bbr"
-	case "system":
-		want = *flagSysCC
-	}
-	common := []string{envCC + "=" + *flagCC}
-	return append(common, envSocket+"="+socks[0]), append(common, envSocket+"="+socks[1], envCCWant+"="+want), nil
+	return append(common, envSocket+"="+socks[0]), append(common, envSocket+"="+socks[1]), nil
 }
 
 // checkTailscaledHost checks, in the host role, that the overlay
@@ -82,15 +76,20 @@ func checkTailscaledHost(n *tailscaled.Node, ln net.Listener) error {
 	return nil
 }
 
-// checkTailscaledClient checks, in the client role, that a connection
-// to the host asks for the congestion control the test wants.
-func checkTailscaledClient(ctx context.Context, n *tailscaled.Node, host netip.Addr) error {
-	c, err := n.Dial(ctx, "tcp", netip.AddrPortFrom(host, rawPort).String())
+// checkCongestion checks, in the client role of a kernel-TCP mode
+// (tailscaled, wgtun), that a connection to the host runs the congestion
+// control the test wants.
+func checkCongestion(ctx context.Context, ov overlayNode, host netip.Addr) error {
+	c, err := ov.Dial(ctx, "tcp", netip.AddrPortFrom(host, rawPort).String())
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	cc, err := tailscaled.CongestionOf(c.(*net.TCPConn))
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return fmt.Errorf("connection to the host is a %T, not the kernel's TCP", c)
+	}
+	cc, err := tcpcc.Of(tc)
 	if err != nil {
 		return err
 	}
@@ -99,6 +98,25 @@ func checkTailscaledClient(ctx context.Context, n *tailscaled.Node, host netip.A
 	}
 	fmt.Fprintf(os.Stderr, "connection to the host runs %s\n", cc)
 	return nil
+}
+
+// kernelTCPEnv sets the namespaces' default congestion control (what a
+// program that sets none gets) and returns the roles' env for the
+// congestion control of gpumesh's sockets.
+func kernelTCPEnv(lab *wanlab.Lab) ([]string, error) {
+	for _, ns := range []wanlab.Namespace{lab.A, lab.B} {
+		if out, err := ns.Command("sysctl", "-w", "net.ipv4.tcp_congestion_control="+*flagSysCC).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("default congestion control in %s: %v: %s", ns.Name, err, out)
+		}
+	}
+	want := *flagCC
+	switch want {
+	case "":
+		want = "bbr"
+	case "system":
+		want = *flagSysCC
+	}
+	return []string{envCC + "=" + *flagCC, envCCWant + "=" + want}, nil
 }
 
 // tsdLog is where a tailscaled's log goes: stderr with -test.v, else

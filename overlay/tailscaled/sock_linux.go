@@ -2,52 +2,12 @@ package tailscaled
 
 import (
 	"fmt"
-	"os"
-	"slices"
-	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gpumesh/gpumesh/overlay/tcpcc"
 )
-
-// chooseCongestion resolves Config.Congestion against the kernel: ""
-// picks BBR where the kernel offers it to this process, "system" leaves
-// the default, a name must be offered.
-func chooseCongestion(want string) (string, error) {
-	switch want {
-	case "system":
-		return "", nil
-	case "":
-		if offered("bbr") {
-			return "bbr", nil
-		}
-		return "", nil
-	}
-	if !offered(want) {
-		return "", fmt.Errorf("TCP congestion control %q: the kernel offers this process %v (modprobe tcp_%s, or add it to net.ipv4.tcp_allowed_congestion_control)", want, available(), want)
-	}
-	return want, nil
-}
-
-// offered reports whether this process may set cc on its sockets: the
-// kernel has it, and it is allowed to all or the process may set any
-// (CAP_NET_ADMIN; root stands for it here).
-func offered(cc string) bool {
-	if !slices.Contains(available(), cc) {
-		return false
-	}
-	return os.Geteuid() == 0 || slices.Contains(sysctlList("net/ipv4/tcp_allowed_congestion_control"), cc)
-}
-
-func available() []string { return sysctlList("net/ipv4/tcp_available_congestion_control") }
-
-func sysctlList(name string) []string {
-	b, err := os.ReadFile("/proc/sys/" + name)
-	if err != nil {
-		return nil
-	}
-	return strings.Fields(string(b))
-}
 
 // control binds a TCP socket to the tailnet interface and sets its
 // congestion control. Accepted connections inherit both from their
@@ -59,11 +19,7 @@ func (n *Node) control(network, address string, c syscall.RawConn) error {
 			serr = fmt.Errorf("bind to %s: %w", n.ifname, serr)
 			return
 		}
-		if n.congction != "" {
-			if serr = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, n.congction); serr != nil {
-				serr = fmt.Errorf("congestion control %s: %w", n.congction, serr)
-			}
-		}
+		serr = tcpcc.Set(fd, n.congction)
 	})
 	if err != nil {
 		return err
@@ -108,21 +64,4 @@ func (n *Node) controlDevice(network, address string, c syscall.RawConn) error {
 		return err
 	}
 	return serr
-}
-
-// CongestionOf reports the congestion control of a TCP connection.
-func CongestionOf(sc syscall.Conn) (string, error) {
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return "", err
-	}
-	var cc string
-	var gerr error
-	err = rc.Control(func(fd uintptr) {
-		cc, gerr = unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION)
-	})
-	if err != nil {
-		return "", err
-	}
-	return strings.TrimRight(cc, "\x00"), gerr
 }

@@ -40,6 +40,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/overlay/internal/localapi"
+	"github.com/gpumesh/gpumesh/overlay/tcpcc"
 )
 
 // DefaultSocket is where tailscaled's LocalAPI listens by default on
@@ -135,7 +136,7 @@ func (n *Node) Up(ctx context.Context) (*ipnstate.Status, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tailscaled at %s: %w", n.cfg.Socket, err)
 	}
-	cc, err := chooseCongestion(n.cfg.Congestion)
+	cc, err := tcpcc.Choose(n.cfg.Congestion)
 	if err != nil {
 		return nil, fmt.Errorf("tailscaled overlay: %w", err)
 	}

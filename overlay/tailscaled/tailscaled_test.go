@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -61,60 +60,6 @@ func TestUpWithoutTailscaled(t *testing.T) {
 	defer cancel()
 	if _, err := n.Up(ctx); err == nil || !strings.Contains(err.Error(), "is tailscaled running") {
 		t.Fatalf("Up without a tailscaled: %v; want it to ask whether tailscaled runs", err)
-	}
-}
-
-// TestSocketsAskForCongestion: a dialed connection and one its listener
-// accepts both run the congestion control the node chose, not the
-// system's default.
-func TestSocketsAskForCongestion(t *testing.T) {
-	def := sysctlList("net/ipv4/tcp_congestion_control")
-	var want string
-	for _, cc := range available() {
-		if offered(cc) && !slices.Contains(def, cc) {
-			want = cc
-			break
-		}
-	}
-	if want == "" {
-		t.Skipf("needs a TCP congestion control other than the default %v that this process may set; the kernel offers %v", def, available())
-	}
-	n := &Node{ifname: "lo", congction: want}
-	lc := net.ListenConfig{Control: n.controlListen}
-	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	d := net.Dialer{Control: n.control}
-	c, err := d.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	for name, conn := range map[string]net.Conn{"dialed": c, "accepted": s} {
-		got, err := CongestionOf(conn.(*net.TCPConn))
-		if err != nil || got != want {
-			t.Errorf("%s connection runs %q (%v); want %q (the system default is %v)", name, got, err, want, def)
-		}
-	}
-}
-
-func TestChooseCongestion(t *testing.T) {
-	if cc, err := chooseCongestion("system"); cc != "" || err != nil {
-		t.Errorf(`"system": %q, %v; want the default ("")`, cc, err)
-	}
-	cc, err := chooseCongestion("")
-	if wantBBR := offered("bbr"); err != nil || (cc == "bbr") != wantBBR {
-		t.Errorf(`"": %q, %v; BBR offered: %v`, cc, err, wantBBR)
-	}
-	if _, err := chooseCongestion("no-such-cc"); err == nil || !strings.Contains(err.Error(), `"no-such-cc"`) {
-		t.Errorf("an unknown congestion control: %v; want an error naming it", err)
 	}
 }
 

@@ -61,6 +61,12 @@ type Config struct {
 	// every WireGuard UDP packet the node sends, ECN bits kept. CS0 is a
 	// code point too: it clears a DSCP the sockets had.
 	DSCP dscp.Code
+	// Congestion is the TCP congestion control of the node's connections
+	// in ModeTUN, where they are the kernel's: "" picks BBR where the
+	// kernel offers it (overlay/tcpcc), "system" leaves the system's
+	// default, another name is required. ModeNetstack takes "" or
+	// "system" only: its TCP is gVisor's.
+	Congestion string
 	// Logf receives the node's and wireguard-go's error logs; nil
 	// discards them.
 	Logf func(format string, args ...any)

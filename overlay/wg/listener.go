@@ -6,13 +6,14 @@ import (
 	"net/netip"
 
 	"github.com/gpumesh/gpumesh/overlay/internal/merge"
+	"github.com/gpumesh/gpumesh/overlay/tcpcc"
 )
 
 // listenKernel listens on each of addrs at port on the host's stack (ModeTUN)
 // and returns one listener for them all. Binding to the overlay addresses,
 // not the wildcard, keeps the listener off the host's other interfaces.
 func (n *Node) listenKernel(addrs []netip.Addr, port uint16) (net.Listener, error) {
-	var lc net.ListenConfig
+	lc := net.ListenConfig{Control: tcpcc.Control(n.cc)} // accepted connections inherit it
 	var lns []net.Listener
 	for _, a := range addrs {
 		ln, err := lc.Listen(context.Background(), "tcp", netip.AddrPortFrom(a, port).String())

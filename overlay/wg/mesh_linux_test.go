@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/gpumesh/gpumesh/overlay/tcpcc"
 )
 
 // TestNetnsNetstack: gpu-host and laptop in two namespaces joined by a veth,
@@ -85,8 +87,14 @@ func TestNetnsTUN(t *testing.T) {
 	ipGPU, ipLaptop := vethPair(t, nsGPU, nsLaptop)
 	gpu := newMember(t, "gpu-host", "10.77.0.1")
 	laptop := newMember(t, "laptop", "10.77.0.2")
+	// The TUN node's sockets run a congestion control that is not the
+	// default (checked below).
+	cc := "reno" // always built in
+	if tcpcc.Default() == cc {
+		cc = "cubic"
+	}
 	// Both know each other's endpoint: either side may speak first.
-	srv := startNodeIn(t, nsGPU, Config{Mode: ModeTUN, TUNName: "gmwtun0",
+	srv := startNodeIn(t, nsGPU, Config{Mode: ModeTUN, TUNName: "gmwtun0", Congestion: cc,
 		File: mustParse(t, "gpu.conf", confMTU(gpu, 51820, 1380,
 			peerOf{m: laptop, endpoint: netip.AddrPortFrom(ipLaptop, 51820).String()}))})
 	cli := startNodeIn(t, nsLaptop, Config{File: mustParse(t, "laptop.conf",
@@ -157,6 +165,39 @@ func TestNetnsTUN(t *testing.T) {
 		if c, err := dialIn(nsLaptop, "tcp", netip.AddrPortFrom(ipGPU, 7001).String()); err == nil {
 			c.Close()
 			t.Error("TUN node's overlay listener answered on the veth address")
+		}
+	})
+
+	t.Run("congestion control", func(t *testing.T) {
+		ln, err := srvListen(":7003")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		c, err := cli.Dial(ctx, "tcp", "gpu-host:7003")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		cln, err := cli.Listen("tcp", ":7004")
+		if err != nil {
+			t.Fatal(err)
+		}
+		echoServer(t, cln, nil)
+		var d net.Conn
+		if err := nsGPU.do(func() error { d, err = srv.Dial(ctx, "tcp", "laptop:7004"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		for name, conn := range map[string]net.Conn{"accepted": s, "dialed": d} {
+			if got, err := tcpcc.Of(conn.(*net.TCPConn)); err != nil || got != cc {
+				t.Errorf("the TUN node's %s connection runs %q (%v); want %q", name, got, err, cc)
+			}
 		}
 	})
 

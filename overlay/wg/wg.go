@@ -18,6 +18,7 @@ import (
 
 	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/overlay"
+	"github.com/gpumesh/gpumesh/overlay/tcpcc"
 	"github.com/gpumesh/gpumesh/overlay/wg/wgconfig"
 )
 
@@ -39,6 +40,7 @@ type Node struct {
 	self  []netip.Prefix // own overlay addresses
 	mtu   int
 	logf  func(string, ...any)
+	cc    string // ModeTUN: the congestion control of the node's sockets; "" the default
 
 	mu        sync.Mutex
 	up        bool                          // Up succeeded; guarded by mu
@@ -47,6 +49,21 @@ type Node struct {
 	tnet      stackNet                      // ModeNetstack; guarded by mu
 	kernel    *kernelTUN                    // ModeTUN; guarded by mu
 	listeners map[*trackedListener]struct{} // ModeTUN listeners, closed by Close; guarded by mu
+}
+
+// nodeCongestion resolves cfg.Congestion for cfg.Mode.
+func nodeCongestion(cfg Config) (string, error) {
+	if cfg.Mode == ModeNetstack {
+		if cfg.Congestion != "" && cfg.Congestion != tcpcc.System {
+			return "", fmt.Errorf("wg: config: TCP congestion control %q needs the TUN mode: netstack mode runs gVisor's TCP", cfg.Congestion)
+		}
+		return "", nil
+	}
+	cc, err := tcpcc.Choose(cfg.Congestion)
+	if err != nil {
+		return "", fmt.Errorf("wg: config: %w", err)
+	}
+	return cc, nil
 }
 
 // New validates cfg and returns a Node that is not yet up.
@@ -78,7 +95,12 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
+	cc, err := nodeCongestion(cfg)
+	if err != nil {
+		return nil, err
+	}
 	n := &Node{
+		cc:    cc,
 		cfg:   cfg,
 		file:  cfg.File,
 		peers: newPeerTable(cfg.File),
@@ -472,7 +494,7 @@ func (n *Node) Dial(ctx context.Context, network, addr string) (net.Conn, error)
 	if n.cfg.Mode == ModeNetstack {
 		c, err = tnet.DialContext(ctx, network, dst.String())
 	} else {
-		var d net.Dialer
+		d := net.Dialer{Control: tcpcc.Control(n.cc)}
 		c, err = d.DialContext(ctx, network, dst.String())
 	}
 	if err != nil {

@@ -170,6 +170,8 @@ func TestNewErrors(t *testing.T) {
 		{"bad mode", Config{File: f, Mode: 7}, "unknown mode"},
 		{"long tun name", Config{File: f, TUNName: "abcdefghijklmnop"}, "longer than 15"},
 		{"dscp range", Config{File: f, DSCP: dscp.Code(65)}, "bad dscp"},
+		{"congestion in netstack mode", Config{File: f, Congestion: "bbr"}, "needs the TUN mode"},
+		{"unknown congestion", Config{File: f, Mode: ModeTUN, Congestion: "no-such-cc"}, `"no-such-cc"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
