@@ -88,7 +88,9 @@ func TestParseWireLeavesTheRest(t *testing.T) {
 	if _, ok := compat.ParseWire(plain); !ok {
 		t.Fatal("ParseWire refuses a plain request")
 	}
-	tag := func(b []byte, num protowire.Number, typ protowire.Type) []byte { return protowire.AppendTag(b, num, typ) }
+	tag := func(b []byte, num protowire.Number, typ protowire.Type) []byte {
+		return protowire.AppendTag(b, num, typ)
+	}
 	kernelTwice := protowire.AppendString(tag(slices.Clone(plain), 1, protowire.BytesType), "softmax")
 	unknown := protowire.AppendVarint(tag(slices.Clone(plain), 9, protowire.VarintType), 1)
 	// params {"x": Value{number 1, string "a"}}
