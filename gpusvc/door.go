@@ -100,27 +100,44 @@ func (s *Server) computeCUDA(ctx context.Context, in *sizedRequest) (*cudapb.Com
 		return nil, err
 	}
 	c.onEnd(func() { s.quotas.give(held) })
-	res, err := s.computeFrom(ctx, c, cudaRequest{in.msg.(*cudapb.ComputeRequest)}, size)
+	res, err := s.computeFrom(ctx, c, cudaRequest{req: in.msg.(*cudapb.ComputeRequest), wire: in.wire, plain: in.plain}, size)
 	if err != nil {
 		return nil, err
 	}
 	return compat.ResponseFromPB(res, compat.Limits{})
 }
 
-// cudaRequest is cuda.CUDAService's ComputeRequest.
-type cudaRequest struct{ req *cudapb.ComputeRequest }
+// cudaRequest is cuda.CUDAService's ComputeRequest: in its wire form where
+// the codec found it plain, else decoded.
+type cudaRequest struct {
+	req   *cudapb.ComputeRequest
+	wire  compat.Wire
+	plain bool
+}
 
 func (r cudaRequest) target() (string, string, error) {
-	name, err := checkName("kernel", r.req.GetKernel())
+	kernelName := r.req.GetKernel()
+	if r.plain {
+		kernelName = r.wire.Kernel()
+	}
+	name, err := checkName("kernel", kernelName)
 	if err != nil {
 		return name, "", err
+	}
+	if r.plain {
+		_, gpu, err := r.wire.Target()
+		return name, gpu, err
 	}
 	_, gpu, err := compat.Target(r.req)
 	return name, gpu, err
 }
 
 func (r cudaRequest) decode() (*pb.ComputeRequest, error) {
-	call, err := compat.ToCall(r.req, compat.Limits{})
+	toCall := func() (compat.Call, error) { return compat.ToCall(r.req, compat.Limits{}) }
+	if r.plain {
+		toCall = func() (compat.Call, error) { return r.wire.ToCall(compat.Limits{}) }
+	}
+	call, err := toCall()
 	if err != nil {
 		return nil, err
 	}
@@ -131,11 +148,16 @@ func (cudaRequest) replyBytes(n int64) int64 { return n * cudaReplyPerNumber }
 
 // sizedRequest is a request message whose size the server's codec checks
 // before decoding it: one over max is left empty, its size noted, for the
-// handler to refuse inside the pipeline (identified and recorded).
+// handler to refuse inside the pipeline (identified and recorded). A
+// cuda.ComputeRequest in the plain form is kept as its wire bytes
+// (compat.ParseWire): its params are read into tensors once the call is
+// authorized, never built as a Struct.
 type sizedRequest struct {
-	msg  proto.Message
-	max  int
-	size int // the encoded message's size, set by the codec
+	msg   proto.Message
+	max   int
+	size  int         // the encoded message's size, set by the codec
+	wire  compat.Wire // set by the codec where plain
+	plain bool
 }
 
 // serverCodec is gRPC's proto codec, which also takes a sizedRequest.
@@ -152,6 +174,12 @@ func (c serverCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	if in.size = data.Len(); in.size > in.max {
 		return nil
+	}
+	if _, isCUDA := in.msg.(*cudapb.ComputeRequest); isCUDA {
+		// data's buffers go back to gRPC's pool on return: keep a copy.
+		if in.wire, in.plain = compat.ParseWire(data.Materialize()); in.plain {
+			return nil
+		}
 	}
 	return c.CodecV2.Unmarshal(data, in.msg)
 }

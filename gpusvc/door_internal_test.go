@@ -1,9 +1,11 @@
 package gpusvc
 
 import (
+	"slices"
 	"testing"
 
 	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -12,8 +14,9 @@ import (
 )
 
 // TestServerCodecChecksSizeFirst: a cuda.CUDAService request over its cap
-// is never decoded (its Struct stays unallocated); one under it is, and
-// every other message is decoded as gRPC's proto codec does.
+// is never decoded (its Struct stays unallocated); one under it is kept in
+// its wire form where plain, decoded where not, and every other message is
+// decoded as gRPC's proto codec does.
 func TestServerCodecChecksSizeFirst(t *testing.T) {
 	params, err := structpb.NewStruct(map[string]any{"x": []any{1, 2, 3}})
 	if err != nil {
@@ -33,9 +36,19 @@ func TestServerCodecChecksSizeFirst(t *testing.T) {
 			t.Fatal(err)
 		}
 		req := in.msg.(*cudapb.ComputeRequest)
-		if in.size != len(wire) || (req.GetParams() != nil) != tc.decoded || (req.GetKernel() == "relu") != tc.decoded {
-			t.Errorf("cap %d: size %d, decoded %v; want size %d, decoded %v", tc.max, in.size, req.GetParams() != nil, len(wire), tc.decoded)
+		kept := in.plain && in.wire.Kernel() == "relu" // kept in its wire form
+		if in.size != len(wire) || kept != tc.decoded || req.GetParams() != nil || req.GetKernel() != "" {
+			t.Errorf("cap %d: size %d, kept %v, decoded %v; want size %d, kept %v, not decoded", tc.max, in.size, kept, req.GetParams() != nil, len(wire), tc.decoded)
 		}
+	}
+	// A request not in the plain form (here the kernel twice) is decoded.
+	twice := protowire.AppendString(protowire.AppendTag(slices.Clone(wire), 1, protowire.BytesType), "softmax")
+	in := &sizedRequest{msg: new(cudapb.ComputeRequest), max: len(twice)}
+	if err := codec.Unmarshal(mem.BufferSlice{mem.SliceBuffer(twice)}, in); err != nil {
+		t.Fatal(err)
+	}
+	if req := in.msg.(*cudapb.ComputeRequest); in.plain || req.GetKernel() != "softmax" || req.GetParams() == nil {
+		t.Errorf("a request with its kernel twice: plain %v, decoded %v", in.plain, req)
 	}
 	v1, err := proto.Marshal(&pb.ComputeRequest{Kernel: "relu"})
 	if err != nil {

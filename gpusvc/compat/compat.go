@@ -164,6 +164,12 @@ func ToCall(req *cudapb.ComputeRequest, lim Limits) (Call, error) {
 			return Call{}, err
 		}
 	}
+	return finish(name, gpu, args, lim)
+}
+
+// finish checks a call's arguments against its kernel's signature, and its
+// result's size against lim.MaxResultElements.
+func finish(name, gpu string, args []kernel.Arg, lim Limits) (Call, error) {
 	shape, err := kernel.Check(name, args)
 	if err != nil {
 		return Call{}, invalid("%v", err)

@@ -134,7 +134,7 @@ func TestToCall(t *testing.T) {
 			if err != nil || name != tc.kernel || gpu != tc.gpu {
 				t.Fatalf("Target = %q, %q, %v; want %q, %q", name, gpu, err, tc.kernel, tc.gpu)
 			}
-			c, err := compat.ToCall(req, compat.Limits{})
+			c, err := toCall(t, req, compat.Limits{})
 			if err != nil {
 				t.Fatalf("ToCall: %v", err)
 			}
@@ -251,7 +251,7 @@ func TestToCallRefuses(t *testing.T) {
 			[]string{"params key", "longer than 128 bytes"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := compat.ToCall(request(t, tc.js), tc.lim)
+			_, err := toCall(t, request(t, tc.js), tc.lim)
 			st, ok := status.FromError(err)
 			if err == nil || !ok || st.Code() != tc.code {
 				t.Fatalf("ToCall = %v; want a %v status", err, tc.code)
@@ -275,7 +275,7 @@ func TestToCallTooManyKeys(t *testing.T) {
 	for i := range 17 {
 		s.Fields[strings.Repeat("k", i+1)] = structpb.NewNumberValue(1)
 	}
-	_, err := compat.ToCall(&cudapb.ComputeRequest{Kernel: "relu", Params: s}, compat.Limits{})
+	_, err := toCall(t, &cudapb.ComputeRequest{Kernel: "relu", Params: s}, compat.Limits{})
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "params has 17 keys; at most 16") {
 		t.Fatalf("ToCall = %v", err)
 	}
