@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"tailscale.com/ipn/ipnstate"
 
 	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/node"
@@ -19,14 +18,11 @@ import (
 	"github.com/gpumesh/gpumesh/pool"
 )
 
-// upNode is the node `up` forwards through: a tailnet node of its own,
-// or the system's tailscaled's (--tailscaled).
+// upNode is what `up` needs of the node it joined (node.Join): a tailnet
+// node of its own, or the system's tailscaled's (--tailscaled).
 type upNode interface {
 	pool.Network
 	diag.Node
-	Up(ctx context.Context) (*ipnstate.Status, error)
-	Hostname() string
-	Close() error
 }
 
 var (
@@ -133,50 +129,38 @@ next connections go to the others.`,
 					return err
 				}
 			}
+			jc := node.JoinConfig{Tailnet: &cfg, Timeout: joinTimeout}
 			if tcfg != nil {
 				tcfg.Logf = logfTo(log)
-				ov, err = tailscaled.New(*tcfg)
-			} else {
-				ov, err = tsnet.New(cfg)
+				jc.Tailnet, jc.Tailscaled = nil, tcfg
 			}
+			j, err := node.Join(ctx, jc)
 			if err != nil {
 				if fwd != nil {
 					fwd.Close()
 				}
 				return err
 			}
+			ov = j.Overlay.(upNode)
 			defer func() {
 				// The forwards end before the node leaves the tailnet.
 				if fwd != nil {
 					fwd.Close()
 				}
 				pools.close()
-				ov.Close()
+				j.Close()
 			}()
-			jctx, cancel := context.WithTimeout(ctx, joinTimeout)
-			st, err := ov.Up(jctx)
-			cancel()
-			switch {
-			case err != nil && tcfg != nil:
-				return err
-			case err != nil:
-				return fmt.Errorf("join tailnet at %s: %w", cfg.ControlURL, err)
-			}
-			name := cfg.Hostname
-			if tcfg != nil {
-				name = ov.Hostname()
-			}
 			if err := pools.start(ov, tf.verbose); err != nil {
 				return err
 			}
 			close(joined)
 			// `gpumesh status` and `gpumesh doctor` ask this process.
-			if api, err := node.ServeLocalAPI(node.LocalAPIConfig{StateDir: cfg.Dir}, ov, name, log); err != nil {
+			if api, err := node.ServeLocalAPI(node.LocalAPIConfig{StateDir: cfg.Dir}, ov, j.Name, log); err != nil {
 				log.Warn("no status socket: status and doctor cannot reach this node", "err", err)
 			} else {
 				defer api.Close()
 			}
-			log.Info(fmt.Sprintf("up as %s %v", name, st.TailscaleIPs))
+			log.Info(fmt.Sprintf("up as %s %v", j.Name, j.Addrs()))
 			if fwd != nil {
 				for _, f := range fwd.Forwards() {
 					addrs := make([]string, len(f.Addrs))
