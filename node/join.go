@@ -66,6 +66,9 @@ type Joined struct {
 	// packets a host marks; 0 on a WireGuard mesh (its Bind marks) and
 	// through tailscaled (its sockets are not gpumesh's to mark).
 	UDPPort uint16
+	// ForeignUDP is set when the overlay's WireGuard sockets belong to
+	// another process (tailscaled), so that no outer DSCP can be marked.
+	ForeignUDP bool
 }
 
 // Addrs are the node's own overlay addresses.
@@ -115,7 +118,7 @@ func Join(ctx context.Context, cfg JoinConfig) (*Joined, error) {
 		if cc := n.Congestion(); cc != "" {
 			desc += " with TCP " + cc
 		}
-		return &Joined{Overlay: n, Name: n.Hostname(), Desc: desc}, nil
+		return &Joined{Overlay: n, Name: n.Hostname(), Desc: desc, ForeignUDP: true}, nil
 	}
 	t := cfg.Tailnet
 	n, err := tsnet.New(*t)

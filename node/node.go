@@ -19,7 +19,6 @@ import (
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/gpusvc/metrics"
 	"github.com/gpumesh/gpumesh/overlay"
-	"github.com/gpumesh/gpumesh/overlay/tailscaled"
 	"github.com/gpumesh/gpumesh/qos/engine"
 )
 
@@ -93,12 +92,11 @@ func startHost(ctx context.Context, cfg HostConfig, onStop func(string)) (_ *Hos
 		observers = append(observers, m.Record)
 	}
 	if c.QoS != nil {
-		if q := c.qosConfig(h.joined); q.UDPPort == 0 && !q.NoOuterMarking && h.joined != nil && h.joined.Overlay != nil {
-			if _, ok := h.joined.Overlay.(*tailscaled.Node); ok {
-				log.Warn("outer DSCP marking is off: the WireGuard UDP sockets are tailscaled's, not gpumesh's; mark them in the firewall (e.g. nft add rule inet mangle output udp sport 41641 ip dscp set af41)")
-			}
+		q := c.qosConfig(h.joined)
+		if !q.NoOuterMarking && h.joined != nil && h.joined.ForeignUDP {
+			log.Warn("outer DSCP marking is off: the WireGuard UDP sockets are tailscaled's, not gpumesh's; mark them in the firewall (e.g. nft add rule inet mangle output udp sport 41641 ip dscp set af41)")
 		}
-		if h.qos, err = startQoS(c.qosConfig(h.joined), c.Policy, c.Overlay, log); err != nil {
+		if h.qos, err = startQoS(q, c.Policy, c.Overlay, log); err != nil {
 			return nil, err
 		}
 		h.parts.add("qos", h.qos.Close)
