@@ -21,8 +21,12 @@ import (
 // without root or a namespace; the kernel TUN mode runs in e2e/wan
 // (TestThroughLab/tailscaled), which needs root.
 
-func TestUpSaysToLogIn(t *testing.T) {
-	d, err := testtools.StartTailscaled(t, testtools.TailscaledOptions{Bin: testtools.Tailscaled(t), TUN: "userspace-networking"})
+// upOn runs a real tailscaled as o says and returns Up's error on it,
+// and the node.
+func upOn(t *testing.T, o testtools.TailscaledOptions) (*Node, error) {
+	t.Helper()
+	o.Bin = testtools.Tailscaled(t)
+	d, err := testtools.StartTailscaled(t, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,6 +34,11 @@ func TestUpSaysToLogIn(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	_, err = n.Up(ctx)
+	return n, err
+}
+
+func TestUpSaysToLogIn(t *testing.T) {
+	n, err := upOn(t, testtools.TailscaledOptions{TUN: "userspace-networking"})
 	if err == nil || !strings.Contains(err.Error(), "run `tailscale up` first") {
 		t.Fatalf("Up on a logged-out tailscaled: %v; want it to say to run tailscale up", err)
 	}
@@ -40,15 +49,7 @@ func TestUpSaysToLogIn(t *testing.T) {
 
 func TestUpRefusesUserspaceNetworking(t *testing.T) {
 	tn := overlaytest.New(t, overlaytest.Options{})
-	d, err := testtools.StartTailscaled(t, testtools.TailscaledOptions{Bin: testtools.Tailscaled(t), Name: "gpu-host",
-		TUN: "userspace-networking", ControlURL: tn.ControlURL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, _ := New(Config{Socket: d.Socket})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	_, err = n.Up(ctx)
+	_, err := upOn(t, testtools.TailscaledOptions{Name: "gpu-host", TUN: "userspace-networking", ControlURL: tn.ControlURL})
 	if err == nil || !strings.Contains(err.Error(), "userspace networking") {
 		t.Fatalf("Up on a userspace-networking tailscaled: %v; want a refusal naming userspace networking", err)
 	}

@@ -51,6 +51,19 @@ func Default() string {
 	return ""
 }
 
+// Other returns a congestion control this process may set that is not
+// the system's default (reno, which every kernel has, else cubic), so that
+// a check can tell a socket that asked for it from one that did not; ""
+// if there is none.
+func Other() string {
+	for _, cc := range []string{"reno", "cubic"} {
+		if cc != Default() && Offered(cc) {
+			return cc
+		}
+	}
+	return ""
+}
+
 func sysctlList(name string) []string {
 	b, err := os.ReadFile("/proc/sys/" + name)
 	if err != nil {

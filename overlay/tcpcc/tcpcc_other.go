@@ -27,6 +27,9 @@ func Available() []string { return nil }
 // Default is unknown off Linux.
 func Default() string { return "" }
 
+// Other is "" off Linux.
+func Other() string { return "" }
+
 // Set fails off Linux unless cc is "".
 func Set(_ uintptr, cc string) error {
 	if cc == "" {
