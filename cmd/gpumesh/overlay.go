@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"tailscale.com/client/local"
 
 	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/node"
@@ -103,9 +102,7 @@ func joinConfig(tf *tailnetFlags, wf *wgFlags, timeout time.Duration, log *slog.
 func tailscaledHint(ctx context.Context) string {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	lc := &local.Client{Socket: tailscaled.DefaultSocket(), UseSocketOnly: true}
-	st, err := lc.Status(ctx)
-	if err != nil || !st.TUN || st.BackendState != "Running" {
+	if !tailscaled.Usable(ctx, tailscaled.DefaultSocket()) {
 		return ""
 	}
 	return "a tailscaled with a TUN interface runs on this machine: --tailscaled would serve through its node, with the kernel's TCP (faster over a lossy WAN)"

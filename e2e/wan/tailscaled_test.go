@@ -54,6 +54,9 @@ func startTailscaleds(tb testing.TB, lab *wanlab.Lab, control string) (hostEnv, 
 		if err != nil {
 			return nil, nil, fmt.Errorf("tailscaled in %s: %w", r.ns.Name, err)
 		}
+		if !tailscaled.Usable(context.Background(), d.Socket) {
+			return nil, nil, fmt.Errorf("tailscaled in %s runs, with a TUN, but tailscaled.Usable says no", r.ns.Name)
+		}
 		socks[i] = d.Socket
 	}
 	return append(common, envSocket+"="+socks[0]), append(common, envSocket+"="+socks[1]), nil

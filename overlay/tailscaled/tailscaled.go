@@ -170,6 +170,8 @@ func interfaceOf(addrs []netip.Addr) (string, error) {
 	return "", fmt.Errorf("no interface holds the tailnet addresses %v", addrs)
 }
 
+var errNotUp = errors.New("tailscaled overlay: used before Up")
+
 func (n *Node) up() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -283,6 +285,14 @@ func (n *Node) Interface() string { return n.ifname }
 // Congestion is the congestion control gpumesh's connections ask for;
 // "" means the system default. Valid after Up.
 func (n *Node) Congestion() string { return n.congction }
+
+// Usable reports whether a tailscaled that Up would accept answers at
+// socket (running, with a TUN interface), asking it once within ctx.
+func Usable(ctx context.Context, socket string) bool {
+	lc := &local.Client{Socket: socket, UseSocketOnly: true}
+	st, err := lc.Status(ctx)
+	return err == nil && st.TUN && st.BackendState == ipn.Running.String() && st.Self != nil && len(st.Self.TailscaleIPs) > 0
+}
 
 // LocalSocket is tailscaled's LocalAPI socket.
 func (n *Node) LocalSocket() string { return n.cfg.Socket }

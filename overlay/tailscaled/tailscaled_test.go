@@ -45,13 +45,19 @@ func TestUpSaysToLogIn(t *testing.T) {
 	if _, err := n.Listen("tcp", ":1"); err == nil {
 		t.Error("Listen after a failed Up succeeded")
 	}
+	if Usable(t.Context(), n.LocalSocket()) {
+		t.Error("Usable says yes to a logged-out tailscaled")
+	}
 }
 
 func TestUpRefusesUserspaceNetworking(t *testing.T) {
 	tn := overlaytest.New(t, overlaytest.Options{})
-	_, err := upOn(t, testtools.TailscaledOptions{Name: "gpu-host", TUN: "userspace-networking", ControlURL: tn.ControlURL})
+	n, err := upOn(t, testtools.TailscaledOptions{Name: "gpu-host", TUN: "userspace-networking", ControlURL: tn.ControlURL})
 	if err == nil || !strings.Contains(err.Error(), "userspace networking") {
 		t.Fatalf("Up on a userspace-networking tailscaled: %v; want a refusal naming userspace networking", err)
+	}
+	if Usable(t.Context(), n.LocalSocket()) {
+		t.Error("Usable says yes to a userspace-networking tailscaled")
 	}
 }
 
