@@ -65,17 +65,7 @@ func startQoS(cfg *QoSConfig, store *policy.Store, ov overlay.Overlay, log *slog
 		Logger: log,
 	}
 	if pp, ok := ov.(overlay.PeerPather); ok {
-		ecfg.PeerPaths = func(ctx context.Context) ([]engine.PeerPath, error) {
-			paths, err := pp.PeerPaths(ctx)
-			if err != nil {
-				return nil, err
-			}
-			out := make([]engine.PeerPath, 0, len(paths))
-			for _, p := range paths {
-				out = append(out, engine.PeerPath{Addr: p.Addr, Endpoint: p.Endpoint})
-			}
-			return out, nil
-		}
+		ecfg.PeerPaths = pp.PeerPaths
 		ecfg.SubjectOf = func(ctx context.Context, addr netip.Addr) (policy.Subject, error) {
 			id, err := ov.WhoIs(ctx, netip.AddrPortFrom(addr, 0).String())
 			if err != nil {

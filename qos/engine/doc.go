@@ -7,7 +7,7 @@
 // is refused as a whole when the kernel will not take it.
 //
 // The engine knows callers as policy subjects and peers by the functions
-// its Config is given, so it imports no overlay, GPU or node code; the
-// node converts an overlay identity into a subject and hands in its
-// overlay's peer paths.
+// its Config is given (overlay.PeerPath is the one overlay type it
+// takes), so it imports no GPU or node code; the node converts an overlay
+// identity into a subject and hands in its overlay's PeerPaths.
 package engine

@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/gpumesh/gpumesh/dscp"
+	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/policy"
 	"github.com/gpumesh/gpumesh/qos"
 	"github.com/gpumesh/gpumesh/qos/tc"
@@ -38,9 +39,9 @@ type Config struct {
 	LinkRate int64
 	// PeerPaths and SubjectOf, if both set, let the host shaping classify
 	// each directly reached peer's WireGuard packets by the peer's class
-	// (see PeerPath); without them, or without ShapeLink, it classifies by
+	// (see overlay.PeerPath); without them, or without ShapeLink, it classifies by
 	// DSCP alone.
-	PeerPaths func(ctx context.Context) ([]PeerPath, error)
+	PeerPaths func(ctx context.Context) ([]overlay.PeerPath, error)
 	// SubjectOf is who the peer at an overlay address is to the policy.
 	SubjectOf func(ctx context.Context, addr netip.Addr) (policy.Subject, error)
 	// Logger receives the engine's notices; nil discards them.

@@ -3,23 +3,11 @@ package engine
 import (
 	"context"
 	"errors"
-	"net/netip"
 	"slices"
 	"time"
 
 	"github.com/gpumesh/gpumesh/qos/tc"
 )
-
-// PeerPath is where the overlay sends one peer's packets (the overlay's
-// own PeerPath, as the engine takes it).
-type PeerPath struct {
-	// Addr is the peer's overlay address, as Config.SubjectOf takes it.
-	Addr netip.Addr
-	// Endpoint is the peer's WireGuard endpoint on the underlay network;
-	// not valid while its packets go through a relay (DERP), which
-	// carries many peers' packets.
-	Endpoint netip.AddrPort
-}
 
 // routeEvery is how often the engine looks again at where its peers'
 // packets go; a peer that roams is shaped by its new route within this

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/policy"
 	"github.com/gpumesh/gpumesh/qos/tc"
 )
@@ -17,7 +18,7 @@ import (
 // overlay address is.
 type fixedPeers struct {
 	peers map[netip.Addr]string
-	paths []PeerPath
+	paths []overlay.PeerPath
 }
 
 func (p *fixedPeers) subjectOf(_ context.Context, addr netip.Addr) (policy.Subject, error) {
@@ -28,7 +29,7 @@ func (p *fixedPeers) subjectOf(_ context.Context, addr netip.Addr) (policy.Subje
 	return policy.Subject{Node: name}, nil
 }
 
-func (p *fixedPeers) peerPaths(context.Context) ([]PeerPath, error) { return p.paths, nil }
+func (p *fixedPeers) peerPaths(context.Context) ([]overlay.PeerPath, error) { return p.paths, nil }
 
 // TestPeerRoutes: each directly reached peer's endpoint is routed to its
 // rule's class, a peer no rule allows to the default class, and relayed
@@ -71,7 +72,7 @@ rule "trainer" {
 			a("100.64.0.2"): "laptop", a("100.64.0.3"): "trainer",
 			a("100.64.0.4"): "stranger", a("100.64.0.5"): "relayed",
 		},
-		paths: []PeerPath{
+		paths: []overlay.PeerPath{
 			{Addr: a("100.64.0.3"), Endpoint: ep("192.0.2.3:41641")},
 			{Addr: a("100.64.0.2"), Endpoint: ep("192.0.2.2:41641")},
 			{Addr: a("100.64.0.4"), Endpoint: ep("[2001:db8::4]:41641")},
