@@ -11,7 +11,6 @@ import (
 	"github.com/gpumesh/gpumesh/gpusvc"
 	"github.com/gpumesh/gpumesh/overlay"
 	"github.com/gpumesh/gpumesh/policy"
-	"github.com/gpumesh/gpumesh/qos"
 	"github.com/gpumesh/gpumesh/qos/engine"
 )
 
@@ -82,10 +81,6 @@ func startQoS(cfg *QoSConfig, store *policy.Store, ov overlay.Overlay, log *slog
 func qosConn(q *engine.Engine) func(net.Conn, overlay.Identity) net.Conn {
 	return func(c net.Conn, id overlay.Identity) net.Conn { return q.Conn(c, gpusvc.Subject(id)) }
 }
-
-// QoSClasses are the classes a host schedules and shapes for pol
-// (engine.Classes).
-func QoSClasses(pol *policy.Policy) []qos.Class { return engine.Classes(pol) }
 
 // QoSStatus is what a host's QoS is doing, for `gpumesh qos status` and
 // the demo; diag renders it (diag.LiveQoSOf).

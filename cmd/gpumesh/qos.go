@@ -17,9 +17,9 @@ import (
 	"github.com/gpumesh/gpumesh/diag"
 	"github.com/gpumesh/gpumesh/dscp"
 	"github.com/gpumesh/gpumesh/internal/human"
-	"github.com/gpumesh/gpumesh/node"
 	"github.com/gpumesh/gpumesh/policy"
 	"github.com/gpumesh/gpumesh/qos"
+	"github.com/gpumesh/gpumesh/qos/engine"
 	"github.com/gpumesh/gpumesh/qos/tc"
 )
 
@@ -118,7 +118,7 @@ func printPolicyQoS(out io.Writer, path, link, rate string) error {
 	if err != nil {
 		return err
 	}
-	classes := node.QoSClasses(p)
+	classes := engine.Classes(p)
 	if len(classes) == 0 {
 		fmt.Fprintf(out, "classes: %s declares none\n", path)
 		return nil
