@@ -73,19 +73,17 @@ func Doctor(ctx context.Context, cfg DoctorConfig) []diag.Check {
 	return checks
 }
 
-// isSocket says whether path is a Unix socket, or why not.
-func isSocket(path string) error {
+// dialSocket is a gRPC client of the Unix socket at path, or the reason
+// there is none: nothing there, or something that is not a socket. (A
+// client connects on its first call; a socket nobody serves fails there.)
+func dialSocket(path string) (*grpc.ClientConn, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if fi.Mode().Type() != os.ModeSocket {
-		return fmt.Errorf("%s is not a socket", path)
+		return nil, fmt.Errorf("%s is not a socket", path)
 	}
-	return nil
-}
-
-func dialUnix(path string) (*grpc.ClientConn, error) {
 	return grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
 }
 
@@ -107,19 +105,15 @@ func checkKubeletSocket(ctx context.Context, cfg DoctorConfig, path string) diag
 
 func checkDevicePlugin(ctx context.Context, cfg DoctorConfig, path string) diag.Check {
 	c := diag.Check{Name: "device plugin"}
-	if err := isSocket(path); err != nil {
+	conn, err := dialSocket(path)
+	if err != nil {
 		c.Result, c.Detail = diag.Warn, fmt.Sprintf("the agent's device plugin does not serve here: %v", err)
 		c.Hint = "gpumesh.dev/gpu needs the agent running on this node with --device-plugin (the default)"
 		return c
 	}
+	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	conn, err := dialUnix(path)
-	if err != nil {
-		c.Result, c.Detail = diag.Fail, err.Error()
-		return c
-	}
-	defer conn.Close()
 	stream, err := dppb.NewDevicePluginClient(conn).ListAndWatch(ctx, &dppb.Empty{})
 	var res *dppb.ListAndWatchResponse
 	if err == nil {
@@ -176,19 +170,15 @@ func checkRegistered(ctx context.Context, cfg DoctorConfig) diag.Check {
 
 func checkDRA(ctx context.Context, cfg DoctorConfig, path string) diag.Check {
 	c := diag.Check{Name: "dra plugin"}
-	if err := isSocket(path); err != nil {
+	conn, err := dialSocket(path)
+	if err != nil {
 		c.Result, c.Detail = diag.Warn, fmt.Sprintf("the agent's DRA plugin is not in the kubelet's registry: %v", err)
 		c.Hint = "claims of DeviceClass " + dra.DeviceClassName + " need the agent on this node with --dra (the default)"
 		return c
 	}
+	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	conn, err := dialUnix(path)
-	if err != nil {
-		c.Result, c.Detail = diag.Fail, err.Error()
-		return c
-	}
-	defer conn.Close()
 	info, err := registerapi.NewRegistrationClient(conn).GetInfo(ctx, &registerapi.InfoRequest{})
 	if err != nil {
 		c.Result, c.Detail = diag.Fail, fmt.Sprintf("the DRA plugin's registration socket does not answer: %v", err)
@@ -241,18 +231,14 @@ func checkSlices(ctx context.Context, cfg DoctorConfig, draHere bool) diag.Check
 func checkPodResources(ctx context.Context, cfg DoctorConfig, path string) diag.Check {
 	c := diag.Check{Name: "pod resources"}
 	hint := "device plugin pods are named to the GPU hosts through it: mount the node's " + filepath.Dir(path) + " into the agent (the DaemonSet does)"
-	if err := isSocket(path); err != nil {
+	conn, err := dialSocket(path)
+	if err != nil {
 		c.Result, c.Detail, c.Hint = diag.Warn, fmt.Sprintf("the kubelet's PodResources API is not here: %v", err), hint
 		return c
 	}
+	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	conn, err := dialUnix(path)
-	if err != nil {
-		c.Result, c.Detail = diag.Fail, err.Error()
-		return c
-	}
-	defer conn.Close()
 	res, err := prpb.NewPodResourcesListerClient(conn).List(ctx, &prpb.ListPodResourcesRequest{})
 	if err != nil {
 		c.Result, c.Detail, c.Hint = diag.Fail, fmt.Sprintf("the kubelet's PodResources API does not answer: %v", err), hint
