@@ -258,18 +258,28 @@ func (l *Line) Push(now time.Duration, data []byte) Verdict {
 	l.enqueue(p, v.Duplicated)
 	// This packet has overtaken every held one; those it was the last to
 	// overtake leave right after it.
+	l.releaseHeld(func(h *pending) (time.Duration, bool) {
+		h.wait--
+		return v.Due, h.wait <= 0
+	})
+	return v
+}
+
+// releaseHeld schedules each held packet that leave lets go, due when it
+// says, and keeps the others held, in order.
+func (l *Line) releaseHeld(leave func(h *pending) (due time.Duration, ok bool)) {
 	kept := l.held[:0]
 	for _, h := range l.held {
-		if h.wait--; h.wait > 0 {
+		due, ok := leave(h)
+		if !ok {
 			kept = append(kept, h)
 			continue
 		}
-		h.Due = v.Due
+		h.Due = due
 		l.enqueue(h, h.dup)
 	}
 	clear(l.held[len(kept):])
 	l.held = kept
-	return v
 }
 
 // enqueue schedules p, and its copy if dup.
@@ -292,19 +302,7 @@ func (l *Line) enqueue(p *pending, dup bool) {
 // original, a held packet right after the last packet that overtook it).
 // Held packets whose wait timed out leave at their deadline.
 func (l *Line) Pop(now time.Duration, out []Delivery) []Delivery {
-	if len(l.held) > 0 {
-		kept := l.held[:0]
-		for _, h := range l.held {
-			if h.deadline > now {
-				kept = append(kept, h)
-				continue
-			}
-			h.Due = h.deadline
-			l.enqueue(h, h.dup)
-		}
-		clear(l.held[len(kept):])
-		l.held = kept
-	}
+	l.releaseHeld(func(h *pending) (time.Duration, bool) { return h.deadline, h.deadline <= now })
 	for len(l.queue) > 0 && l.queue[0].Due <= now {
 		p := heap.Pop(&l.queue).(*pending)
 		l.stats.Out++
